@@ -1,0 +1,233 @@
+//! Running child processes: shell-like display, exit statuses, timeouts.
+
+use std::io::{self, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::failure::Failure;
+
+/// Renders `cmd` as a shell-like line for messages (environment not shown).
+pub fn display(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
+        line.push(' ');
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+            line.push('\'');
+            line.push_str(&arg.replace('\'', r"'\''"));
+            line.push('\'');
+        } else {
+            line.push_str(&arg);
+        }
+    }
+    line
+}
+
+/// Describes how a process ended: `exit code N` or `killed by signal N`.
+pub fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    status.to_string()
+}
+
+/// Runs `cmd` with inherited stdio and waits for it.
+pub fn status(cmd: &mut Command) -> Result<ExitStatus, Failure> {
+    cmd.status()
+        .map_err(|e| Failure::failed(format!("cannot run `{}`: {e}", display(cmd))))
+}
+
+/// Runs `cmd` with inherited stdio and fails unless it exits successfully.
+pub fn checked(cmd: &mut Command) -> Result<(), Failure> {
+    let status = status(cmd)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::failed(format!(
+            "`{}` failed ({})",
+            display(cmd),
+            describe(status)
+        )))
+    }
+}
+
+/// Runs `cmd` and returns its stdout as text, failing unless it succeeds.
+/// Its stderr is passed through.
+pub fn stdout_of(cmd: &mut Command) -> Result<String, Failure> {
+    let output = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| Failure::failed(format!("cannot run `{}`: {e}", display(cmd))))?;
+    if !output.status.success() {
+        return Err(Failure::failed(format!(
+            "`{}` failed ({})",
+            display(cmd),
+            describe(output.status)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// How long [`with_timeout`] keeps reading output after the child ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// How a process run under [`with_timeout`] ended.
+#[derive(Debug)]
+pub struct Timed {
+    /// The exit status (after the kill, if it timed out).
+    pub status: ExitStatus,
+    /// Whether it was killed for running out of time.
+    pub timed_out: bool,
+    /// Everything it wrote to stdout and stderr, interleaved by arrival.
+    pub output: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` with stdin closed, echoing its stdout and stderr to ours while
+/// also capturing them, and kills it if it runs longer than `timeout`.
+pub fn with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Timed, Failure> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Failure::failed(format!("cannot run `{}`: {e}", display(cmd))))?;
+
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let readers = [
+        child.stdout.take().map(|out| tee(out, tx.clone(), false)),
+        child.stderr.take().map(|err| tee(err, tx.clone(), true)),
+    ];
+    drop(tx);
+
+    let (status, timed_out) = wait_until(&mut child, start + timeout)
+        .map_err(|e| Failure::failed(format!("waiting for `{}`: {e}", display(cmd))))?;
+    let elapsed = start.elapsed();
+
+    // Collect what is left in the pipes. A grandchild that inherited them
+    // could keep them open after the child is gone, so stop waiting after a
+    // grace period instead of joining the reader threads unconditionally.
+    let grace = Instant::now() + OUTPUT_GRACE;
+    let mut output = Vec::new();
+    loop {
+        let left = grace.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => output.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                for reader in readers.into_iter().flatten() {
+                    let _ = reader.join();
+                }
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+        }
+    }
+    Ok(Timed {
+        status,
+        timed_out,
+        output: String::from_utf8_lossy(&output).into_owned(),
+        elapsed,
+    })
+}
+
+/// Copies `from` to our stdout (or stderr) as it arrives and sends each
+/// chunk on `to`.
+fn tee(
+    mut from: impl Read + Send + 'static,
+    to: mpsc::Sender<Vec<u8>>,
+    is_stderr: bool,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let chunk = &buf[..n];
+                    if is_stderr {
+                        let mut err = io::stderr().lock();
+                        let _ = err.write_all(chunk);
+                        let _ = err.flush();
+                    } else {
+                        let mut out = io::stdout().lock();
+                        let _ = out.write_all(chunk);
+                        let _ = out.flush();
+                    }
+                    if to.send(chunk.to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Waits for `child` until `deadline`, then kills it. Returns its status and
+/// whether it had to be killed.
+fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<(ExitStatus, bool)> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, false));
+        }
+        if Instant::now() >= deadline {
+            // It may exit between try_wait and kill; that is fine either way.
+            let _ = child.kill();
+            return Ok((child.wait()?, true));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_when_needed() {
+        let mut cmd = Command::new("cargo");
+        cmd.args(["clippy", "--", "-D", "warnings", "a b", "it's", ""]);
+        assert_eq!(
+            display(&cmd),
+            r"cargo clippy -- -D warnings 'a b' 'it'\''s' ''"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn timeout_kills_and_captures() {
+        let timed = with_timeout(
+            Command::new("sh").args(["-c", "echo started; exec sleep 30"]),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert!(timed.timed_out);
+        assert!(!timed.status.success());
+        assert!(timed.output.contains("started"));
+        assert!(timed.elapsed < Duration::from_secs(10));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exit_code_passes_through() {
+        let timed = with_timeout(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(!timed.timed_out);
+        assert_eq!(timed.status.code(), Some(3));
+        assert!(timed.output.contains("out"));
+        assert!(timed.output.contains("err"));
+    }
+}

@@ -1,0 +1,254 @@
+//! The workspace: where it is, running cargo in it, and building el2.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::failure::Failure;
+use crate::process;
+
+/// The bare-metal target el2 is built for.
+pub const EL2_TARGET: &str = "aarch64-unknown-none";
+
+/// Root of the workspace (the parent of this package's directory).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the qemu package lives inside the workspace")
+}
+
+/// `path` relative to the workspace root when it is inside it, for messages.
+pub fn shown(path: &Path) -> String {
+    path.strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// A `cargo` command run from the workspace root, using the same cargo that
+/// runs `cargo qemu` (`$CARGO`) when there is one.
+pub fn cargo<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let program = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root());
+    cmd.args(args.into_iter().map(Into::into));
+    cmd
+}
+
+/// A `rustc` command run from the workspace root, so `rust-toolchain.toml`
+/// picks the toolchain.
+fn rustc() -> Command {
+    let program = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root());
+    cmd
+}
+
+/// The images `cargo qemu build` produces.
+#[derive(Debug, Clone)]
+pub struct El2Images {
+    /// The ELF, which `cargo qemu run` boots.
+    pub elf: PathBuf,
+    /// The raw binary with the arm64 Image header, if `rust-objcopy` (or
+    /// `llvm-objcopy`) could make it.
+    pub raw: Option<PathBuf>,
+}
+
+/// The cargo arguments that build el2, as shown to the user.
+pub const BUILD_EL2: [&str; 6] = ["build", "-p", "el2", "--target", EL2_TARGET, "--release"];
+
+/// Builds el2 for `aarch64-unknown-none` (release) and makes its raw binary.
+///
+/// Cargo's human-readable output goes to stderr as usual; its JSON messages
+/// on stdout give the exact path of the ELF, whatever the target directory.
+pub fn build_el2() -> Result<El2Images, Failure> {
+    eprintln!("==> cargo {}", BUILD_EL2.join(" "));
+    let mut cmd = cargo(BUILD_EL2);
+    cmd.arg("--message-format=json-render-diagnostics");
+    let messages = process::stdout_of(&mut cmd)
+        .map_err(|f| Failure::failed(format!("building el2 failed: {f}")))?;
+    let elf = find_executable(&messages, "el2").unwrap_or_else(|| {
+        root()
+            .join("target")
+            .join(EL2_TARGET)
+            .join("release")
+            .join("el2")
+    });
+    if !elf.is_file() {
+        return Err(Failure::failed(format!(
+            "cargo built el2 but {} does not exist",
+            elf.display()
+        )));
+    }
+    let raw = make_raw_binary(&elf);
+    Ok(El2Images { elf, raw })
+}
+
+/// Finds the `executable` of the `compiler-artifact` message for the binary
+/// target `name` in cargo's JSON output.
+fn find_executable(messages: &str, name: &str) -> Option<PathBuf> {
+    let name = format!("\"name\":\"{name}\"");
+    messages
+        .lines()
+        .filter(|line| {
+            line.contains("\"reason\":\"compiler-artifact\"")
+                && line.contains("\"kind\":[\"bin\"]")
+                && line.contains(&name)
+        })
+        .find_map(|line| json_string_field(line, "executable"))
+        .map(PathBuf::from)
+}
+
+/// The value of the string field `field` in one line of JSON, unescaped.
+/// Returns `None` when the field is absent or not a string (e.g. `null`).
+fn json_string_field(line: &str, field: &str) -> Option<String> {
+    let key = format!("\"{field}\":\"");
+    let start = line.find(&key)? + key.len();
+    let mut value = String::new();
+    let mut chars = line[start..].chars();
+    loop {
+        match chars.next()? {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                'r' => value.push('\r'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+}
+
+/// Writes `<elf>.bin` (a raw binary) with `rust-objcopy -O binary`.
+///
+/// `rust-objcopy` comes with the `llvm-tools` component, which
+/// `rust-toolchain.toml` asks rustup to install; `llvm-objcopy` on PATH is
+/// used if it is missing. A missing objcopy is reported, not fatal: `run`
+/// and `test` boot the ELF.
+fn make_raw_binary(elf: &Path) -> Option<PathBuf> {
+    let raw = elf.with_extension("bin");
+    let mut tried = Vec::new();
+    for objcopy in objcopy_candidates() {
+        let mut cmd = Command::new(&objcopy);
+        cmd.args(["-O", "binary"]).arg(elf).arg(&raw);
+        match cmd.output() {
+            Ok(out) if out.status.success() => return Some(raw),
+            Ok(out) => tried.push(format!(
+                "{} failed ({}): {}",
+                objcopy.display(),
+                process::describe(out.status),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => tried.push(format!("{}: {e}", objcopy.display())),
+        }
+    }
+    eprintln!(
+        "note: no raw binary written: rust-objcopy (rustup component llvm-tools) \
+         not found or not working; install it with `rustup component add llvm-tools`. \
+         The ELF is all `cargo qemu run` needs."
+    );
+    for attempt in tried {
+        eprintln!("note:   {attempt}");
+    }
+    None
+}
+
+/// `rust-objcopy` from the toolchain's llvm-tools, then `llvm-objcopy` from
+/// PATH.
+fn objcopy_candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    let sysroot = process::stdout_of(rustc().args(["--print", "sysroot"]));
+    let host = process::stdout_of(rustc().arg("-vV")).ok().and_then(|v| {
+        v.lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .map(str::to_owned)
+    });
+    if let (Ok(sysroot), Some(host)) = (sysroot, host) {
+        let path = Path::new(sysroot.trim())
+            .join("lib/rustlib")
+            .join(host.trim())
+            .join("bin/rust-objcopy");
+        if path.is_file() {
+            candidates.push(path);
+        }
+    }
+    if let Some(path) = find_in_path("llvm-objcopy") {
+        candidates.push(path);
+    }
+    candidates
+}
+
+/// Looks `name` up in the directories of `$PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Whether `path` is a file we may execute.
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGES: &str = concat!(
+        r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"crate_types":["lib"],"name":"el2"},"executable":null,"fresh":true}"#,
+        "\n",
+        r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"crate_types":["bin"],"name":"el2","src_path":"/w/el2/src/main.rs"},"filenames":["/w/target/aarch64-unknown-none/release/el2"],"executable":"/w/target/aarch64-unknown-none/release/el2","fresh":false}"#,
+        "\n",
+        r#"{"reason":"build-finished","success":true}"#,
+        "\n",
+    );
+
+    #[test]
+    fn finds_the_el2_executable() {
+        assert_eq!(
+            find_executable(MESSAGES, "el2"),
+            Some(PathBuf::from("/w/target/aarch64-unknown-none/release/el2"))
+        );
+        assert_eq!(find_executable(MESSAGES, "other"), None);
+    }
+
+    #[test]
+    fn json_strings_are_unescaped() {
+        assert_eq!(
+            json_string_field(r#"{"executable":"C:\\a \"b\"\u0041"}"#, "executable"),
+            Some(r#"C:\a "b"A"#.to_owned())
+        );
+        assert_eq!(
+            json_string_field(r#"{"executable":null}"#, "executable"),
+            None
+        );
+    }
+
+    #[test]
+    fn root_is_the_workspace() {
+        assert!(root().join("Cargo.toml").is_file());
+        assert!(root().join("el2").is_dir());
+        assert_eq!(shown(&root().join("el2/src")), "el2/src");
+    }
+}

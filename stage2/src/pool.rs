@@ -1,0 +1,98 @@
+//! Where translation-table pages come from: the [`TablePool`] trait, and
+//! the intrusive page lists used to reserve pages before a change and to
+//! free detached tables after the TLB maintenance that makes it safe.
+
+use crate::addr::PhysAddr;
+use core::ptr::NonNull;
+
+/// A source of zeroed 4 KiB pages for translation tables, and the mapping
+/// from a table's physical address to where this code can access it.
+///
+/// At EL2 this is the hypervisor's buddy pool or a VM's donated memcache
+/// (identity mapped, so `table_ptr` is the physical address); in host tests
+/// it is an arena with failure injection.
+///
+/// # Safety
+///
+/// Implementations promise that:
+/// - `alloc_page` returns a 4 KiB-aligned page, filled with zeroes, that
+///   nothing else uses until it is passed to `free_page`;
+/// - `alloc_root(n)` returns `n` physically contiguous such pages, aligned
+///   to `n * 4 KiB`, until passed to `free_root(_, n)`;
+/// - `table_ptr(pa)` for any page (or root) handed out and not yet freed
+///   returns a pointer valid for reads and writes of the whole page (the
+///   whole root for a root), and the same pointer every time.
+pub unsafe trait TablePool {
+    /// A zeroed page, or `None` when the pool is empty.
+    fn alloc_page(&mut self) -> Option<PhysAddr>;
+
+    /// Returns a page handed out by `alloc_page`. Its contents are arbitrary.
+    fn free_page(&mut self, page: PhysAddr);
+
+    /// `pages` (1–16, a power of two) contiguous zeroed pages aligned to
+    /// their total size, for a concatenated root table.
+    fn alloc_root(&mut self, pages: usize) -> Option<PhysAddr>;
+
+    /// Returns a root handed out by `alloc_root`.
+    fn free_root(&mut self, root: PhysAddr, pages: usize);
+
+    /// Where the table at `table` can be read and written.
+    fn table_ptr(&self, table: PhysAddr) -> NonNull<u64>;
+}
+
+/// A list of whole pages threaded through the pages themselves: word 0 of
+/// each page holds the physical address of the next one. The address is
+/// page aligned, so the word reads as an invalid descriptor to any table
+/// walker that might still see the page.
+#[derive(Debug, Default)]
+pub(crate) struct PageList {
+    head: Option<PhysAddr>,
+    len: usize,
+}
+
+impl PageList {
+    pub(crate) const fn new() -> PageList {
+        PageList { head: None, len: 0 }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds `page` to the list, overwriting its word 0.
+    pub(crate) fn push<P: TablePool + ?Sized>(&mut self, pool: &P, page: PhysAddr) {
+        let next = self.head.map_or(0, PhysAddr::get);
+        // SAFETY: `page` is a table page owned by the caller (handed out by
+        // `pool`, not linked into any live table, or detached and awaiting
+        // free); the pool contract makes word 0 writable.
+        unsafe { pool.table_ptr(page).as_ptr().write_volatile(next) };
+        self.head = Some(page);
+        self.len += 1;
+    }
+
+    /// Takes a page off the list and clears its word 0, so a page that was
+    /// zero when pushed is zero again.
+    pub(crate) fn pop<P: TablePool + ?Sized>(&mut self, pool: &P) -> Option<PhysAddr> {
+        let page = self.head?;
+        let ptr = pool.table_ptr(page).as_ptr();
+        // SAFETY: every page on the list was pushed by `push`, which wrote
+        // word 0; the pool contract makes it readable and writable.
+        let next = unsafe { ptr.read_volatile() };
+        // SAFETY: as above.
+        unsafe { ptr.write_volatile(0) };
+        self.len -= 1;
+        self.head = if self.len == 0 {
+            None
+        } else {
+            Some(PhysAddr(next))
+        };
+        Some(page)
+    }
+
+    /// Gives every page back to the pool.
+    pub(crate) fn free_all<P: TablePool + ?Sized>(&mut self, pool: &mut P) {
+        while let Some(page) = self.pop(pool) {
+            pool.free_page(page);
+        }
+    }
+}
