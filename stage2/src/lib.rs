@@ -40,6 +40,6 @@ pub use descriptor::{
 };
 pub use error::Error;
 pub use level::{ENTRIES_PER_TABLE, Level};
-pub use pool::TablePool;
+pub use pool::{Reserved, TablePool};
 pub use table::{BlockPolicy, Leaf, Op, Prepared, Stage2, Stats, TLBI_BATCH};
 pub use tlb::TlbMaintenance;

@@ -96,3 +96,68 @@ impl PageList {
         }
     }
 }
+
+/// Pages taken from a pool ahead of a multi-step change, so that every
+/// step after the reservation finds the table pages it needs.
+///
+/// It is itself a [`TablePool`]: allocations come from the reserved pages
+/// only (so a step can never take more than was set aside), frees go
+/// straight back to the underlying pool, and whatever is left over returns
+/// to it when the reservation is dropped.
+pub struct Reserved<'a, P: TablePool + ?Sized> {
+    pool: &'a mut P,
+    pages: PageList,
+}
+
+impl<'a, P: TablePool + ?Sized> Reserved<'a, P> {
+    /// Takes `pages` pages from `pool`, or none at all if it has fewer.
+    pub fn new(pool: &'a mut P, pages: usize) -> Result<Reserved<'a, P>, crate::Error> {
+        let mut list = PageList::new();
+        for _ in 0..pages {
+            match pool.alloc_page() {
+                Some(page) => list.push(&*pool, page),
+                None => {
+                    list.free_all(pool);
+                    return Err(crate::Error::OutOfMemory { needed: pages });
+                }
+            }
+        }
+        Ok(Reserved { pool, pages: list })
+    }
+
+    /// Reserved pages not yet used.
+    pub fn remaining(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+impl<P: TablePool + ?Sized> Drop for Reserved<'_, P> {
+    fn drop(&mut self) {
+        self.pages.free_all(self.pool);
+    }
+}
+
+// SAFETY: reserved pages come from the underlying pool, which upholds the
+// contract; `pop` re-zeroes the one word the list used, so pages handed out
+// are zeroed; roots and addresses are delegated unchanged.
+unsafe impl<P: TablePool + ?Sized> TablePool for Reserved<'_, P> {
+    fn alloc_page(&mut self) -> Option<PhysAddr> {
+        self.pages.pop(&*self.pool)
+    }
+
+    fn free_page(&mut self, page: PhysAddr) {
+        self.pool.free_page(page);
+    }
+
+    fn alloc_root(&mut self, pages: usize) -> Option<PhysAddr> {
+        self.pool.alloc_root(pages)
+    }
+
+    fn free_root(&mut self, root: PhysAddr, pages: usize) {
+        self.pool.free_root(root, pages);
+    }
+
+    fn table_ptr(&self, table: PhysAddr) -> NonNull<u64> {
+        self.pool.table_ptr(table)
+    }
+}

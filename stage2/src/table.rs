@@ -909,6 +909,22 @@ impl Stage2 {
         Ok(needed)
     }
 
+    /// Validates `op` and returns how many table pages it needs now,
+    /// without reserving or changing anything.
+    pub fn pages_needed<P: TablePool + ?Sized>(&self, pool: &P, op: Op) -> Result<usize, Error> {
+        let (update, start, end, _) = self.resolve(op)?;
+        self.count(
+            pool,
+            Ok(self.root),
+            self.config.start_level(),
+            0,
+            self.config.root_entries(),
+            &update,
+            start,
+            end,
+        )
+    }
+
     /// Validates `op`, works out every table page it needs and reserves
     /// them from `pool`. Nothing in the table changes; on error nothing in
     /// the pool changes either.
@@ -1248,6 +1264,19 @@ impl Stage2 {
             }
         });
         found
+    }
+
+    /// Calls `f` with the address of every table page below the root.
+    pub fn for_each_table_page<P: TablePool + ?Sized, F: FnMut(PhysAddr)>(
+        &self,
+        pool: &P,
+        mut f: F,
+    ) {
+        self.walk_all(pool, &mut |_, table| {
+            if let Some(t) = table {
+                f(t.table);
+            }
+        });
     }
 
     /// Frees every table page and the root, after invalidating the whole

@@ -772,3 +772,47 @@ fn host_identity_map_of_qemu_virt() {
     assert_eq!(env.leaf(RAM + GIB - carve).descriptor, Descriptor::EMPTY);
     env.assert_no_leak();
 }
+
+#[test]
+fn pages_needed_and_reservations() {
+    let mut env = Env::new(40);
+    env.map(RAM, GIB, RAM).unwrap();
+    let op = Op::Unmap {
+        ipa: Ipa(RAM + 0x5000),
+        size: 0x1000,
+    };
+    assert_eq!(env.s2.pages_needed(&env.pool, op), Ok(2));
+    assert_eq!(
+        env.s2.pages_needed(
+            &env.pool,
+            Op::Unmap {
+                ipa: Ipa(1),
+                size: 1
+            }
+        ),
+        Err(Error::Unaligned(1))
+    );
+    // A reservation of 2 pages is enough for the unmap and nothing more.
+    {
+        let mut r = Reserved::new(&mut env.pool, 2).unwrap();
+        assert_eq!(r.remaining(), 2);
+        env.s2.apply(&mut r, &mut env.tlb, op).unwrap();
+        assert_eq!(r.remaining(), 0);
+        let op2 = Op::Unmap {
+            ipa: Ipa(RAM + GIB - MIB2),
+            size: 0x1000,
+        };
+        assert_eq!(
+            env.s2.apply(&mut r, &mut env.tlb, op2),
+            Err(Error::OutOfMemory { needed: 1 })
+        );
+    }
+    env.assert_no_leak();
+    env.pool.set_alloc_limit(Some(1));
+    assert!(Reserved::new(&mut env.pool, 2).is_err());
+    env.pool.set_alloc_limit(None);
+    assert_eq!(env.pool.in_use(), 4);
+    // Leftover reserved pages go back on drop.
+    drop(Reserved::new(&mut env.pool, 5).unwrap());
+    env.assert_no_leak();
+}

@@ -1,0 +1,638 @@
+//! The principals (host, hypervisor, guests), their locks, and guest
+//! lifecycle.
+//!
+//! # Locks
+//!
+//! | order | lock | protects |
+//! |-------|------|----------|
+//! | 0 | `guests` (read/write) | the guest slots; written only to create or remove a guest |
+//! | 1 | `host` | the ownership table, the host stage-2 and its table pool |
+//! | 2 | `hyp` | the hypervisor's own mappings |
+//! | 3 | one per guest | that guest's stage-2, memcache, pending conversion |
+//!
+//! A call takes the locks it needs in that order and holds them until it
+//! returns; no call takes two guest locks. This is pKVM's order (host, then
+//! hypervisor, then guest, with the VM table first).
+
+use crate::errno::Errno;
+use crate::mem::{HypMappings, PhysMem, wipe};
+use crate::memcache::{Memcache, MemcachePool};
+use crate::table::{MemRegion, OwnershipTable, PageEntry};
+use crate::types::{Gfn, GuestHandle, GuestPageState, Pfn};
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use spin::{Mutex, RwLock};
+use stage2::{
+    Annotation, AnnotationType, BlockPolicy, Ipa, LeafAttrs, Op, PAGE_SIZE, PaRange,
+    PageState as S2State, Perms, PhysAddr, Reserved, Stage2, Stage2Config, SwBits, TablePool,
+    TlbMaintenance,
+};
+
+/// First guest handle (pKVM's `HANDLE_OFFSET`).
+pub const HANDLE_OFFSET: u16 = 0x1000;
+/// Most guests at once (pKVM's `KVM_MAX_PVMS`).
+pub const MAX_GUESTS: usize = 255;
+/// Owner id of the hypervisor in host stage-2 annotations (pKVM's).
+pub const OWNER_ID_HYP: u8 = 1;
+/// Owner id of a guest in host stage-2 annotations (pKVM's).
+pub const OWNER_ID_GUEST: u8 = 2;
+/// Guest stage-2 annotation: the guest relinquished the page at this IPA.
+pub const RELINQUISHED: AnnotationType = match AnnotationType::new(4) {
+    Some(t) => t,
+    None => AnnotationType::POISONED,
+};
+/// Spare software bit marking a guest leaf that came from a 2 MiB host
+/// share, so a 4 KiB unshare of it is refused with `E2BIG`.
+pub const SPARE_BLOCK_SHARE: u8 = 1;
+
+/// How the host maps its RAM: normal write-back, read/write/execute.
+pub const HOST_RAM_ATTRS: LeafAttrs = LeafAttrs::normal(Perms::RWX);
+/// How the host maps MMIO: device, read/write.
+pub const HOST_MMIO_ATTRS: LeafAttrs = LeafAttrs::device(Perms::RW);
+
+/// The attributes of a guest leaf in `state`.
+pub(crate) const fn guest_attrs(state: S2State, block_share: bool) -> LeafAttrs {
+    let mut a = LeafAttrs::normal(Perms::RWX).with_state(state);
+    if block_share {
+        a.sw = SwBits {
+            state,
+            spare: SPARE_BLOCK_SHARE,
+        };
+    }
+    a
+}
+
+/// The host stage-2 annotation of a page the hypervisor owns.
+pub(crate) fn hyp_annotation() -> Annotation {
+    Annotation::new(AnnotationType::DONATION, OWNER_ID_HYP, 0).unwrap_or_else(|| unreachable!())
+}
+
+/// The host stage-2 annotation of a page guest `handle` owns. Uniform
+/// across the guest's pages, so a 2 MiB donation stays one entry; the gfn
+/// lives in the ownership table.
+pub(crate) fn guest_annotation(handle: GuestHandle) -> Annotation {
+    Annotation::new(AnnotationType::DONATION, OWNER_ID_GUEST, handle.0 as u64)
+        .unwrap_or_else(|| unreachable!())
+}
+
+pub(crate) fn poison_annotation() -> Annotation {
+    Annotation::new(AnnotationType::POISONED, 0, 0).unwrap_or_else(|| unreachable!())
+}
+
+pub(crate) fn relinquished_annotation() -> Annotation {
+    Annotation::new(RELINQUISHED, 0, 0).unwrap_or_else(|| unreachable!())
+}
+
+/// The kind of a guest-requested conversion (DESIGN §5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConversionKind {
+    /// MEM_SHARE: guest-private pages become shared with the host.
+    Share,
+    /// MEM_UNSHARE: guest-shared pages become private again.
+    Unshare,
+}
+
+/// A conversion the guest asked for and the host has not yet completed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Conversion {
+    /// Share or unshare.
+    pub kind: ConversionKind,
+    /// First guest page.
+    pub gfn: Gfn,
+    /// Pages (1–512).
+    pub pages: u64,
+}
+
+/// One protected guest's memory state.
+pub struct Guest {
+    pub(crate) handle: GuestHandle,
+    pub(crate) s2: Stage2,
+    pub(crate) memcache: Memcache,
+    pub(crate) pending: Option<Conversion>,
+    pub(crate) dying: bool,
+}
+
+impl Guest {
+    /// The guest's handle.
+    pub fn handle(&self) -> GuestHandle {
+        self.handle
+    }
+
+    /// The guest's stage-2 table.
+    pub fn stage2(&self) -> &Stage2 {
+        &self.s2
+    }
+
+    /// Free pages in the memcache.
+    pub fn memcache_pages(&self) -> usize {
+        self.memcache.len()
+    }
+
+    /// Whether teardown has started.
+    pub fn is_dying(&self) -> bool {
+        self.dying
+    }
+
+    /// The pending guest-requested conversion, if any.
+    pub fn pending(&self) -> Option<Conversion> {
+        self.pending
+    }
+
+    /// First gfn past the guest's IPA space.
+    pub(crate) fn gfn_limit(&self) -> u64 {
+        self.s2.config().ipa_limit() / PAGE_SIZE
+    }
+}
+
+/// The host's memory state: the ownership table and the host stage-2.
+pub struct HostMmu<P: TablePool> {
+    pub(crate) table: OwnershipTable,
+    pub(crate) s2: Stage2,
+    pub(crate) pool: P,
+    pub(crate) mmio: Vec<(PhysAddr, u64)>,
+}
+
+impl<P: TablePool> HostMmu<P> {
+    /// The ownership table.
+    pub fn table(&self) -> &OwnershipTable {
+        &self.table
+    }
+
+    /// The host stage-2.
+    pub fn stage2(&self) -> &Stage2 {
+        &self.s2
+    }
+
+    /// The pool the host stage-2 takes table pages from.
+    pub fn pool(&self) -> &P {
+        &self.pool
+    }
+}
+
+/// A read-only view of memory for table walks (lookups never allocate).
+pub(crate) struct MemView<M: PhysMem>(pub(crate) M);
+
+// SAFETY: never hands out pages; `table_ptr` is `PhysMem::page_ptr`, valid
+// for the RAM pages guest tables live in.
+unsafe impl<M: PhysMem> TablePool for MemView<M> {
+    fn alloc_page(&mut self) -> Option<PhysAddr> {
+        None
+    }
+    fn free_page(&mut self, _page: PhysAddr) {}
+    fn alloc_root(&mut self, _pages: usize) -> Option<PhysAddr> {
+        None
+    }
+    fn free_root(&mut self, _root: PhysAddr, _pages: usize) {}
+    fn table_ptr(&self, table: PhysAddr) -> NonNull<u64> {
+        self.0.page_ptr(table).cast()
+    }
+}
+
+/// Stage-2 operations planned against one table, with the table pages they
+/// need counted before anything changes.
+pub(crate) struct Plan {
+    ops: Vec<Op>,
+    pub(crate) needed: usize,
+}
+
+impl Plan {
+    pub(crate) const fn new() -> Plan {
+        Plan {
+            ops: Vec::new(),
+            needed: 0,
+        }
+    }
+
+    /// Validates `op` against the table as it is now and counts its pages.
+    /// The ops of one plan touch disjoint pages, so each one's count on
+    /// today's table bounds what it needs after the earlier ones ran.
+    pub(crate) fn add<P: TablePool + ?Sized>(
+        &mut self,
+        s2: &Stage2,
+        pool: &P,
+        op: Op,
+    ) -> Result<(), Errno> {
+        self.ops.try_reserve(1).map_err(|_| Errno::Enomem)?;
+        self.needed += s2.pages_needed(pool, op).map_err(|_| Errno::Einval)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Applies every op with pages from `reserved`. Cannot fail: every op
+    /// was validated and its pages reserved.
+    pub(crate) fn apply<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        self,
+        s2: &mut Stage2,
+        reserved: &mut P,
+        tlb: &mut T,
+    ) {
+        for op in self.ops {
+            let r = s2.apply(reserved, tlb, op);
+            debug_assert!(r.is_ok(), "planned stage-2 op failed: {r:?}");
+        }
+    }
+}
+
+/// The host identity-map op for `n` pages from `pfn`.
+pub(crate) fn host_map(pfn: Pfn, n: u64) -> Op {
+    let pa = PhysAddr(pfn.0 * PAGE_SIZE);
+    Op::Map {
+        ipa: Ipa(pa.0),
+        size: n * PAGE_SIZE,
+        pa,
+        attrs: HOST_RAM_ATTRS,
+        policy: BlockPolicy::Largest,
+    }
+}
+
+/// The host op removing access to `n` pages from `pfn`, recording `owner`.
+pub(crate) fn host_annotate(pfn: Pfn, n: u64, annotation: Annotation) -> Op {
+    Op::Annotate {
+        ipa: Ipa(pfn.0 * PAGE_SIZE),
+        size: n * PAGE_SIZE,
+        annotation,
+    }
+}
+
+/// Where the machine's memory is, for [`Ownership::new`].
+#[derive(Clone, Copy, Debug)]
+pub struct Layout<'a> {
+    /// The CPU's physical address range; the host stage-2 covers it.
+    pub pa_range: PaRange,
+    /// RAM regions (from the device tree).
+    pub ram: &'a [MemRegion],
+    /// MMIO regions `(base, size)` the host may access.
+    pub mmio: &'a [(PhysAddr, u64)],
+    /// Parts of RAM the hypervisor keeps for itself (its carve-out).
+    pub hyp: &'a [MemRegion],
+}
+
+/// Every page's owner and every principal's stage-2, behind the locks in
+/// the module docs.
+pub struct Ownership<M: PhysMem, P: TablePool, H: HypMappings> {
+    pub(crate) mem: M,
+    pub(crate) guests: RwLock<Vec<Option<Mutex<Guest>>>>,
+    pub(crate) host: Mutex<HostMmu<P>>,
+    pub(crate) hyp: Mutex<H>,
+}
+
+impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
+    /// Sets up the table over `layout.ram` (all host-owned), the host
+    /// stage-2 as an identity map of RAM and MMIO with the largest blocks,
+    /// and the hypervisor carve-out owned by the hypervisor and absent from
+    /// the host stage-2.
+    pub fn new<T: TlbMaintenance + ?Sized>(
+        layout: Layout<'_>,
+        mem: M,
+        mut pool: P,
+        mut hyp: H,
+        tlb: &mut T,
+    ) -> Result<Self, Errno> {
+        let mut table = OwnershipTable::new(layout.ram)?;
+        let bits = layout.pa_range.bits();
+        let config = Stage2Config::new(bits, layout.pa_range).map_err(|_| Errno::Einval)?;
+        let mut s2 = Stage2::new(config, 0, &mut pool).map_err(|_| Errno::Enomem)?;
+        let mut mmio = Vec::new();
+        mmio.try_reserve(layout.mmio.len())
+            .map_err(|_| Errno::Enomem)?;
+        for &(base, size) in layout.mmio {
+            let op = Op::Map {
+                ipa: Ipa(base.0),
+                size,
+                pa: base,
+                attrs: HOST_MMIO_ATTRS,
+                policy: BlockPolicy::Largest,
+            };
+            s2.apply(&mut pool, tlb, op).map_err(Errno::from)?;
+            mmio.push((base, size));
+        }
+        for r in layout.ram {
+            s2.apply(&mut pool, tlb, host_map(r.base, r.pages))
+                .map_err(Errno::from)?;
+        }
+        for r in layout.hyp {
+            if !table.is_ram(r.base, r.pages) {
+                return Err(Errno::Einval);
+            }
+            s2.apply(
+                &mut pool,
+                tlb,
+                host_annotate(r.base, r.pages, hyp_annotation()),
+            )
+            .map_err(Errno::from)?;
+            for i in 0..r.pages {
+                table.set(Pfn(r.base.0 + i), PageEntry::HYP_OWNED);
+            }
+            hyp.map(r.base, r.pages);
+        }
+        Ok(Ownership {
+            mem,
+            guests: RwLock::new(Vec::new()),
+            host: Mutex::new(HostMmu {
+                table,
+                s2,
+                pool,
+                mmio,
+            }),
+            hyp: Mutex::new(hyp),
+        })
+    }
+
+    /// Runs `f` with the host state locked.
+    pub fn with_host<R>(&self, f: impl FnOnce(&HostMmu<P>) -> R) -> R {
+        f(&self.host.lock())
+    }
+
+    /// Runs `f` with the hypervisor mappings locked.
+    pub fn with_hyp<R>(&self, f: impl FnOnce(&H) -> R) -> R {
+        f(&self.hyp.lock())
+    }
+
+    /// Runs `f` with guest `handle` locked.
+    pub fn with_guest<R>(
+        &self,
+        handle: GuestHandle,
+        f: impl FnOnce(&Guest) -> R,
+    ) -> Result<R, Errno> {
+        let guests = self.guests.read();
+        let g = slot(&guests, handle)?;
+        Ok(f(&g.lock()))
+    }
+
+    /// The handles of every guest.
+    pub fn guest_handles(&self) -> Vec<GuestHandle> {
+        let guests = self.guests.read();
+        guests.iter().flatten().map(|g| g.lock().handle).collect()
+    }
+
+    /// The memory-access handle.
+    pub fn mem(&self) -> M {
+        self.mem
+    }
+
+    /// The ownership entry of `pfn`, if it is RAM.
+    pub fn page(&self, pfn: Pfn) -> Option<PageEntry> {
+        self.host.lock().table.get(pfn)
+    }
+
+    /// How guest `handle` sees `gfn`, and the page it maps there.
+    pub fn guest_state(
+        &self,
+        handle: GuestHandle,
+        gfn: Gfn,
+    ) -> Result<(GuestPageState, Option<Pfn>), Errno> {
+        let guests = self.guests.read();
+        let g = slot(&guests, handle)?.lock();
+        guest_page(&g, self.mem, gfn)
+    }
+
+    /// Creates a guest with an `ipa_bits` stage-2 whose root is the
+    /// `root_pages` (see [`Stage2Config::root_pages`]) host pages from
+    /// `pgd`, which the host donates (they must be host-owned and aligned
+    /// to the root's size). Returns the new guest's handle.
+    pub fn create_guest<T: TlbMaintenance + ?Sized>(
+        &self,
+        tlb: &mut T,
+        ipa_bits: u8,
+        pgd: Pfn,
+    ) -> Result<GuestHandle, Errno> {
+        let config = Stage2Config::new(ipa_bits, PaRange::Bits48).map_err(|_| Errno::Einval)?;
+        let pages = config.root_pages() as u64;
+        if !pgd.0.is_multiple_of(pages) {
+            return Err(Errno::Einval);
+        }
+        let mut guests = self.guests.write();
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let idx = match guests.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if guests.len() < MAX_GUESTS => {
+                guests.try_reserve(1).map_err(|_| Errno::Enomem)?;
+                guests.push(None);
+                guests.len() - 1
+            }
+            None => return Err(Errno::Ebusy),
+        };
+        let h = &mut *host;
+        check_host_owned(&h.table, pgd, pages)?;
+        let mut plan = Plan::new();
+        plan.add(&h.s2, &h.pool, host_annotate(pgd, pages, hyp_annotation()))?;
+        let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        // Everything is checked: commit.
+        plan.apply(&mut h.s2, &mut reserved, tlb);
+        drop(reserved);
+        for i in 0..pages {
+            h.table.set(Pfn(pgd.0 + i), PageEntry::HYP_OWNED);
+        }
+        hyp.map(pgd, pages);
+        wipe(self.mem, pgd, pages);
+        let root = PhysAddr(pgd.0 * PAGE_SIZE);
+        let mut memcache = Memcache::new();
+        memcache.set_root(root, pages as usize);
+        let vmid = idx as u16 + 1;
+        let s2 = Stage2::new(
+            config,
+            vmid,
+            &mut MemcachePool {
+                cache: &mut memcache,
+                mem: self.mem,
+            },
+        )
+        .map_err(|_| Errno::Einval)?;
+        let handle = GuestHandle(HANDLE_OFFSET + idx as u16);
+        guests[idx] = Some(Mutex::new(Guest {
+            handle,
+            s2,
+            memcache,
+            pending: None,
+            dying: false,
+        }));
+        Ok(handle)
+    }
+
+    /// The host donates `n` (1–512) pages from `pfn` to the hypervisor for
+    /// guest `handle`'s page tables.
+    pub fn topup_memcache<T: TlbMaintenance + ?Sized>(
+        &self,
+        tlb: &mut T,
+        handle: GuestHandle,
+        pfn: Pfn,
+        n: u64,
+    ) -> Result<(), Errno> {
+        if n == 0 || n > crate::types::BLOCK_PAGES {
+            return Err(Errno::Einval);
+        }
+        let guests = self.guests.read();
+        let gm = slot(&guests, handle)?;
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let mut g = gm.lock();
+        let h = &mut *host;
+        check_host_owned(&h.table, pfn, n)?;
+        let mut plan = Plan::new();
+        plan.add(&h.s2, &h.pool, host_annotate(pfn, n, hyp_annotation()))?;
+        let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        plan.apply(&mut h.s2, &mut reserved, tlb);
+        drop(reserved);
+        hyp.map(pfn, n);
+        for i in 0..n {
+            let p = Pfn(pfn.0 + i);
+            h.table.set(p, PageEntry::HYP_OWNED);
+            g.memcache.push(self.mem, PhysAddr(p.0 * PAGE_SIZE));
+        }
+        Ok(())
+    }
+
+    /// Starts guest `handle`'s teardown: it will not run again, and the
+    /// host may reclaim its pages.
+    pub fn start_teardown(&self, handle: GuestHandle) -> Result<(), Errno> {
+        let guests = self.guests.read();
+        let mut g = slot(&guests, handle)?.lock();
+        if g.dying {
+            return Err(Errno::Einval);
+        }
+        g.dying = true;
+        Ok(())
+    }
+
+    /// Finishes guest `handle`'s teardown once the host has reclaimed every
+    /// page: destroys its stage-2 and gives its table pages, memcache and
+    /// root back to the host, zeroed. `EBUSY` while any page is still
+    /// mapped in the guest; `ENOMEM` (nothing changed) if the host stage-2
+    /// pool cannot take the pages back.
+    pub fn finish_teardown<T: TlbMaintenance + ?Sized>(
+        &self,
+        tlb: &mut T,
+        handle: GuestHandle,
+    ) -> Result<(), Errno> {
+        let mut guests = self.guests.write();
+        let idx = index(handle).ok_or(Errno::Einval)?;
+        let gm = guests
+            .get(idx)
+            .and_then(Option::as_ref)
+            .ok_or(Errno::Einval)?;
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let h = &mut *host;
+        // Every page the guest's memory state holds, as runs of frames.
+        let runs = {
+            let g = gm.lock();
+            if !g.dying {
+                return Err(Errno::Einval);
+            }
+            if g.s2.stats(&MemView(self.mem)).total_leaves() != 0 {
+                return Err(Errno::Ebusy);
+            }
+            let mut pfns: Vec<u64> = Vec::new();
+            let total = g.memcache.len() + g.s2.table_pages() + g.s2.config().root_pages();
+            pfns.try_reserve_exact(total).map_err(|_| Errno::Enomem)?;
+            g.memcache
+                .for_each(self.mem, |p| pfns.push(p.0 / PAGE_SIZE));
+            g.s2.for_each_table_page(&MemView(self.mem), |p| pfns.push(p.0 / PAGE_SIZE));
+            if let Some((root, pages)) = g.memcache.root() {
+                pfns.extend((0..pages as u64).map(|i| root.0 / PAGE_SIZE + i));
+            }
+            pfns.sort_unstable();
+            runs_of(&pfns)?
+        };
+        let mut plan = Plan::new();
+        for &(pfn, n) in &runs {
+            plan.add(&h.s2, &h.pool, host_map(pfn, n))?;
+        }
+        let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        // Checked: commit.
+        let Some(gm) = guests[idx].take() else {
+            return Err(Errno::Einval);
+        };
+        let mut g = gm.into_inner();
+        g.s2.destroy(
+            &mut MemcachePool {
+                cache: &mut g.memcache,
+                mem: self.mem,
+            },
+            tlb,
+        );
+        for &(pfn, n) in &runs {
+            hyp.unmap(pfn, n);
+            wipe(self.mem, pfn, n);
+            for i in 0..n {
+                h.table.set(Pfn(pfn.0 + i), PageEntry::HOST_OWNED);
+            }
+        }
+        plan.apply(&mut h.s2, &mut reserved, tlb);
+        Ok(())
+    }
+}
+
+/// Coalesces sorted frame numbers into `(first, count)` runs.
+pub(crate) fn runs_of(pfns: &[u64]) -> Result<Vec<(Pfn, u64)>, Errno> {
+    let mut runs: Vec<(Pfn, u64)> = Vec::new();
+    for &p in pfns {
+        match runs.last_mut() {
+            Some((start, n)) if start.0 + *n == p => *n += 1,
+            _ => {
+                runs.try_reserve(1).map_err(|_| Errno::Enomem)?;
+                runs.push((Pfn(p), 1));
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// The slot index of `handle`.
+pub(crate) fn index(handle: GuestHandle) -> Option<usize> {
+    let i = handle.0.checked_sub(HANDLE_OFFSET)? as usize;
+    (i < MAX_GUESTS).then_some(i)
+}
+
+/// The guest behind `handle`, or `EINVAL`.
+pub(crate) fn slot(
+    guests: &[Option<Mutex<Guest>>],
+    handle: GuestHandle,
+) -> Result<&Mutex<Guest>, Errno> {
+    index(handle)
+        .and_then(|i| guests.get(i))
+        .and_then(Option::as_ref)
+        .ok_or(Errno::Einval)
+}
+
+/// `EINVAL` unless `[pfn, pfn + n)` is RAM in one region; `EPERM` unless
+/// every page is host-owned and not shared.
+pub(crate) fn check_host_owned(table: &OwnershipTable, pfn: Pfn, n: u64) -> Result<(), Errno> {
+    if !table.is_ram(pfn, n) {
+        return Err(Errno::Einval);
+    }
+    for i in 0..n {
+        if table.get(Pfn(pfn.0 + i)) != Some(PageEntry::HOST_OWNED) {
+            return Err(Errno::Eperm);
+        }
+    }
+    Ok(())
+}
+
+/// How `g` sees `gfn`, and the page mapped there.
+pub(crate) fn guest_page<M: PhysMem>(
+    g: &Guest,
+    mem: M,
+    gfn: Gfn,
+) -> Result<(GuestPageState, Option<Pfn>), Errno> {
+    if gfn.0 >= g.gfn_limit() {
+        return Err(Errno::Einval);
+    }
+    let ipa = Ipa(gfn.0 * PAGE_SIZE);
+    let leaf = g.s2.lookup(&MemView(mem), ipa).map_err(|_| Errno::Einval)?;
+    if let Some(pa) = leaf.output_for(ipa) {
+        let state = match leaf.descriptor.page_state() {
+            Some(S2State::Owned) => GuestPageState::Owned,
+            Some(S2State::SharedOwned) => GuestPageState::SharedOwned,
+            Some(S2State::SharedBorrowed) => GuestPageState::SharedBorrowed,
+            None => return Err(Errno::Einval),
+        };
+        return Ok((state, Some(Pfn::containing(pa))));
+    }
+    Ok(match leaf.annotation() {
+        Some(a) if a.kind() == AnnotationType::POISONED => (GuestPageState::Poisoned, None),
+        Some(a) if a.kind() == RELINQUISHED => (GuestPageState::Relinquished, None),
+        _ => (GuestPageState::NoPage, None),
+    })
+}
