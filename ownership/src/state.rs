@@ -386,6 +386,18 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         guest_page(&g, self.mem, gfn)
     }
 
+    /// The leaf of guest `handle`'s stage-2 translating `gfn` (for tests
+    /// and debugging: which level maps it, with which descriptor).
+    pub fn guest_leaf(&self, handle: GuestHandle, gfn: Gfn) -> Result<stage2::Leaf, Errno> {
+        let guests = self.guests.read();
+        let g = slot(&guests, handle)?.lock();
+        if gfn.0 >= g.gfn_limit() {
+            return Err(Errno::Einval);
+        }
+        g.s2.lookup(&MemView(self.mem), Ipa(gfn.0 * PAGE_SIZE))
+            .map_err(|_| Errno::Einval)
+    }
+
     /// Creates a guest with an `ipa_bits` stage-2 whose root is the
     /// `root_pages` (see [`Stage2Config::root_pages`]) host pages from
     /// `pgd`, which the host donates (they must be host-owned and aligned
