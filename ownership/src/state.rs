@@ -110,6 +110,7 @@ pub struct Guest {
     pub(crate) memcache: Memcache,
     pub(crate) pending: Option<Conversion>,
     pub(crate) dying: bool,
+    pub(crate) meta: Option<(Pfn, u64)>,
 }
 
 impl Guest {
@@ -136,6 +137,11 @@ impl Guest {
     /// The pending guest-requested conversion, if any.
     pub fn pending(&self) -> Option<Conversion> {
         self.pending
+    }
+
+    /// The metadata pages donated at creation, if any.
+    pub fn meta(&self) -> Option<(Pfn, u64)> {
+        self.meta
     }
 
     /// First gfn past the guest's IPA space.
@@ -408,6 +414,21 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         ipa_bits: u8,
         pgd: Pfn,
     ) -> Result<GuestHandle, Errno> {
+        self.create_guest_with_meta(tlb, ipa_bits, pgd, None)
+    }
+
+    /// [`create_guest`](Self::create_guest), also donating `meta` (`(first
+    /// page, pages)`) to the hypervisor in the same transaction, for the
+    /// guest's metadata at EL2. The pages are zeroed, stay the hypervisor's
+    /// for the guest's life, and go back to the host, zeroed, with the rest
+    /// at [`finish_teardown`](Self::finish_teardown).
+    pub fn create_guest_with_meta<T: TlbMaintenance + ?Sized>(
+        &self,
+        tlb: &mut T,
+        ipa_bits: u8,
+        pgd: Pfn,
+        meta: Option<(Pfn, u64)>,
+    ) -> Result<GuestHandle, Errno> {
         let config = Stage2Config::new(ipa_bits, PaRange::Bits48).map_err(|_| Errno::Einval)?;
         let pages = config.root_pages() as u64;
         if !pgd.0.is_multiple_of(pages) {
@@ -420,8 +441,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             Some(i) => i,
             None if guests.len() < MAX_GUESTS => {
                 guests.try_reserve(1).map_err(|_| Errno::Enomem)?;
-                guests.push(None);
-                guests.len() - 1
+                guests.len()
             }
             None => return Err(Errno::Ebusy),
         };
@@ -429,15 +449,28 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         check_host_owned(&h.table, pgd, pages)?;
         let mut plan = Plan::new();
         plan.add(&h.s2, &h.pool, host_annotate(pgd, pages, hyp_annotation()))?;
+        if let Some((m, n)) = meta {
+            check_host_owned(&h.table, m, n)?;
+            let overlaps = m.0 < pgd.0 + pages && pgd.0 < m.0 + n;
+            if overlaps {
+                return Err(Errno::Einval);
+            }
+            plan.add(&h.s2, &h.pool, host_annotate(m, n, hyp_annotation()))?;
+        }
         let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
         // Everything is checked: commit.
         plan.apply(&mut h.s2, &mut reserved, tlb);
         drop(reserved);
-        for i in 0..pages {
-            h.table.set(Pfn(pgd.0 + i), PageEntry::HYP_OWNED);
+        for (first, n) in core::iter::once((pgd, pages)).chain(meta) {
+            for i in 0..n {
+                h.table.set(Pfn(first.0 + i), PageEntry::HYP_OWNED);
+            }
+            hyp.map(first, n);
+            wipe(self.mem, first, n);
         }
-        hyp.map(pgd, pages);
-        wipe(self.mem, pgd, pages);
+        if idx == guests.len() {
+            guests.push(None);
+        }
         let root = PhysAddr(pgd.0 * PAGE_SIZE);
         let mut memcache = Memcache::new();
         memcache.set_root(root, pages as usize);
@@ -458,6 +491,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             memcache,
             pending: None,
             dying: false,
+            meta,
         }));
         Ok(handle)
     }
@@ -536,13 +570,18 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
                 return Err(Errno::Ebusy);
             }
             let mut pfns: Vec<u64> = Vec::new();
-            let total = g.memcache.len() + g.s2.table_pages() + g.s2.config().root_pages();
+            let meta_pages = g.meta.map_or(0, |(_, n)| n as usize);
+            let total =
+                g.memcache.len() + g.s2.table_pages() + g.s2.config().root_pages() + meta_pages;
             pfns.try_reserve_exact(total).map_err(|_| Errno::Enomem)?;
             g.memcache
                 .for_each(self.mem, |p| pfns.push(p.0 / PAGE_SIZE));
             g.s2.for_each_table_page(&MemView(self.mem), |p| pfns.push(p.0 / PAGE_SIZE));
             if let Some((root, pages)) = g.memcache.root() {
                 pfns.extend((0..pages as u64).map(|i| root.0 / PAGE_SIZE + i));
+            }
+            if let Some((m, n)) = g.meta {
+                pfns.extend((0..n).map(|i| m.0 + i));
             }
             pfns.sort_unstable();
             runs_of(&pfns)?
