@@ -1,22 +1,28 @@
 //! The arch-neutral core of the EL2 hypervisor.
 //!
-//! This library holds the parts of the hypervisor that do not depend on how
-//! it was booted: hypercall dispatch, memory ownership checks and the state
-//! it keeps for the host and its guests. It is `no_std` and builds for both
-//! `aarch64-unknown-none` (linked into the `el2` binary) and the host (so its
-//! logic can be unit-tested with `cargo test`).
+//! - [`hyp`]: host call dispatch, guest call handling, VM and vCPU
+//!   lifecycle and exits, over the [`ownership`] state, with the
+//!   architecture behind [`hyp::arch::Arch`].
+//! - `sim` (feature `sim`): a simulated machine for host tests — simulated
+//!   RAM, a scripted guest whose loads and stores are translated through
+//!   its stage-2 as hardware would, and an in-process host call conduit.
 //!
-//! For now it is deliberately tiny: hypercall handling lands with the
-//! hypervisor-core issue. The `el2` binary in this package is the boot stub
-//! that QEMU starts at EL2.
+//! It is `no_std` and builds for both `aarch64-unknown-none` (linked into
+//! the `el2` binary) and the host, where `cargo test` runs it.
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "sim")]
+extern crate std;
+
+pub mod hyp;
+#[cfg(feature = "sim")]
+pub mod sim;
+
 /// Version of the hypervisor, as `(major, minor)`.
 ///
-/// Printed by the `el2` binary when it starts; the hypercall ABI will report
-/// it to the host once call handling exists.
+/// Printed by the `el2` binary when it starts.
 pub const HYP_VERSION: (u16, u16) = (0, 1);
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 //! | 6 | `ShareGuest` | handle | pfn | gfn | pages (1 or 512) | – | – |
 //! | 7 | `UnshareGuest` | handle | gfn | pages (1 or 512) | – | – | – |
 //! | 8 | `DonateGuest` | handle | pfn | gfn | pages (1 or 512) | – | – |
-//! | 9 | `VcpuRun` | handle | vcpu | – | – | – | x2 = exit reason, x3..x6 = exit data ([`Exit`]) |
+//! | 9 | `VcpuRun` | handle | vcpu | flags ([`RUN_COMPLETE_ACCESS`]) | value 0 | value 1 | x2 = exit reason, x3..x6 = exit data ([`Exit`]) |
 //! | 10 | `ConvertComplete` | handle | gfn | pages | 1 = to shared, 0 = to private | – | – |
 //! | 11 | `ConvertRefuse` | handle | – | – | – | – | – |
 //! | 12 | `Reclaim` | handle | gfn | pages (1 or 512) | – | – | – |
@@ -296,9 +296,13 @@ pub enum Exit {
         /// KVM memory-fault flags.
         flags: u64,
     },
-    /// A stage-2 fault on a gfn with nothing mapped: the host donates or
-    /// shares a page there and runs the vCPU again. x3 = gpa, x4 = 1 if a
-    /// write, x5 = 1 if an instruction fetch.
+    /// A stage-2 fault on a gfn with nothing mapped. The host either maps
+    /// memory there (donates or shares a page) and runs the vCPU again,
+    /// which retries the access, or, for an address it emulates, completes
+    /// the access as MMIO with the next [`HostCall::VcpuRun`] (flag
+    /// [`RUN_COMPLETE_ACCESS`]: a read's value in x4; the instruction is
+    /// then skipped). x3 = gpa, x4 = write | exec << 1 | isv << 2 |
+    /// size << 8 | reg << 16, x5 = the data a write stores.
     Stage2Fault {
         /// Faulting guest physical address.
         gpa: u64,
@@ -306,19 +310,14 @@ pub enum Exit {
         write: bool,
         /// Instruction fetch.
         exec: bool,
-    },
-    /// MMIO to emulate. x3 = address, x4 = size in bytes | write << 8 |
-    /// register << 16, x5 = data written.
-    Mmio {
-        /// Guest physical address.
-        addr: u64,
+        /// The syndrome is valid: `size`, `reg` and `data` describe the
+        /// access (a single load or store), so it can be emulated.
+        isv: bool,
         /// Access size in bytes.
         size: u8,
-        /// Write access.
-        write: bool,
-        /// Guest register the data comes from or goes to.
+        /// Register the data comes from or goes to.
         reg: u8,
-        /// Data written (writes only).
+        /// Data a write stores.
         data: u64,
     },
     /// A hypercall the hypervisor does not handle (e.g. PSCI): x3 = the
@@ -351,7 +350,22 @@ pub enum Exit {
     },
     /// The vCPU halted (WFI): run it again when there is work.
     Wfi,
+    /// A trap the hypervisor cannot handle or hand on (e.g. a permission
+    /// fault on a page mapped read/write/execute): x3 = ESR, x4 = PC. The
+    /// vCPU is stopped; running it again gives `-EINVAL`.
+    Unhandled {
+        /// Exception syndrome (or the simulator's code).
+        esr: u64,
+        /// Guest PC of the trapping instruction.
+        pc: u64,
+    },
 }
+
+/// [`HostCall::VcpuRun`] x3 flag: the host completes the vCPU's last exit
+/// with values: for a [`Exit::Stage2Fault`] emulated as MMIO, x4 is the
+/// value a read loads; for a [`Exit::Hypercall`], x4 and x5 are the
+/// guest's x0 and x1 (without the flag the guest gets NOT_SUPPORTED).
+pub const RUN_COMPLETE_ACCESS: u64 = 1;
 
 /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`: the access (or request) is to private
 /// memory.
@@ -362,35 +376,66 @@ impl Exit {
     pub const fn to_regs(self) -> [u64; 5] {
         match self {
             Exit::MemoryFault { gpa, size, flags } => [1, gpa, size, flags, 0],
-            Exit::Stage2Fault { gpa, write, exec } => [2, gpa, write as u64, exec as u64, 0],
-            Exit::Mmio { addr, size, write, reg, data } => {
-                [3, addr, size as u64 | ((write as u64) << 8) | ((reg as u64) << 16), data, 0]
-            }
+            Exit::Stage2Fault {
+                gpa,
+                write,
+                exec,
+                isv,
+                size,
+                reg,
+                data,
+            } => [
+                2,
+                gpa,
+                write as u64
+                    | ((exec as u64) << 1)
+                    | ((isv as u64) << 2)
+                    | ((size as u64) << 8)
+                    | ((reg as u64) << 16),
+                data,
+                0,
+            ],
             Exit::Hypercall { id, args } => [4, id, args[0], args[1], args[2]],
             Exit::SystemEvent { kind } => [5, kind, 0, 0, 0],
             Exit::Relinquished { gpa, size } => [6, gpa, size, 0, 0],
             Exit::MemcacheEmpty { pages } => [7, pages, 0, 0, 0],
             Exit::Wfi => [8, 0, 0, 0, 0],
+            Exit::Unhandled { esr, pc } => [9, esr, pc, 0, 0],
         }
     }
 
     /// Decodes x2..x6.
     pub const fn from_regs(r: [u64; 5]) -> Option<Exit> {
         Some(match r[0] {
-            1 => Exit::MemoryFault { gpa: r[1], size: r[2], flags: r[3] },
-            2 => Exit::Stage2Fault { gpa: r[1], write: r[2] != 0, exec: r[3] != 0 },
-            3 => Exit::Mmio {
-                addr: r[1],
-                size: (r[2] & 0xff) as u8,
-                write: (r[2] >> 8) & 1 != 0,
+            1 => Exit::MemoryFault {
+                gpa: r[1],
+                size: r[2],
+                flags: r[3],
+            },
+            2 => Exit::Stage2Fault {
+                gpa: r[1],
+                write: r[2] & 1 != 0,
+                exec: r[2] & 2 != 0,
+                isv: r[2] & 4 != 0,
+                size: ((r[2] >> 8) & 0xff) as u8,
                 reg: ((r[2] >> 16) & 0xff) as u8,
                 data: r[3],
             },
-            4 => Exit::Hypercall { id: r[1], args: [r[2], r[3], r[4]] },
+            4 => Exit::Hypercall {
+                id: r[1],
+                args: [r[2], r[3], r[4]],
+            },
             5 => Exit::SystemEvent { kind: r[1] },
-            6 => Exit::Relinquished { gpa: r[1], size: r[2] },
+            6 => Exit::Relinquished {
+                gpa: r[1],
+                size: r[2],
+            },
             7 => Exit::MemcacheEmpty { pages: r[1] },
             8 => Exit::Wfi,
+            9 => Exit::Unhandled {
+                esr: r[1],
+                pc: r[2],
+            },
             _ => return None,
         })
     }
@@ -417,7 +462,10 @@ mod tests {
     #[test]
     fn guest_call_ids() {
         assert_eq!(GuestCall::from_id(0xC600_0003), Some(GuestCall::MemShare));
-        assert_eq!(GuestCall::from_id(0xC601_0009), Some(GuestCall::MemRelinquish));
+        assert_eq!(
+            GuestCall::from_id(0xC601_0009),
+            Some(GuestCall::MemRelinquish)
+        );
         assert_eq!(GuestCall::from_id(0xC600_0005), None);
         assert_eq!(GUEST_FEATURES, 0x21d);
     }
@@ -425,12 +473,42 @@ mod tests {
     #[test]
     fn exits_round_trip() {
         let exits = [
-            Exit::MemoryFault { gpa: 0x8000_0000, size: 0x2000, flags: KVM_MEMORY_EXIT_FLAG_PRIVATE },
-            Exit::Stage2Fault { gpa: 0x1000, write: true, exec: false },
-            Exit::Mmio { addr: 0x900_0000, size: 4, write: true, reg: 7, data: 0x41 },
-            Exit::Hypercall { id: 0x8400_0008, args: [1, 2, 3] },
+            Exit::MemoryFault {
+                gpa: 0x8000_0000,
+                size: 0x2000,
+                flags: KVM_MEMORY_EXIT_FLAG_PRIVATE,
+            },
+            Exit::Stage2Fault {
+                gpa: 0x1000,
+                write: true,
+                exec: false,
+                isv: true,
+                size: 4,
+                reg: 7,
+                data: 0x41,
+            },
+            Exit::Stage2Fault {
+                gpa: 0x2000,
+                write: false,
+                exec: true,
+                isv: false,
+                size: 0,
+                reg: 0,
+                data: 0,
+            },
+            Exit::Unhandled {
+                esr: 0x9200_004f,
+                pc: 0x8000,
+            },
+            Exit::Hypercall {
+                id: 0x8400_0008,
+                args: [1, 2, 3],
+            },
             Exit::SystemEvent { kind: 1 },
-            Exit::Relinquished { gpa: 0x4000, size: 0x1000 },
+            Exit::Relinquished {
+                gpa: 0x4000,
+                size: 0x1000,
+            },
             Exit::MemcacheEmpty { pages: 2 },
             Exit::Wfi,
         ];

@@ -337,6 +337,7 @@ impl Update {
     /// Whether `old` already gives the wanted result on `[s, ...)` within
     /// its entry based at `eb`. Errors for permission or software-bit
     /// changes on unmapped pages.
+    #[inline]
     fn satisfied(&self, old: Descriptor, level: Level, eb: u64, s: u64) -> Result<bool, Error> {
         Ok(match *self {
             Update::Map {
@@ -365,6 +366,7 @@ impl Update {
 
     /// The single entry at `level` (based at `eb`, fully covered) that
     /// gives the wanted result, if one can.
+    #[inline]
     fn single(&self, old: Descriptor, level: Level, eb: u64) -> Option<Descriptor> {
         match *self {
             Update::Map {
@@ -387,6 +389,7 @@ impl Update {
 
     /// What the entry `old` at `level`, covering `[eb, eb + size)`, needs
     /// for the part `[s, e)` of the operation's range.
+    #[inline]
     fn decide(
         &self,
         old: Descriptor,
@@ -481,6 +484,8 @@ struct Commit<'a, P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> {
     pending: Pending,
     /// Descriptors written since the last `dsb ishst`.
     dirty: bool,
+    /// Descriptors written by this operation, so far.
+    writes: usize,
     tables_added: usize,
     tables_freed: usize,
 }
@@ -493,6 +498,7 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
     fn store(&mut self, table: *mut u64, idx: usize, d: Descriptor) {
         write(table, idx, d);
         self.dirty = true;
+        self.writes += 1;
     }
 
     /// Issues the owed TLB invalidations (pkvm.md §5.6 order).
@@ -595,6 +601,23 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
         let ptr = self.ptr(table);
         let size = level.size();
         let (first, last) = index_range(level, base, entries, self.start, self.end);
+        if let (
+            Level::L3,
+            Update::Map {
+                ipa0, pa0, attrs, ..
+            },
+        ) = (level, self.update)
+        {
+            for idx in first..=last {
+                let eb = base + idx as u64 * size;
+                let new = Descriptor::leaf_from_bits(Level::L3, pa0 + (eb - ipa0), attrs);
+                let old = read(ptr, idx);
+                if old != new {
+                    self.replace(Slot(ptr, idx), old, new, eb, level, live);
+                }
+            }
+            return;
+        }
         for idx in first..=last {
             let eb = base + idx as u64 * size;
             let s = self.start.max(eb);
@@ -618,8 +641,13 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
                 Action::Descend => {
                     let Some(next) = level.next() else { continue };
                     let child = old.output_address();
+                    let before = self.writes;
                     self.table(child, next, eb, ENTRIES_PER_TABLE, live);
+                    // An unchanged table cannot have become uniform (only an
+                    // explicit merge looks at untouched tables).
+                    let changed = self.writes != before || matches!(self.update, Update::Merge);
                     if self.merge
+                        && changed
                         && let Some(merged) = collapse(&*self.pool, child, next, level)
                     {
                         self.replace_table(Slot(ptr, idx), old, merged, level);
@@ -680,6 +708,7 @@ fn collapse<P: TablePool + ?Sized>(
     let first = read(ptr, 0);
     if !first.is_valid() {
         return (1..ENTRIES_PER_TABLE)
+            .rev()
             .all(|i| read(ptr, i) == first)
             .then_some(first);
     }
@@ -692,7 +721,7 @@ fn collapse<P: TablePool + ?Sized>(
     }
     let attrs = first.attr_bits();
     let step = level.size();
-    let uniform = (1..ENTRIES_PER_TABLE).all(|i| {
+    let uniform = (1..ENTRIES_PER_TABLE).rev().all(|i| {
         let d = read(ptr, i);
         d.is_leaf(level)
             && d.attr_bits() == attrs
@@ -863,6 +892,11 @@ impl Stage2 {
         start: u64,
         end: u64,
     ) -> Result<usize, Error> {
+        if level.next().is_none() && !matches!(update, Update::Perms(_) | Update::Sw(_)) {
+            // Nothing below level 3, and only permission and software-bit
+            // changes can fail on a page.
+            return Ok(0);
+        }
         let ptr = src.ok().map(|t| pool.table_ptr(t).as_ptr());
         let size = level.size();
         let (first, last) = index_range(level, base, entries, start, end);
@@ -994,6 +1028,7 @@ impl Stage2 {
             detached: PageList::new(),
             pending: Pending::new(),
             dirty: false,
+            writes: 0,
             tables_added: 0,
             tables_freed: 0,
         };
