@@ -2,9 +2,9 @@
 //! layers above it.
 //!
 //! - [`SimArch`]: the [`Arch`] of a simulated CPU. A vCPU runs a script of
-//!   [`GuestOp`]s; the vCPU's PC is the index of the next op, so the core's
-//!   "skip" and "retry" of an instruction work unchanged (one op is one
-//!   instruction, [`Arch::INSN_SIZE`] = 1). Loads and stores are translated
+//!   [`GuestOp`]s; the vCPU's PC counts ops (from its PC when the script
+//!   first runs), so the core's "skip" and "retry" of an instruction work
+//!   unchanged (one op is one instruction, [`Arch::INSN_SIZE`] = 1). Loads and stores are translated
 //!   through the guest's stage-2 by [`translate`], a table walker written
 //!   from the architecture (it reads raw descriptors from simulated RAM,
 //!   independent of the `stage2` crate), and fault exactly where hardware
@@ -97,6 +97,8 @@ struct Script {
     ops: Vec<GuestOp>,
     /// The step whose trap is outstanding.
     trapped: Option<usize>,
+    /// The PC of step 0: the vCPU's PC when the script first runs.
+    base: Option<u64>,
 }
 
 /// Counts TLB maintenance; the simulation has no TLB to get wrong (the
@@ -246,8 +248,14 @@ impl SimArch {
 
     /// Sets the script vCPU `index` of `handle` runs.
     pub fn script(&mut self, handle: ownership::GuestHandle, index: usize, ops: Vec<GuestOp>) {
-        self.scripts
-            .insert((handle.0, index), Script { ops, trapped: None });
+        self.scripts.insert(
+            (handle.0, index),
+            Script {
+                ops,
+                trapped: None,
+                base: None,
+            },
+        );
     }
 
     /// The events of one vCPU.
@@ -302,10 +310,11 @@ impl Arch for SimArch {
         let Some(script) = self.scripts.get_mut(&(vcpu.handle.0, vcpu.index)) else {
             return Trap::Other { esr: u64::MAX };
         };
+        let base = *script.base.get_or_insert(ctx.pc);
         // Report how the outstanding trap ended: skipped past (done) or
         // left at the same step (retried).
         if let Some(step) = script.trapped.take()
-            && ctx.pc == step as u64 + 1
+            && ctx.pc == base.wrapping_add(step as u64 + 1)
         {
             let event = match script.ops[step] {
                 GuestOp::Hvc { .. } => Some(SimEvent::HvcReturned {
@@ -327,7 +336,7 @@ impl Arch for SimArch {
             self.events.extend(event);
         }
         loop {
-            let step = ctx.pc as usize;
+            let step = ctx.pc.wrapping_sub(base) as usize;
             let Some(op) = script.ops.get(step).copied() else {
                 // The end of the script powers the guest off.
                 ctx.x[..4].copy_from_slice(&[0x8400_0008, 0, 0, 0]);
@@ -477,12 +486,15 @@ pub type SimHypervisor = Hypervisor<SimMem, ArenaPool, RecordingHyp>;
 
 /// A simulated machine: RAM, the hypervisor, one CPU.
 pub struct Machine {
-    /// Simulated RAM (drop last: everything points into it).
+    /// The hypervisor.
     pub hyp: SimHypervisor,
     /// The CPU.
     pub arch: SimArch,
-    /// The RAM.
+    /// The RAM (declared last, so dropped last: everything points into it).
     pub ram: SimRam,
+    /// Run the ownership invariant checker after every host call (on by
+    /// default; a violation panics with its description).
+    pub check_calls: bool,
 }
 
 /// A host access the host stage-2 refused: EL2 would inject a synchronous
@@ -528,6 +540,7 @@ impl Machine {
             hyp: Hypervisor::new(own),
             arch,
             ram,
+            check_calls: true,
         }
     }
 
@@ -551,6 +564,9 @@ impl Machine {
         let mut x = [0u64; 31];
         x[..6].copy_from_slice(&regs);
         self.hyp.handle_host_call(&mut self.arch, &mut x);
+        if self.check_calls {
+            self.check();
+        }
         Reply {
             status: x[0] as i64,
             ret: x[1] as i64,
