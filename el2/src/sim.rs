@@ -21,6 +21,7 @@ use ownership::{Layout, MemRegion, Ownership, Pfn, PhysMem};
 use stage2::testing::ArenaPool;
 use stage2::{Ipa, PAGE_SIZE, PaRange, PhysAddr, TablePool, TlbMaintenance};
 use std::collections::BTreeMap;
+use std::vec;
 use std::vec::Vec;
 
 /// One step of a scripted guest.
@@ -617,5 +618,117 @@ impl Machine {
 impl Default for Machine {
     fn default() -> Machine {
         Machine::new()
+    }
+}
+
+impl host_interface::hypervisor::Hypervisor for Machine {
+    fn call(
+        &mut self,
+        call: HostCall,
+        args: &[u64],
+    ) -> Result<[u64; 5], host_interface::hypervisor::CallError> {
+        let r = Machine::call(self, call, args);
+        let v = r.vals;
+        host_interface::hypervisor::decode([
+            r.status as u64,
+            r.ret as u64,
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+        ])
+    }
+
+    fn read(
+        &mut self,
+        pa: u64,
+        buf: &mut [u8],
+    ) -> Result<(), host_interface::hypervisor::AccessFault> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let at = pa + i as u64;
+            let page = self
+                .host_read_page(at / PAGE_SIZE)
+                .map_err(|_| host_interface::hypervisor::AccessFault { pa: at })?;
+            *b = page[(at % PAGE_SIZE) as usize];
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        pa: u64,
+        data: &[u8],
+    ) -> Result<(), host_interface::hypervisor::AccessFault> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = pa + done as u64;
+            let fault = host_interface::hypervisor::AccessFault { pa: at };
+            let real = self.host_pa(at, true).map_err(|_| fault)?;
+            let chunk = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
+            let page = self.ram.mem().page_ptr(PhysAddr(real & !(PAGE_SIZE - 1)));
+            // SAFETY: the host stage-2 maps this RAM page writable for the
+            // host, and `chunk` stays inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    data[done..].as_ptr(),
+                    page.as_ptr().add((real % PAGE_SIZE) as usize),
+                    chunk,
+                )
+            };
+            done += chunk;
+        }
+        Ok(())
+    }
+}
+
+/// The host's page allocator on the simulated machine: a bitmap over
+/// `[first, first + pages)` handing out naturally aligned runs.
+pub struct SimPages {
+    first: u64,
+    used: Vec<bool>,
+}
+
+impl SimPages {
+    /// An allocator over `pages` pages from `first`.
+    pub fn new(first: u64, pages: u64) -> SimPages {
+        SimPages {
+            first,
+            used: vec![false; pages as usize],
+        }
+    }
+
+    /// The default pool of [`Machine`]: 12 MiB from RAM + 16 MiB.
+    pub fn for_machine() -> SimPages {
+        SimPages::new(Machine::ram_pfn() + 0x1000, 0xc00)
+    }
+
+    /// Pages handed out.
+    pub fn in_use(&self) -> usize {
+        self.used.iter().filter(|u| **u).count()
+    }
+}
+
+impl host_interface::vm::HostPages for SimPages {
+    fn alloc(&mut self, order: u32) -> Option<u64> {
+        let n = 1usize << order;
+        let align = n as u64;
+        let mut i = ((self.first.next_multiple_of(align)) - self.first) as usize;
+        while i + n <= self.used.len() {
+            if self.used[i..i + n].iter().all(|u| !u) {
+                self.used[i..i + n].fill(true);
+                return Some(self.first + i as u64);
+            }
+            i += n;
+        }
+        None
+    }
+
+    fn free(&mut self, pfn: u64, order: u32) {
+        let i = (pfn - self.first) as usize;
+        for u in &mut self.used[i..i + (1usize << order)] {
+            assert!(*u, "freeing a page that is not allocated: {pfn:#x}");
+            *u = false;
+        }
     }
 }

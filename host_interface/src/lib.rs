@@ -1,11 +1,24 @@
-//! The ABI both the hypervisor and its host compile against.
+//! The ABI both the hypervisor and its host compile against, and the
+//! host-side layer a host kernel would provide its VMM.
 //!
 //! - [`abi`]: host call ids, arguments and errno values, guest call ids,
 //!   and the exit record `VcpuRun` returns — one numbered table.
+//! - [`kvm`]: KVM's guest_memfd uAPI structures, in KVM's layout.
+//! - [`hypervisor`]: the [`hypervisor::Hypervisor`] conduit (real HVC on
+//!   aarch64; `el2::sim::Machine` in process).
+//! - [`gmem`]: the guest_memfd model (attributes, folios, pins).
+//! - [`vm`]: the VM layer (memslots, in-place conversion, the vCPU run loop)
+//!   and the crosvm-shaped VMM API ([`vm::Vm`], [`vm::Vcpu`],
+//!   [`vm::VcpuExit`]).
 //!
-//! The guest_memfd model and the VMM API land with the guest_memfd issue.
-//! This crate must not depend on `el2`.
+//! `no_std` + `alloc`; this crate does not depend on `el2`.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+extern crate alloc;
+
 pub mod abi;
+pub mod gmem;
+pub mod hypervisor;
+pub mod kvm;
+pub mod vm;

@@ -1,5 +1,169 @@
-//! Conformance and QEMU tests for the hypervisor.
+//! Conformance tests and a small example VMM for the hypervisor.
 //!
-//! The test files live in `tests/tests/`; this library holds helpers they
-//! share. Conformance suites land with the ownership, hypervisor-core and
-//! guest_memfd issues, QEMU boot tests with the boot issue.
+//! [`ExampleVmm`] is what a crosvm-style VMM does with the host interface:
+//! it creates a protected VM whose RAM is one guest_memfd (private by
+//! default, host-mappable), loads a guest image into shared pages and
+//! converts them to private in place before the first run (the guest then
+//! sees the image: no copy), and serves the exits: conversions the guest
+//! asks for, relinquished memory (punched), MMIO to a tiny console, and
+//! PSCI calls. It runs on the simulated machine (`el2::sim`), through the
+//! same hypervisor core that runs at EL2.
+
+use el2::sim::{GuestOp, Machine, SimPages};
+use host_interface::kvm::*;
+use host_interface::vm::{GmemId, KvmVm, Vcpu, VcpuExit, Vm};
+use std::vec::Vec;
+
+/// Where guest RAM starts (crosvm's arm64 layout).
+pub const GUEST_RAM: u64 = 0x8000_0000;
+/// The console the example guest writes to (an MMIO address outside RAM).
+pub const CONSOLE: u64 = 0x0900_0000;
+
+/// What the VMM saw while running the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A conversion the guest asked for, and whether the VMM did it.
+    Converted {
+        /// Guest address.
+        gpa: u64,
+        /// Bytes.
+        size: u64,
+        /// To private.
+        private: bool,
+        /// The VMM's conversion result (errno on failure).
+        result: Result<(), i32>,
+    },
+    /// Memory the guest gave back, punched from the guest_memfd.
+    Relinquished {
+        /// Guest address.
+        gpa: u64,
+        /// Bytes.
+        size: u64,
+    },
+    /// A byte written to the console.
+    Console(u8),
+    /// A PSCI call, answered NOT_SUPPORTED.
+    Psci(u64),
+}
+
+/// A crosvm-shaped VMM for one protected VM on the simulated machine.
+pub struct ExampleVmm<'m> {
+    /// The VM.
+    pub vm: KvmVm<&'m mut Machine, SimPages>,
+    /// Its RAM.
+    pub ram: GmemId,
+    /// What happened.
+    pub events: Vec<Event>,
+    /// Refuse (instead of doing) the conversions the guest asks for.
+    pub refuse_conversions: bool,
+}
+
+impl<'m> ExampleVmm<'m> {
+    /// A VM with `ram_size` bytes of RAM (a guest_memfd, private by
+    /// default, mappable) at [`GUEST_RAM`], one vCPU.
+    pub fn new(machine: &'m mut Machine, ram_size: u64) -> Result<Self, i32> {
+        let mut vm = KvmVm::new(machine, SimPages::for_machine(), 1)?;
+        let ram = vm.create_guest_memfd(&KvmCreateGuestMemfd {
+            size: ram_size,
+            flags: GUEST_MEMFD_FLAG_MMAP,
+            reserved: [0; 6],
+        })?;
+        vm.set_memory_region(&KvmUserspaceMemoryRegion2 {
+            slot: 0,
+            flags: KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: GUEST_RAM,
+            memory_size: ram_size,
+            guest_memfd: ram.0,
+            ..Default::default()
+        })?;
+        Ok(ExampleVmm {
+            vm,
+            ram,
+            events: Vec::new(),
+            refuse_conversions: false,
+        })
+    }
+
+    /// Converts `[offset, offset + size)` of RAM.
+    pub fn convert(&mut self, offset: u64, size: u64, private: bool) -> Result<(), (i32, u64)> {
+        let mut a = KvmMemoryAttributes2 {
+            offset,
+            size,
+            attributes: if private {
+                KVM_MEMORY_ATTRIBUTE_PRIVATE
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        self.vm
+            .set_memory_attributes(self.ram, &mut a)
+            .map_err(|e| (e, a.error_offset))
+    }
+
+    /// Loads `image` at RAM offset `offset`: shared, written, then
+    /// converted to private in place.
+    pub fn load_image(&mut self, offset: u64, image: &[u8]) -> Result<(), i32> {
+        let size = (image.len() as u64).next_multiple_of(4096);
+        self.convert(offset, size, false).map_err(|e| e.0)?;
+        self.vm
+            .gmem_write(self.ram, offset, image)
+            .map_err(|_| errno::EFAULT)?;
+        self.convert(offset, size, true).map_err(|e| e.0)
+    }
+
+    /// Runs the guest script until it powers off; returns the exit code
+    /// (0 off, 1 reset).
+    pub fn run(&mut self, script: Vec<GuestOp>) -> Result<u64, i32> {
+        self.vm.init_vcpu(0, 0, 0)?;
+        let handle = ownership::GuestHandle(self.vm.handle() as u16);
+        self.vm.hypervisor().arch.script(handle, 0, script);
+        self.serve()
+    }
+
+    /// Serves exits until the guest powers off.
+    pub fn serve(&mut self) -> Result<u64, i32> {
+        loop {
+            let exit = self.vm.vcpu(0).run()?;
+            match exit {
+                VcpuExit::MemoryFault { gpa, size, flags } => {
+                    let private = flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0;
+                    let result = if self.refuse_conversions {
+                        Err(errno::EPERM)
+                    } else {
+                        self.convert(gpa - GUEST_RAM, size, private)
+                            .map_err(|e| e.0)
+                    };
+                    self.events.push(Event::Converted {
+                        gpa,
+                        size,
+                        private,
+                        result,
+                    });
+                }
+                VcpuExit::Relinquished { gpa, size } => {
+                    self.vm.gmem_punch_hole(self.ram, gpa - GUEST_RAM, size)?;
+                    self.events.push(Event::Relinquished { gpa, size });
+                }
+                VcpuExit::Mmio {
+                    address,
+                    write,
+                    data,
+                    ..
+                } => {
+                    if write && address == CONSOLE {
+                        self.events.push(Event::Console(data as u8));
+                    }
+                    self.vm.vcpu(0).set_mmio_data(0);
+                }
+                VcpuExit::Hypercall { id, .. } => {
+                    self.events.push(Event::Psci(id));
+                    self.vm.vcpu(0).set_hypercall_result(u64::MAX, 0);
+                }
+                VcpuExit::SystemEvent(kind) => return Ok(kind),
+                VcpuExit::Wfi => {}
+                VcpuExit::InternalError { esr, .. } => return Err(esr as i32),
+            }
+        }
+    }
+}
