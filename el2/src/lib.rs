@@ -3,6 +3,9 @@
 //! - [`hyp`]: host call dispatch, guest call handling, VM and vCPU
 //!   lifecycle and exits, over the [`ownership`] state, with the
 //!   architecture behind [`hyp::arch::Arch`].
+//! - [`bootimg`]: Android boot images (v0–v4, vendor boot v3/v4): the
+//!   parser and load planner the hypervisor uses for a Linux host, and the
+//!   packer (feature `pack`).
 //! - `sim` (feature `sim`): a simulated machine for host tests — simulated
 //!   RAM, a scripted guest whose loads and stores are translated through
 //!   its stage-2 as hardware would, and an in-process host call conduit.
@@ -16,6 +19,7 @@
 #[cfg(feature = "sim")]
 extern crate std;
 
+pub mod bootimg;
 pub mod hyp;
 #[cfg(feature = "sim")]
 pub mod sim;
