@@ -661,6 +661,62 @@ pub(crate) fn check_host_owned(table: &OwnershipTable, pfn: Pfn, n: u64) -> Resu
     Ok(())
 }
 
+/// Calls `f` with the state and frame of every page of `[gfn, gfn + n)`
+/// in order, from one walk of the guest stage-2 (a 2 MiB block is one
+/// leaf, not 512 lookups). Stops at the first error `f` returns.
+pub(crate) fn for_each_guest_page<M: PhysMem>(
+    g: &Guest,
+    mem: M,
+    gfn: Gfn,
+    n: u64,
+    mut f: impl FnMut(Gfn, GuestPageState, Option<Pfn>) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let end = gfn.0.checked_add(n).ok_or(Errno::Einval)?;
+    if n == 0 || end > g.gfn_limit() {
+        return Err(Errno::Einval);
+    }
+    let mut result = Ok(());
+    g.s2.walk(
+        &MemView(mem),
+        Ipa(gfn.0 * PAGE_SIZE),
+        n * PAGE_SIZE,
+        |leaf| {
+            if result.is_err() {
+                return;
+            }
+            let first = (leaf.base.0 / PAGE_SIZE).max(gfn.0);
+            let last = ((leaf.base.0 + leaf.size()) / PAGE_SIZE).min(end);
+            let state = if leaf.is_valid() {
+                match leaf.descriptor.page_state() {
+                    Some(S2State::Owned) => Some(GuestPageState::Owned),
+                    Some(S2State::SharedOwned) => Some(GuestPageState::SharedOwned),
+                    Some(S2State::SharedBorrowed) => Some(GuestPageState::SharedBorrowed),
+                    None => None,
+                }
+            } else {
+                Some(match leaf.annotation() {
+                    Some(a) if a.kind() == AnnotationType::POISONED => GuestPageState::Poisoned,
+                    Some(a) if a.kind() == RELINQUISHED => GuestPageState::Relinquished,
+                    _ => GuestPageState::NoPage,
+                })
+            };
+            let Some(state) = state else {
+                result = Err(Errno::Einval);
+                return;
+            };
+            for p in first..last {
+                let pfn = leaf.output_for(Ipa(p * PAGE_SIZE)).map(Pfn::containing);
+                result = f(Gfn(p), state, pfn);
+                if result.is_err() {
+                    return;
+                }
+            }
+        },
+    )
+    .map_err(|_| Errno::Einval)?;
+    result
+}
+
 /// How `g` sees `gfn`, and the page mapped there.
 pub(crate) fn guest_page<M: PhysMem>(
     g: &Guest,

@@ -11,8 +11,8 @@ use crate::mem::{HypMappings, PhysMem, wipe};
 use crate::memcache::MemcachePool;
 use crate::state::{
     Conversion, ConversionKind, Guest, HostMmu, MemView, Ownership, Plan, SPARE_BLOCK_SHARE,
-    check_host_owned, guest_annotation, guest_attrs, guest_page, host_annotate, host_map,
-    hyp_annotation, poison_annotation, relinquished_annotation, slot,
+    check_host_owned, for_each_guest_page, guest_annotation, guest_attrs, guest_page,
+    host_annotate, host_map, hyp_annotation, poison_annotation, relinquished_annotation, slot,
 };
 use crate::table::{MAX_GFN, OwnershipTable, PageEntry};
 use crate::types::{BLOCK_PAGES, Extent, Gfn, GuestHandle, GuestPageState, Owner, PageState, Pfn};
@@ -81,11 +81,10 @@ fn collect_pages<M: PhysMem>(
 ) -> Result<Vec<GuestPageInfo>, Errno> {
     let mut v = Vec::new();
     v.try_reserve_exact(n as usize).map_err(|_| Errno::Enomem)?;
-    for i in 0..n {
-        let f = Gfn(gfn.0 + i);
-        let (state, pfn) = guest_page(g, mem, f)?;
+    for_each_guest_page(g, mem, gfn, n, |f, state, pfn| {
         v.push((f, state, pfn));
-    }
+        Ok(())
+    })?;
     Ok(v)
 }
 
@@ -858,12 +857,13 @@ fn check_guest_range(g: &Guest, gfn: Gfn, n: u64) -> Result<(), Errno> {
 /// `EPERM` unless every page of `[gfn, gfn + n)` is empty in the guest
 /// (nothing mapped, or relinquished). A poisoned IPA is not empty.
 fn check_guest_empty<M: PhysMem>(g: &Guest, mem: M, gfn: Gfn, n: u64) -> Result<(), Errno> {
-    for i in 0..n {
-        if !guest_page(g, mem, Gfn(gfn.0 + i))?.0.is_empty() {
-            return Err(Errno::Eperm);
+    for_each_guest_page(g, mem, gfn, n, |_, state, _| {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(Errno::Eperm)
         }
-    }
-    Ok(())
+    })
 }
 
 /// `EPERM` unless the ownership table says `pfn` belongs to `handle` at

@@ -706,11 +706,16 @@ fn collapse<P: TablePool + ?Sized>(
 ) -> Option<Descriptor> {
     let ptr = pool.table_ptr(table).as_ptr();
     let first = read(ptr, 0);
+    // Probe both ends and the middle first: a table that just stopped
+    // being uniform (or never was) usually differs next to where it was
+    // changed, and changes cluster at either end in ascending or
+    // descending fills. Then scan everything.
+    let order = [1, ENTRIES_PER_TABLE - 1, ENTRIES_PER_TABLE / 2]
+        .into_iter()
+        .chain(1..ENTRIES_PER_TABLE);
     if !first.is_valid() {
-        return (1..ENTRIES_PER_TABLE)
-            .rev()
-            .all(|i| read(ptr, i) == first)
-            .then_some(first);
+        let mut order = order;
+        return order.all(|i| read(ptr, i) == first).then_some(first);
     }
     if !first.is_leaf(level) || !parent.allows_block() {
         return None;
@@ -721,7 +726,8 @@ fn collapse<P: TablePool + ?Sized>(
     }
     let attrs = first.attr_bits();
     let step = level.size();
-    let uniform = (1..ENTRIES_PER_TABLE).rev().all(|i| {
+    let mut order = order;
+    let uniform = order.all(|i| {
         let d = read(ptr, i);
         d.is_leaf(level)
             && d.attr_bits() == attrs
