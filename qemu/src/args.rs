@@ -9,12 +9,12 @@ cargo qemu: build, boot and test the el2 hypervisor under QEMU
 Usage: cargo qemu <command> [options]
 
 Commands:
-  build       Build el2 for aarch64-unknown-none (release) and print the
-              ELF path; also writes a raw binary (el2.bin) next to it.
-  run         Build el2 and boot it under qemu-system-aarch64 (virt machine,
-              virtualization=on, GICv3), console on this terminal.
-              Booting a host kernel is not implemented yet (issue 6): el2
-              reports that it reached EL2 and QEMU exits.
+  build       Build el2 and the test host for aarch64-unknown-none
+              (release); print the paths of el2's ELF, el2.bin (raw arm64
+              Image) and testhost.bin (the default host, a raw Image).
+  run         Build, then boot el2 under qemu-system-aarch64 (virt machine,
+              virtualization=on, GICv3) with a host image (the test host by
+              default), console on this terminal; exits with QEMU's status.
   test        Run the QEMU tests, each with a timeout.
   test-all    The whole test suite, stopping at the first failure:
               cargo fmt --check, clippy (host and aarch64-unknown-none),
@@ -23,7 +23,11 @@ Commands:
   help        Print this text.
 
 Options for `run`:
-  --host <image>   Host kernel Image to boot under el2 (not implemented yet)
+  --host <image>   Host to boot under el2: a raw arm64 Image (Linux-style
+                   header, \"ARM\\x64\" at +0x38), loaded at 0x44000000
+                   (default: the built-in test host)
+  --append <args>  Kernel command line for the host (/chosen/bootargs);
+                   `testhost.fail` makes the test host fail one check
   --gdb            Start QEMU halted with a gdb server on :1234 (-s -S)
   --cpu <model>    QEMU CPU model (default: cortex-a72)
   --smp <N>        Number of CPUs (default: 2)
@@ -59,9 +63,11 @@ pub enum Command {
 /// Options of `cargo qemu run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
-    /// Host kernel image to boot under el2 (`--host`); refused until the
-    /// boot issue lands.
+    /// Host image to boot under el2 (`--host`): a raw arm64 Image; `None`
+    /// boots the built-in test host.
     pub host: Option<String>,
+    /// The host's kernel command line (`--append`).
+    pub append: Option<String>,
     /// Wait for gdb on port 1234 (`--gdb`).
     pub gdb: bool,
     /// QEMU CPU model (`--cpu`).
@@ -76,6 +82,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             host: None,
+            append: None,
             gdb: false,
             cpu: DEFAULT_CPU.to_owned(),
             smp: DEFAULT_SMP,
@@ -201,6 +208,7 @@ fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
         };
         match name {
             "--host" => options.host = Some(value("--host")?),
+            "--append" => options.append = Some(value("--append")?),
             "--cpu" => {
                 let cpu = value("--cpu")?;
                 if cpu.is_empty() || cpu.starts_with('-') {
@@ -338,18 +346,30 @@ mod tests {
         assert_eq!(options.mem, "1G");
         assert!(!options.gdb);
         assert_eq!(options.host, None);
+        assert_eq!(options.append, None);
     }
 
     #[test]
     fn run_all_options() {
         let options = run(&[
-            "--host", "Image", "--gdb", "--cpu", "max", "--smp", "4", "--mem", "2G",
+            "--host",
+            "Image",
+            "--append",
+            "console=ttyAMA0 quiet",
+            "--gdb",
+            "--cpu",
+            "max",
+            "--smp",
+            "4",
+            "--mem",
+            "2G",
         ])
         .unwrap();
         assert_eq!(
             options,
             RunOptions {
                 host: Some("Image".to_owned()),
+                append: Some("console=ttyAMA0 quiet".to_owned()),
                 gdb: true,
                 cpu: "max".to_owned(),
                 smp: 4,

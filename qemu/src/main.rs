@@ -12,6 +12,7 @@
 
 mod args;
 mod commands;
+mod dtb;
 mod failure;
 mod process;
 mod qemu;

@@ -1,5 +1,5 @@
 //! Finding (or installing) `qemu-system-aarch64` and the command line that
-//! boots el2 on it.
+//! boots el2 and its host on it.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,11 @@ fn is_root() -> bool {
     }
 }
 
+/// Where the host image is loaded (raw): el2 looks for an arm64 Image
+/// header there. Must match `HOST_IMAGE_ADDR` in `el2/src/boot/layout.rs`
+/// and the link address in `tests/testhost/linker.ld`.
+pub const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
+
 /// The machine QEMU emulates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
@@ -106,13 +111,34 @@ impl Default for Machine {
     }
 }
 
-/// QEMU's arguments to boot `kernel` (an ELF, loaded at its link address
-/// and entered at EL2) on `machine`.
+/// What QEMU boots.
+#[derive(Debug, Clone, Copy)]
+pub struct Boot<'a> {
+    /// el2: its ELF (loaded at its link address, entered at EL2, device
+    /// tree at the start of RAM) or its raw Image (`el2.bin`: device tree
+    /// in `x0`).
+    pub kernel: &'a Path,
+    /// The host image, loaded raw at [`HOST_IMAGE_ADDR`]; `None` loads none
+    /// (el2 then stops with a boot error).
+    pub host: Option<&'a Path>,
+    /// The kernel command line (`-append`, the device tree's
+    /// `/chosen/bootargs`, which el2 passes on to the host).
+    pub append: Option<&'a str>,
+    /// A device tree replacing QEMU's (`-dtb`).
+    pub dtb: Option<&'a Path>,
+    /// The machine.
+    pub machine: &'a Machine,
+}
+
+/// QEMU's arguments for `boot`.
 ///
 /// `virtualization=on` gives the CPU EL2; `-semihosting` lets el2 set QEMU's
 /// exit status; `-no-reboot` turns a guest reset into an exit; `-nic none`
 /// avoids loading network option ROMs that a minimal QEMU install lacks.
-pub fn boot_args(kernel: &Path, machine: &Machine) -> Vec<String> {
+/// The host image goes in with `-device loader,...,force-raw=on` so QEMU
+/// copies it to RAM as it is.
+pub fn boot_args(boot: &Boot<'_>) -> Vec<String> {
+    let machine = boot.machine;
     let mut args: Vec<String> = [
         "-machine",
         "virt,virtualization=on,gic-version=3",
@@ -131,17 +157,32 @@ pub fn boot_args(kernel: &Path, machine: &Machine) -> Vec<String> {
     ]
     .map(str::to_owned)
     .into();
-    args.push(kernel.display().to_string());
+    args.push(boot.kernel.display().to_string());
+    if let Some(host) = boot.host {
+        args.push("-device".to_owned());
+        args.push(format!(
+            "loader,file={},addr={HOST_IMAGE_ADDR:#x},force-raw=on",
+            host.display()
+        ));
+    }
+    if let Some(append) = boot.append {
+        args.push("-append".to_owned());
+        args.push(append.to_owned());
+    }
+    if let Some(dtb) = boot.dtb {
+        args.push("-dtb".to_owned());
+        args.push(dtb.display().to_string());
+    }
     if machine.gdb {
         args.extend(["-s", "-S"].map(str::to_owned));
     }
     args
 }
 
-/// A QEMU command booting `kernel` on `machine`.
-pub fn boot_command(qemu: &Path, kernel: &Path, machine: &Machine) -> Command {
+/// A QEMU command for `boot`.
+pub fn boot_command(qemu: &Path, boot: &Boot<'_>) -> Command {
     let mut cmd = Command::new(qemu);
-    cmd.args(boot_args(kernel, machine));
+    cmd.args(boot_args(boot));
     cmd
 }
 
@@ -151,26 +192,67 @@ mod tests {
 
     #[test]
     fn default_boot_line() {
-        let args = boot_args(Path::new("el2"), &Machine::default()).join(" ");
+        let machine = Machine::default();
+        let boot = Boot {
+            kernel: Path::new("el2"),
+            host: Some(Path::new("testhost.bin")),
+            append: None,
+            dtb: None,
+            machine: &machine,
+        };
         assert_eq!(
-            args,
+            boot_args(&boot).join(" "),
             "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 2 -m 1G \
-             -nographic -nic none -semihosting -no-reboot -kernel el2"
+             -nographic -nic none -semihosting -no-reboot -kernel el2 \
+             -device loader,file=testhost.bin,addr=0x44000000,force-raw=on"
         );
     }
 
     #[test]
-    fn gdb_and_machine_options() {
+    fn gdb_append_and_machine_options() {
         let machine = Machine {
             cpu: "max".to_owned(),
             smp: 4,
             mem: "2G".to_owned(),
             gdb: true,
         };
-        let args = boot_args(Path::new("/t/el2"), &machine);
-        assert!(args.ends_with(&["-kernel", "/t/el2", "-s", "-S"].map(str::to_owned)));
+        let boot = Boot {
+            kernel: Path::new("/t/el2"),
+            host: None,
+            append: Some("testhost.fail"),
+            dtb: Some(Path::new("t.dtb")),
+            machine: &machine,
+        };
+        let args = boot_args(&boot);
+        assert!(
+            args.ends_with(
+                &[
+                    "-kernel",
+                    "/t/el2",
+                    "-append",
+                    "testhost.fail",
+                    "-dtb",
+                    "t.dtb",
+                    "-s",
+                    "-S"
+                ]
+                .map(str::to_owned)
+            )
+        );
+        assert!(!args.iter().any(|a| a.starts_with("loader")));
         assert!(args.windows(2).any(|w| w == ["-cpu", "max"]));
         assert!(args.windows(2).any(|w| w == ["-smp", "4"]));
         assert!(args.windows(2).any(|w| w == ["-m", "2G"]));
+    }
+
+    /// The load address is written in three places; keep them equal.
+    #[test]
+    fn host_image_address_matches_el2_and_testhost() {
+        let root = crate::workspace::root();
+        let layout = std::fs::read_to_string(root.join("el2/src/boot/layout.rs")).unwrap();
+        assert!(layout.contains("pub const HOST_IMAGE_ADDR: u64 = 0x4400_0000;"));
+        let ld = std::fs::read_to_string(root.join("tests/testhost/linker.ld")).unwrap();
+        assert!(ld.contains(". = 0x44000000;"));
+        assert_eq!(HOST_IMAGE_ADDR, 0x4400_0000);
     }
 }

@@ -1,4 +1,5 @@
-//! The workspace: where it is, running cargo in it, and building el2.
+//! The workspace: where it is, running cargo in it, and building el2 and
+//! the test host.
 
 use std::env;
 use std::ffi::OsString;
@@ -8,7 +9,7 @@ use std::process::Command;
 use crate::failure::Failure;
 use crate::process;
 
-/// The bare-metal target el2 is built for.
+/// The bare-metal target el2 and the test host are built for.
 pub const EL2_TARGET: &str = "aarch64-unknown-none";
 
 /// Root of the workspace (the parent of this package's directory).
@@ -51,42 +52,75 @@ fn rustc() -> Command {
 
 /// The images `cargo qemu build` produces.
 #[derive(Debug, Clone)]
-pub struct El2Images {
-    /// The ELF, which `cargo qemu run` boots.
-    pub elf: PathBuf,
-    /// The raw binary with the arm64 Image header, if `rust-objcopy` (or
-    /// `llvm-objcopy`) could make it.
-    pub raw: Option<PathBuf>,
+pub struct Images {
+    /// The el2 ELF, which `cargo qemu run` boots.
+    pub el2: PathBuf,
+    /// el2 as a raw binary with its arm64 Image header (`el2.bin`), if
+    /// `rust-objcopy` (or `llvm-objcopy`) could make it.
+    pub el2_raw: Option<PathBuf>,
+    /// The test host as a raw arm64 Image (`testhost.bin`): the default
+    /// host image.
+    pub testhost: PathBuf,
 }
 
-/// The cargo arguments that build el2, as shown to the user.
-pub const BUILD_EL2: [&str; 6] = ["build", "-p", "el2", "--target", EL2_TARGET, "--release"];
+/// The cargo arguments that build el2 and the test host, as shown to the
+/// user.
+pub const BUILD_IMAGES: [&str; 8] = [
+    "build",
+    "-p",
+    "el2",
+    "-p",
+    "testhost",
+    "--target",
+    EL2_TARGET,
+    "--release",
+];
 
-/// Builds el2 for `aarch64-unknown-none` (release) and makes its raw binary.
+/// Builds el2 and the test host for `aarch64-unknown-none` (release) and
+/// makes their raw binaries (the test host's is required: it is loaded as
+/// a raw Image).
 ///
 /// Cargo's human-readable output goes to stderr as usual; its JSON messages
-/// on stdout give the exact path of the ELF, whatever the target directory.
-pub fn build_el2() -> Result<El2Images, Failure> {
-    eprintln!("==> cargo {}", BUILD_EL2.join(" "));
-    let mut cmd = cargo(BUILD_EL2);
+/// on stdout give the exact paths of the ELFs, whatever the target
+/// directory.
+pub fn build_images() -> Result<Images, Failure> {
+    eprintln!("==> cargo {}", BUILD_IMAGES.join(" "));
+    let mut cmd = cargo(BUILD_IMAGES);
     cmd.arg("--message-format=json-render-diagnostics");
     let messages = process::stdout_of(&mut cmd)
-        .map_err(|f| Failure::failed(format!("building el2 failed: {f}")))?;
-    let elf = find_executable(&messages, "el2").unwrap_or_else(|| {
-        root()
-            .join("target")
-            .join(EL2_TARGET)
-            .join("release")
-            .join("el2")
-    });
-    if !elf.is_file() {
-        return Err(Failure::failed(format!(
-            "cargo built el2 but {} does not exist",
-            elf.display()
-        )));
-    }
-    let raw = make_raw_binary(&elf);
-    Ok(El2Images { elf, raw })
+        .map_err(|f| Failure::failed(format!("building el2 and the test host failed: {f}")))?;
+    let elf = |name: &str| -> Result<PathBuf, Failure> {
+        let path = find_executable(&messages, name).unwrap_or_else(|| {
+            root()
+                .join("target")
+                .join(EL2_TARGET)
+                .join("release")
+                .join(name)
+        });
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Failure::failed(format!(
+                "cargo built {name} but {} does not exist",
+                path.display()
+            )))
+        }
+    };
+    let el2 = elf("el2")?;
+    let testhost_elf = elf("testhost")?;
+    let el2_raw = make_raw_binary(&el2).ok();
+    let testhost = make_raw_binary(&testhost_elf).map_err(|tried| {
+        Failure::unavailable(format!(
+            "cannot make the test host's raw Image: rust-objcopy (rustup component \
+             llvm-tools, which rust-toolchain.toml asks for) or llvm-objcopy is needed.\n{}",
+            tried.join("\n")
+        ))
+    })?;
+    Ok(Images {
+        el2,
+        el2_raw,
+        testhost,
+    })
 }
 
 /// Finds the `executable` of the `compiler-artifact` message for the binary
@@ -129,20 +163,20 @@ fn json_string_field(line: &str, field: &str) -> Option<String> {
     }
 }
 
-/// Writes `<elf>.bin` (a raw binary) with `rust-objcopy -O binary`.
+/// Writes `<elf>.bin` (a raw binary) with `rust-objcopy -O binary`;
+/// on failure, says what was tried.
 ///
 /// `rust-objcopy` comes with the `llvm-tools` component, which
 /// `rust-toolchain.toml` asks rustup to install; `llvm-objcopy` on PATH is
-/// used if it is missing. A missing objcopy is reported, not fatal: `run`
-/// and `test` boot the ELF.
-fn make_raw_binary(elf: &Path) -> Option<PathBuf> {
+/// used if it is missing.
+fn make_raw_binary(elf: &Path) -> Result<PathBuf, Vec<String>> {
     let raw = elf.with_extension("bin");
     let mut tried = Vec::new();
     for objcopy in objcopy_candidates() {
         let mut cmd = Command::new(&objcopy);
         cmd.args(["-O", "binary"]).arg(elf).arg(&raw);
         match cmd.output() {
-            Ok(out) if out.status.success() => return Some(raw),
+            Ok(out) if out.status.success() => return Ok(raw),
             Ok(out) => tried.push(format!(
                 "{} failed ({}): {}",
                 objcopy.display(),
@@ -152,15 +186,10 @@ fn make_raw_binary(elf: &Path) -> Option<PathBuf> {
             Err(e) => tried.push(format!("{}: {e}", objcopy.display())),
         }
     }
-    eprintln!(
-        "note: no raw binary written: rust-objcopy (rustup component llvm-tools) \
-         not found or not working; install it with `rustup component add llvm-tools`. \
-         The ELF is all `cargo qemu run` needs."
-    );
-    for attempt in tried {
-        eprintln!("note:   {attempt}");
+    if tried.is_empty() {
+        tried.push("no rust-objcopy or llvm-objcopy found".to_owned());
     }
-    None
+    Err(tried)
 }
 
 /// `rust-objcopy` from the toolchain's llvm-tools, then `llvm-objcopy` from
@@ -231,6 +260,7 @@ mod tests {
             Some(PathBuf::from("/w/target/aarch64-unknown-none/release/el2"))
         );
         assert_eq!(find_executable(MESSAGES, "other"), None);
+        assert_eq!(find_executable(MESSAGES, "testhost"), None);
     }
 
     #[test]

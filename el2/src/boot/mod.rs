@@ -1,76 +1,526 @@
 //! Bare-metal boot path of the `el2` binary (`target_os = "none"` only).
 //!
-//! [`entry`] holds `_start`, the arm64 Image header and the assembly that
-//! gets to Rust; [`rust_main`] reports the exception level on the
-//! [`pl011`] UART and leaves QEMU through [`exit`].
+//! # Boot sequence (boot CPU)
+//!
+//! 1. [`entry`]: `_start` (Image header) → stack, `.bss`, vectors →
+//!    [`rust_main`].
+//! 2. EL2 MMU and caches on with the early identity map ([`mmu`]), before
+//!    any lock or atomic; then the console and `log` ([`console`]).
+//! 3. The device tree (`x0`, or the start of RAM for an ELF boot: 2 MiB
+//!    below el2's link address) is validated, stripped of NOP tokens and
+//!    read ([`fdt`]).
+//! 4. The final EL2 identity map (RAM Normal, the console UART Device);
+//!    secondaries will load the same.
+//! 5. The host image header at [`layout::HOST_IMAGE_ADDR`] is checked, the
+//!    memory layout computed ([`layout`]) and the heap set up over the
+//!    carve-out ([`mem`]).
+//! 6. The ownership table over all RAM with el2's image and the carve-out
+//!    hypervisor-owned, and the host stage-2: identity map of RAM and the
+//!    device tree's MMIO with the largest blocks, hypervisor memory absent
+//!    (`ownership::Ownership::new`).
+//! 7. The host's device tree (copy + `no-map` reservations) is written at
+//!    the start of RAM and cleaned to the point of coherency.
+//! 8. The boot CPU enters the host at EL1 ([`host::enter`]); a timestamp
+//!    line reports how long 1–8 took.
+//!
+//! From then on el2 runs only in its trap handlers ([`trap`]): host calls
+//! ([`hvc`]), the PSCI relay ([`psci`]; CPU_ON brings secondaries up
+//! through [`secondary_main`]) and stage-2 faults ([`abort`]).
 
 #[cfg(not(target_arch = "aarch64"))]
 compile_error!("the el2 binary only supports aarch64 bare-metal targets (aarch64-unknown-none)");
 
+mod abort;
+mod console;
 mod entry;
 mod exit;
+mod fdt;
+mod host;
+mod hvc;
+pub mod layout;
+mod mem;
+mod mmu;
+mod percpu;
 mod pl011;
+mod psci;
+mod sysreg;
+mod trap;
 
-use core::fmt::Write;
+use alloc::vec::Vec;
+use core::convert::Infallible;
+use core::fmt::{self, Write};
 use core::panic::PanicInfo;
+use core::sync::atomic::Ordering;
 
-use pl011::Pl011;
+use aarch64_cpu::registers::{MPIDR_EL1, Readable};
+use flat_device_tree::Fdt;
+use ownership::{Errno, Layout, MemRegion, Ownership, Pfn};
+use stage2::tlb::arm::ArmTlb;
+use stage2::{PaRange, PhysAddr};
 
-/// Semihosting exit code: the image entered at EL2 and stopped there.
-///
-/// `cargo qemu run` and `cargo qemu test` read this code; change them too if
-/// it changes.
-pub const EXIT_ENTERED_EL2: u32 = 3;
+use entry::{SECONDARY_MMU, el2_mmu_enable};
+use exit::status;
+use fdt::{DtError, Gic, Platform, Range, Ranges};
+use layout::{ImageError, LayoutError, MemLayout};
+use mem::{HeapPool, HypBitmap, IdentityMem};
+use mmu::{FinalMap, MapError, Memory};
+use percpu::{MPIDR_AFF_MASK, Power};
 
-/// Semihosting exit code: the image was entered at an exception level other
-/// than EL2 (e.g. QEMU was started without `virtualization=on`).
-pub const EXIT_WRONG_EL: u32 = 4;
+unsafe extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
 
-/// Rust entry point, called by `_start` on the boot CPU with a valid stack
-/// and a zeroed `.bss`.
-///
-/// `dtb` is the value of `x0` at entry: the device tree address when loaded
-/// as a Linux-style Image, unspecified when QEMU loads the ELF directly. It
-/// is not used until booting a host lands (issue 6).
-#[unsafe(no_mangle)]
-extern "C" fn rust_main(_dtb: u64) -> ! {
-    let el = current_el();
-    let mut uart = Pl011::qemu_virt();
-    let (major, minor) = el2::HYP_VERSION;
-    // Writing to the UART cannot fail; the results are ignored.
-    if el == 2 {
+/// el2's own image: `[__image_start, __image_end)` (linker.ld aligns both
+/// to 2 MiB).
+fn image_range() -> Range {
+    // Taking the address of linker symbols reads nothing.
+    let (start, end) = (
+        &raw const __image_start as u64,
+        &raw const __image_end as u64,
+    );
+    Range {
+        base: start,
+        size: end - start,
+    }
+}
+
+const PAGE: u64 = 4096;
+
+/// Why boot stopped.
+enum BootError {
+    Dt(DtError),
+    Layout(LayoutError),
+    Image(ImageError),
+    Map(MapError),
+    Ownership(Errno),
+    Other(&'static str),
+}
+
+impl From<DtError> for BootError {
+    fn from(e: DtError) -> Self {
+        BootError::Dt(e)
+    }
+}
+
+impl From<LayoutError> for BootError {
+    fn from(e: LayoutError) -> Self {
+        BootError::Layout(e)
+    }
+}
+
+impl From<ImageError> for BootError {
+    fn from(e: ImageError) -> Self {
+        BootError::Image(e)
+    }
+}
+
+impl From<MapError> for BootError {
+    fn from(e: MapError) -> Self {
+        BootError::Map(e)
+    }
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootError::Dt(e) => write!(f, "{e}"),
+            BootError::Layout(e) => write!(f, "{e}"),
+            BootError::Image(e) => write!(f, "{e}"),
+            BootError::Map(e) => write!(f, "EL2 identity map: {e}"),
+            BootError::Ownership(e) => {
+                write!(f, "building the ownership table and host stage-2: {e}")
+            }
+            BootError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Rust entry point of the boot CPU, called by `_start` with a valid stack
+/// and a zeroed `.bss`: `dtb` = `x0` at entry, `t0` = the counter at entry,
+/// `el` = the exception level.
+extern "C" fn rust_main(dtb: u64, t0: u64, el: u64) -> ! {
+    if el != 2 {
+        let mut u = console::early_uart();
         let _ = writeln!(
-            uart,
-            "el2 v{major}.{minor}: entered at EL2 - boot not implemented yet (issue 6)"
+            u,
+            "el2: entered at EL{el}, expected EL2 (start QEMU with -machine virt,virtualization=on)"
         );
-        exit::exit(EXIT_ENTERED_EL2)
+        exit::exit(status::WRONG_EL);
+    }
+    sysreg::set_cpu_index(0);
+    let image = image_range();
+    let dtb = if dtb != 0 {
+        dtb
     } else {
-        let _ = writeln!(
-            uart,
-            "el2 v{major}.{minor}: entered at EL{el}, expected EL2 \
-             (start QEMU with -machine virt,virtualization=on)"
-        );
-        exit::exit(EXIT_WRONG_EL)
-    }
+        image.base.saturating_sub(2 << 20)
+    };
+    // SAFETY: boot CPU, MMU off, nothing walks the early table yet.
+    let early = unsafe { mmu::early_map(&[image.base, image.end() - 1, dtb]) };
+    // SAFETY: the early map covers the image (code, data, stack) with
+    // Normal memory at its own address, so execution continues unchanged.
+    unsafe { el2_mmu_enable(&early) };
+    console::init();
+    log::info!(
+        "el2 v{}.{}: entered at EL2 at {} us (counter {} Hz), MMU on",
+        el2::HYP_VERSION.0,
+        el2::HYP_VERSION.1,
+        sysreg::ticks_to_us(t0),
+        sysreg::counter_hz()
+    );
+    let Err(e) = boot(dtb, t0, image);
+    log::error!("boot failed: {e}");
+    exit::exit(status::BOOT_FAILED)
 }
 
-/// The exception level the CPU is executing at (0 to 3).
-fn current_el() -> u64 {
-    let el: u64;
-    // SAFETY: reading CurrentEL has no side effects and is permitted at every
-    // exception level above EL0, which is where this image runs.
+/// Steps 3–8 of the boot sequence (module docs).
+fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
+    // 3. The device tree.
+    if !dtb.is_multiple_of(8) || dtb >= mmu::VA_LIMIT {
+        return Err(DtError::NoMagic(dtb).into());
+    }
+    // SAFETY: the early map makes the device tree's gigabyte Normal memory
+    // and nothing writes it while el2 reads it; 40 bytes of header first.
+    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 40) };
+    let total = fdt::total_size(header, dtb)?;
+    if dtb >> 30 != (dtb + total as u64 - 1) >> 30 {
+        return Err(BootError::Other("the device tree crosses a 1 GiB boundary"));
+    }
+    // SAFETY: as above; `total` bytes stay in the same (mapped) gigabyte,
+    // which is RAM the host will own (el2 replaces this tree with its own
+    // copy), so editing it in place is harmless.
+    let blob = unsafe { core::slice::from_raw_parts_mut(dtb as *mut u8, total) };
+    fdt::validate(blob)?;
+    fdt::strip_nops(blob);
+    fdt::validate(blob)?;
+    let blob: &[u8] = blob;
+    let tree = Fdt::new(blob).map_err(|_| DtError::NoMagic(dtb))?;
+    let own_mpidr = MPIDR_EL1.get() & MPIDR_AFF_MASK;
+    let platform = Platform::parse(&tree, own_mpidr)?;
+    report_platform(&platform, dtb, total);
+    if !platform.psci_smc {
+        return Err(BootError::Other(
+            "/psci method is not \"smc\": el2 relays the host's PSCI SMCs to firmware",
+        ));
+    }
+    let ram = platform.ram.as_slice();
+    let dt_range = Range {
+        base: dtb,
+        size: total as u64,
+    };
+    if !ram
+        .iter()
+        .any(|r| r.base <= dt_range.base && dt_range.end() <= r.end())
+    {
+        return Err(BootError::Other("the device tree is not inside RAM"));
+    }
+
+    // 4. The final EL2 map: RAM Normal, the console UART Device.
+    // SAFETY: boot CPU, once, before the final map is loaded.
+    let mut map = unsafe { FinalMap::new() };
+    for r in ram {
+        let start = r.base.next_multiple_of(PAGE);
+        let end = r.end() & !(PAGE - 1);
+        if start < end {
+            map.map(start, end, Memory::Normal)?;
+        }
+    }
+    let uart = platform.uart.unwrap_or(pl011::QEMU_VIRT_PL011_BASE as u64);
+    if ram.iter().any(|r| r.base <= uart && uart < r.end()) {
+        return Err(BootError::Other("the console UART is inside RAM"));
+    }
+    let uart_page = uart & !(PAGE - 1);
+    map.map(uart_page, uart_page + PAGE, Memory::Device)?;
+    let config = map.config();
+    // SAFETY: SECONDARY_MMU is written only here, by the boot CPU, before
+    // any secondary starts; then cleaned to PoC for CPUs with the MMU off.
     unsafe {
-        core::arch::asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack, preserves_flags));
+        *SECONDARY_MMU.get() = config;
+        sysreg::clean_inval_to_poc(SECONDARY_MMU.get() as u64, 64);
     }
-    (el >> 2) & 0b11
+    // SAFETY: the final map covers all RAM, hence el2's image, stack and
+    // the device tree, as Normal memory at the same addresses, and the
+    // console UART as Device.
+    unsafe { el2_mmu_enable(&config) };
+    console::set_uart(uart as usize);
+    log::info!(
+        "final EL2 map on: RAM Normal, UART {uart:#x} Device ({} table pages)",
+        map.tables()
+    );
+
+    // 5. The host image, the layout and the heap.
+    let host_hdr = read_host_header(ram)?;
+    let host_image = layout::host_image_range(&host_hdr);
+    if !ram
+        .iter()
+        .any(|r| r.base <= host_image.base && host_image.end() <= r.end())
+    {
+        return Err(ImageError::Placement(host_image).into());
+    }
+    let lay = layout::compute(&platform, image, host_image)?;
+    // SAFETY: the carve-out is RAM (inside the highest region), mapped
+    // Normal by the final map, hypervisor-owned from now on (step 6 takes
+    // it from the host) and used by nothing else.
+    unsafe { mem::init_heap(lay.carveout.base, lay.carveout.size) };
+    report_layout(&lay, host_image, &host_hdr);
+
+    // 6. Ownership table and host stage-2.
+    percpu::register(&platform.cpus[..platform.cpu_count]);
+    let pa_range = PaRange::from_parange(sysreg::pa_range_field())
+        .ok_or(BootError::Other("unknown ID_AA64MMFR0_EL1.PARange"))?;
+    let pa_limit = 1u64 << pa_range.bits();
+    let ram_regions: Vec<MemRegion> = ram
+        .iter()
+        .filter_map(|r| {
+            let base = r.base.next_multiple_of(PAGE);
+            let end = (r.end() & !(PAGE - 1)).min(pa_limit);
+            (base < end).then(|| MemRegion {
+                base: Pfn(base / PAGE),
+                pages: (end - base) / PAGE,
+            })
+        })
+        .collect();
+    let mmio = host_mmio(&platform, pa_limit);
+    let hyp_regions: Vec<MemRegion> = lay
+        .hyp()
+        .iter()
+        .map(|r| MemRegion {
+            base: Pfn(r.base / PAGE),
+            pages: r.size / PAGE,
+        })
+        .collect();
+    let bitmap =
+        HypBitmap::new(&ram_regions).ok_or(BootError::Other("out of heap for the hyp bitmap"))?;
+    let ownership = Ownership::new(
+        Layout {
+            pa_range,
+            ram: &ram_regions,
+            mmio: &mmio,
+            hyp: &hyp_regions,
+        },
+        IdentityMem,
+        HeapPool,
+        bitmap,
+        &mut ArmTlb,
+    )
+    .map_err(BootError::Ownership)?;
+    let (vtcr, vttbr, stats) = ownership.with_host(|h| {
+        let s2 = h.stage2();
+        (s2.vtcr(), s2.vttbr(), s2.stats(h.pool()))
+    });
+    log::info!(
+        "host stage-2: {}-bit IPA, VMID 0, VTCR_EL2 {vtcr:#x}, root {:#x}, {} table pages, \
+         {} blocks 1G / {} blocks 2M / {} pages 4K; {} MMIO regions",
+        pa_range.bits(),
+        vttbr & 0x0000_ffff_ffff_fffe,
+        stats.tables,
+        stats.leaves[1],
+        stats.leaves[2],
+        stats.leaves[3],
+        mmio.len()
+    );
+
+    // 7. The host's device tree.
+    let host_tree = fdt::write_host_tree(&tree, blob, &lay.hyp())?;
+    if host_tree.len() as u64 > lay.host_dtb.size {
+        return Err(BootError::Other(
+            "the host device tree does not fit below el2",
+        ));
+    }
+    // QEMU's tree may sit exactly where the host's goes; it is no longer
+    // read past this point.
+    let _ = (tree, blob);
+    // SAFETY: the destination is host RAM below el2's image (checked by the
+    // layout), mapped Normal, and nothing else uses it during boot; the
+    // source is a heap buffer, so they do not overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            host_tree.as_ptr(),
+            lay.host_dtb.base as *mut u8,
+            host_tree.len(),
+        );
+    }
+    // The host starts with its MMU (and so its caches) off.
+    sysreg::clean_inval_to_poc(lay.host_dtb.base, host_tree.len() as u64);
+    log::info!(
+        "host device tree: {} bytes at {:#x} (hypervisor ranges {} and {} reserved no-map)",
+        host_tree.len(),
+        lay.host_dtb.base,
+        lay.image,
+        lay.carveout
+    );
+    drop(host_tree);
+
+    // 8. Enter the host.
+    let gicv3 = matches!(platform.gic, Gic::V3 { .. });
+    let hyp = host::HYP.call_once(|| host::Hypervisor {
+        ownership,
+        vtcr,
+        vttbr,
+        hcr: host::host_hcr(),
+        gicv3,
+    });
+    if let Some(cpu) = percpu::get(0) {
+        cpu.set_power(Power::On);
+    }
+    // Host exceptions save Z/P/FFR instead of Q registers from now on.
+    entry::HAS_SVE.store(u8::from(sysreg::has_sve()), Ordering::Relaxed);
+    let (used, total) = mem::heap_stats();
+    let t1 = sysreg::counter();
+    log::info!(
+        "heap: {} KiB of {} KiB used; boot took {} us (el2 entry at {} us, host entry at {} us)",
+        used / 1024,
+        total / 1024,
+        sysreg::ticks_to_us(t1.saturating_sub(t0)),
+        sysreg::ticks_to_us(t0),
+        sysreg::ticks_to_us(t1)
+    );
+    log::info!(
+        "entering the host at EL1: entry {:#x}, x0 = device tree {:#x}",
+        layout::HOST_IMAGE_ADDR,
+        lay.host_dtb.base
+    );
+    host::enter(hyp, 0, layout::HOST_IMAGE_ADDR, lay.host_dtb.base)
 }
 
-/// Prints the panic on the UART and parks the CPU.
-///
-/// There are no exception vectors yet, so parking is all that can be done.
+/// Reads and checks the host Image header (at an address inside RAM).
+fn read_host_header(ram: &[Range]) -> Result<layout::ImageHeader, BootError> {
+    let at = layout::HOST_IMAGE_ADDR;
+    if !ram.iter().any(|r| r.base <= at && at + 64 <= r.end()) {
+        return Err(ImageError::Placement(Range { base: at, size: 64 }).into());
+    }
+    let mut h = [0u8; 64];
+    // SAFETY: the 64 bytes are RAM (checked above), mapped Normal by the
+    // final map; QEMU's loader wrote them before el2 started.
+    unsafe { core::ptr::copy_nonoverlapping(at as *const u8, h.as_mut_ptr(), 64) };
+    Ok(layout::parse_image_header(&h)?)
+}
+
+/// The host's MMIO: the device tree's device regions minus RAM, page
+/// aligned, below the PA limit.
+fn host_mmio(platform: &Platform, pa_limit: u64) -> Vec<(PhysAddr, u64)> {
+    let mut out: Vec<(PhysAddr, u64)> = Vec::new();
+    for r in platform.mmio.as_slice() {
+        let mut pieces: Ranges<{ fdt::MAX_RAM + 1 }> = Ranges::new();
+        pieces.push(Range {
+            base: r.base & !(PAGE - 1),
+            size: (r.end().min(pa_limit).next_multiple_of(PAGE))
+                .saturating_sub(r.base & !(PAGE - 1)),
+        });
+        for ram in platform.ram.as_slice() {
+            let mut next: Ranges<{ fdt::MAX_RAM + 1 }> = Ranges::new();
+            for p in pieces.as_slice() {
+                if !p.overlaps(ram) {
+                    next.push(*p);
+                    continue;
+                }
+                if p.base < ram.base {
+                    next.push(Range {
+                        base: p.base,
+                        size: ram.base - p.base,
+                    });
+                }
+                if p.end() > ram.end() {
+                    next.push(Range {
+                        base: ram.end(),
+                        size: p.end() - ram.end(),
+                    });
+                }
+            }
+            pieces = next;
+        }
+        for p in pieces
+            .as_slice()
+            .iter()
+            .filter(|p| p.size > 0 && p.base < pa_limit)
+        {
+            out.push((PhysAddr(p.base), p.size));
+        }
+    }
+    // Rounding may have made neighbours overlap: merge.
+    out.sort_unstable_by_key(|(b, _)| b.get());
+    let mut merged: Vec<(PhysAddr, u64)> = Vec::with_capacity(out.len());
+    for (b, s) in out {
+        match merged.last_mut() {
+            Some((lb, ls)) if b.get() <= lb.get() + *ls => {
+                let end = (lb.get() + *ls).max(b.get() + s);
+                *ls = end - lb.get();
+            }
+            _ => merged.push((b, s)),
+        }
+    }
+    merged
+}
+
+fn report_platform(p: &Platform, dtb: u64, size: usize) {
+    log::info!("device tree at {dtb:#x} ({size} bytes) is well formed");
+    for r in p.ram.as_slice() {
+        log::info!("  RAM {r} ({} MiB)", r.size >> 20);
+    }
+    log::info!(
+        "  {} CPU(s){}, PSCI method {}",
+        p.cpu_count,
+        if p.cpus_ignored > 0 {
+            " (more ignored: el2 supports 8)"
+        } else {
+            ""
+        },
+        if p.psci_smc { "smc" } else { "not smc" }
+    );
+    match p.gic {
+        Gic::V3 { dist, redist } => {
+            log::info!("  GICv3: distributor {dist}, redistributors {redist}")
+        }
+        Gic::V2 { dist, cpu } => log::info!("  GICv2: distributor {dist}, CPU interface {cpu}"),
+        Gic::None => log::warn!("  no GIC in the device tree"),
+    }
+    match p.uart {
+        Some(u) => log::info!("  console: PL011 at {u:#x}"),
+        None => log::warn!("  no PL011 in the device tree; keeping QEMU virt's"),
+    }
+}
+
+fn report_layout(l: &MemLayout, host: Range, hdr: &layout::ImageHeader) {
+    log::info!(
+        "hypervisor memory: image {} + carve-out {} ({} MiB heap)",
+        l.image,
+        l.carveout,
+        l.carveout.size >> 20
+    );
+    log::info!(
+        "host image at {host} (text_offset {:#x}, image_size {:#x}); host device tree at {:#x}",
+        hdr.text_offset,
+        hdr.image_size,
+        l.host_dtb.base
+    );
+}
+
+/// Rust entry of a secondary CPU, started by the PSCI relay's CPU_ON with
+/// its index; the MMU is on and SP is the CPU's own stack.
+extern "C" fn secondary_main(index: u64, t0: u64) -> ! {
+    let index = index as usize;
+    sysreg::set_cpu_index(index);
+    let (Some(hyp), Some(cpu)) = (host::HYP.get(), percpu::get(index)) else {
+        console::emergency(format_args!(
+            "secondary CPU {index} started before boot finished"
+        ));
+        entry::park()
+    };
+    if cpu.transition(Power::OnPending, Power::On).is_err() {
+        console::emergency(format_args!("CPU {index} started without a pending CPU_ON"));
+        entry::park()
+    }
+    let (entry, context) = cpu.boot();
+    log::info!(
+        "CPU {index} up at EL2 at {} us; entering the host at {entry:#x} (context {context:#x})",
+        sysreg::ticks_to_us(t0)
+    );
+    host::enter(hyp, index, entry, context)
+}
+
+/// Prints the panic and stops the machine with [`status::PANIC`].
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
-    let mut uart = Pl011::qemu_virt();
-    let _ = writeln!(uart, "el2: {info}");
-    entry::park()
+    console::emergency(format_args!("panic: {info}"));
+    exit::exit(status::PANIC)
 }

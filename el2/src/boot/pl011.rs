@@ -1,48 +1,67 @@
-//! Minimal polled transmit-only driver for the Arm PL011 UART.
+//! Minimal polled transmit-only driver for the Arm PL011 UART, with the
+//! register block described by `tock-registers`.
 //!
-//! The MMU is off, so the registers are accessed at their physical address
-//! (as Device-nGnRnE memory). QEMU's UART needs no initialisation to
-//! transmit.
+//! The UART is not (re)programmed: firmware (or QEMU, which needs nothing)
+//! has set it up; el2 only queues bytes.
 
 use core::fmt;
-use core::ptr;
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::{register_bitfields, register_structs};
 
-/// Physical base address of the PL011 on QEMU's `virt` machine.
+/// Physical base address of the PL011 on QEMU's `virt` machine: the console
+/// el2 uses until it has read the device tree.
 pub const QEMU_VIRT_PL011_BASE: usize = 0x0900_0000;
 
-/// Data register offset.
-const UARTDR: usize = 0x00;
-/// Flag register offset.
-const UARTFR: usize = 0x18;
-/// UARTFR.TXFF: transmit FIFO full.
-const FR_TXFF: u32 = 1 << 5;
+register_bitfields![u32,
+    /// Flag register.
+    FR [
+        /// Transmit FIFO full.
+        TXFF OFFSET(5) NUMBITS(1) [],
+    ],
+];
 
-/// A PL011 UART at a fixed physical address.
+register_structs! {
+    /// The PL011 registers el2 uses (offsets from the PL011 TRM).
+    Pl011Regs {
+        (0x000 => dr: ReadWrite<u32>),
+        (0x004 => _reserved0),
+        (0x018 => fr: ReadOnly<u32, FR::Register>),
+        (0x01c => @END),
+    }
+}
+
+/// A PL011 UART at a fixed physical (= EL2 virtual) address.
 pub struct Pl011 {
-    base: usize,
+    regs: *const Pl011Regs,
 }
 
 impl Pl011 {
-    /// The UART of QEMU's `virt` machine.
-    pub fn qemu_virt() -> Self {
+    /// The UART whose registers are at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` is the address of a PL011 register block, mapped (or the MMU
+    /// off) as Device memory, for as long as the value is used.
+    pub const unsafe fn new(base: usize) -> Self {
         Self {
-            base: QEMU_VIRT_PL011_BASE,
+            regs: base as *const Pl011Regs,
         }
+    }
+
+    fn regs(&self) -> &Pl011Regs {
+        // SAFETY: `new`'s contract: `regs` points to a live PL011 register
+        // block; tock-registers only does volatile accesses through it.
+        unsafe { &*self.regs }
     }
 
     /// Sends one byte, waiting while the transmit FIFO is full.
     pub fn write_byte(&mut self, byte: u8) {
-        let fr = (self.base + UARTFR) as *const u32;
-        let dr = (self.base + UARTDR) as *mut u32;
-        // SAFETY: `base` is the PL011 of the machine this image is built for
-        // (QEMU virt); with the MMU off its flag register is a readable,
-        // aligned 32-bit device register at this physical address.
-        while unsafe { ptr::read_volatile(fr) } & FR_TXFF != 0 {
+        let regs = self.regs();
+        while regs.fr.is_set(FR::TXFF) {
             core::hint::spin_loop();
         }
-        // SAFETY: as above, the data register is a writable, aligned 32-bit
-        // device register; writing a byte to it queues that byte for sending.
-        unsafe { ptr::write_volatile(dr, u32::from(byte)) };
+        regs.dr.set(u32::from(byte));
     }
 }
 

@@ -1,15 +1,20 @@
-//! `cargo qemu build`: build el2 and say where its images are.
+//! `cargo qemu build`: build el2 and the test host and say where the images
+//! are.
 
 use crate::failure::Failure;
 use crate::workspace;
 
-/// Builds el2 and prints the ELF path (and the raw binary's, if made) on
-/// stdout.
+/// Builds el2 and the test host and prints their paths on stdout.
 pub fn build() -> Result<(), Failure> {
-    let images = workspace::build_el2()?;
-    println!("el2 ELF: {}", workspace::shown(&images.elf));
-    if let Some(raw) = &images.raw {
-        println!("el2 raw binary (arm64 Image): {}", workspace::shown(raw));
+    let images = workspace::build_images()?;
+    println!("el2 ELF: {}", workspace::shown(&images.el2));
+    match &images.el2_raw {
+        Some(raw) => println!("el2 raw binary (arm64 Image): {}", workspace::shown(raw)),
+        None => println!("el2 raw binary: not made (no rust-objcopy)"),
     }
+    println!(
+        "test host (raw arm64 Image, the default host): {}",
+        workspace::shown(&images.testhost)
+    );
     Ok(())
 }

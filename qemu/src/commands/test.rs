@@ -1,12 +1,40 @@
-//! `cargo qemu test`: the tests that boot el2 under QEMU.
+//! `cargo qemu test`: the tests that boot el2 (and a host) under QEMU.
+//!
+//! Pass or fail comes from QEMU's exit status (set by el2: the test host's
+//! SYSTEM_OFF status, or el2's own error statuses), plus strings the
+//! console must show; for runs of the test host its closing
+//! `testhost: N passed, M failed, K skipped` line is parsed and checked
+//! too (so a test host that silently ran nothing cannot pass).
 
+use std::path::Path;
 use std::time::Duration;
 
-use crate::commands::run::{EL2_EXIT_ENTERED_EL2, EL2_EXIT_WRONG_EL};
+use crate::commands::run::describe_exit;
+use crate::dtb;
 use crate::failure::Failure;
 use crate::process;
-use crate::qemu::{self, Machine};
-use crate::workspace;
+use crate::qemu::{self, Boot, Machine};
+use crate::workspace::{self, Images};
+
+/// Which el2 image QEMU boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The ELF: device tree at the start of RAM, `x0` = 0.
+    Elf,
+    /// The raw Image (`el2.bin`): QEMU's Image loader, `x0` = device tree.
+    Raw,
+}
+
+/// What the test host's summary line must say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// Exactly this many failed checks.
+    pub failed: u32,
+    /// At least this many passed checks.
+    pub min_passed: u32,
+    /// Exactly this many skipped checks.
+    pub skipped: u32,
+}
 
 /// One QEMU test: boot el2, then judge QEMU's exit status and the console.
 #[derive(Debug, Clone)]
@@ -15,24 +43,211 @@ pub struct QemuTest {
     pub name: &'static str,
     /// The machine to boot on.
     pub machine: fn() -> Machine,
+    /// The el2 image.
+    pub kernel: Kernel,
+    /// Whether to load the test host (`false`: no host image at all).
+    pub testhost: bool,
+    /// The kernel command line (`-append`).
+    pub append: Option<&'static str>,
+    /// A device tree of the test's own instead of QEMU's (`-dtb`).
+    pub dtb: Option<fn() -> Vec<u8>>,
     /// QEMU is killed, and the test fails, after this long.
     pub timeout: Duration,
-    /// Expected exit status of QEMU (set by el2 through semihosting).
+    /// Expected exit status of QEMU.
     pub exit_code: i32,
     /// Strings the console output must contain.
     pub output: &'static [&'static str],
+    /// The test host's summary, when it runs.
+    pub summary: Option<Expected>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Checks the full suite has: fewer passing means checks went missing.
+const FULL_SUITE: u32 = 60;
+
+fn machine_smp1() -> Machine {
+    Machine {
+        smp: 1,
+        ..Machine::default()
+    }
+}
+
+fn machine_512m() -> Machine {
+    Machine {
+        mem: "512M".to_owned(),
+        ..Machine::default()
+    }
+}
+
+fn machine_max() -> Machine {
+    Machine {
+        cpu: "max".to_owned(),
+        smp: 4,
+        ..Machine::default()
+    }
 }
 
 /// Every QEMU test.
-pub const TESTS: &[QemuTest] = &[QemuTest {
-    // Proves the image is entered at EL2, runs Rust code, prints on the
-    // UART and exits through semihosting.
-    name: "el2_stub_enters_el2_and_exits_via_semihosting",
-    machine: Machine::default,
-    timeout: Duration::from_secs(30),
-    exit_code: EL2_EXIT_ENTERED_EL2,
-    output: &["entered at EL2"],
-}];
+pub const TESTS: &[QemuTest] = &[
+    QemuTest {
+        // The README's `cargo qemu run`: el2 boots, enters the test host at
+        // EL1 under stage-2, every check passes, the host powers off
+        // through el2 (PSCI SYSTEM_OFF forwarded, exit 0).
+        name: "testhost_all_checks_pass",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        testhost: true,
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 0,
+        output: &[
+            "el2[0]: entering the host at EL1",
+            "testhost: started at EL1",
+            "el2[1]: CPU 1 up at EL2",
+            "host requested SYSTEM_OFF",
+        ],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: FULL_SUITE,
+            skipped: 0,
+        }),
+    },
+    QemuTest {
+        // Failures are detected: `testhost.fail` adds one failing check,
+        // and the status travels test host -> SYSTEM_OFF x1 -> el2 ->
+        // semihosting -> QEMU's exit status 1.
+        name: "failing_check_is_detected",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        testhost: true,
+        append: Some("testhost.fail"),
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 1,
+        output: &[
+            "testhost: FAIL deliberate failure",
+            "host requested SYSTEM_OFF with exit status 1",
+        ],
+        summary: Some(Expected {
+            failed: 1,
+            min_passed: FULL_SUITE,
+            skipped: 0,
+        }),
+    },
+    QemuTest {
+        // One CPU: everything but the secondary-CPU checks.
+        name: "single_cpu_boots",
+        machine: machine_smp1,
+        kernel: Kernel::Elf,
+        testhost: true,
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 0,
+        output: &["1 CPU(s), PSCI method smc"],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: 45,
+            skipped: 3,
+        }),
+    },
+    QemuTest {
+        // el2 as a raw arm64 Image (QEMU's Image loader puts the device
+        // tree at 0x4800_0000 and passes it in x0), on 512 MiB of RAM.
+        name: "raw_image_boot_512m",
+        machine: machine_512m,
+        kernel: Kernel::Raw,
+        testhost: true,
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 0,
+        output: &["device tree at 0x48000000", "RAM 0x40000000..0x60000000"],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: FULL_SUITE,
+            skipped: 0,
+        }),
+    },
+    QemuTest {
+        // `-cpu max` (pointer authentication, SVE, SME, PAN, SSBS: the
+        // feature-dependent EL2 setup) with 4 CPUs.
+        name: "cpu_max_4_cpus",
+        machine: machine_max,
+        kernel: Kernel::Elf,
+        testhost: true,
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 0,
+        output: &["4 CPU(s)"],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: FULL_SUITE,
+            skipped: 0,
+        }),
+    },
+    QemuTest {
+        // No host image: a clear boot error and el2's status 5, not a hang.
+        name: "missing_host_image_is_reported",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        testhost: false,
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 5,
+        output: &["boot failed: no arm64 Image"],
+        summary: None,
+    },
+    QemuTest {
+        // A device tree of our own, which QEMU edits with libfdt (its
+        // /memory node becomes FDT_NOP tokens): el2 copes, and the test
+        // host runs on a machine without a GIC in the tree.
+        name: "own_device_tree_with_nops_boots",
+        machine: machine_smp1,
+        kernel: Kernel::Elf,
+        testhost: true,
+        append: None,
+        dtb: Some(minimal_tree),
+        timeout: TIMEOUT,
+        exit_code: 0,
+        output: &["no GIC in the device tree", "is well formed"],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: 45,
+            skipped: 3,
+        }),
+    },
+    QemuTest {
+        // A tree nested deeper than el2 accepts (the reader would index
+        // past its 64-entry stack or recurse without bound): a clear error
+        // on the UART and status 5, no panic, no hang.
+        name: "malformed_device_tree_is_reported",
+        machine: machine_smp1,
+        kernel: Kernel::Elf,
+        testhost: true,
+        append: None,
+        dtb: Some(too_deep_tree),
+        timeout: TIMEOUT,
+        exit_code: 5,
+        output: &[
+            "boot failed: malformed device tree",
+            "nodes nested too deep",
+        ],
+        summary: None,
+    },
+];
+
+fn minimal_tree() -> Vec<u8> {
+    dtb::virt_tree(3)
+}
+
+fn too_deep_tree() -> Vec<u8> {
+    dtb::virt_tree(70)
+}
 
 /// Counts of a test run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +258,22 @@ pub struct Summary {
     pub failed: usize,
 }
 
-/// Builds el2, makes sure QEMU is there, runs every test in [`TESTS`] and
-/// prints one result line per test and a closing `N passed, M failed` line.
+fn kernel_of<'a>(test: &QemuTest, images: &'a Images) -> Result<&'a Path, String> {
+    match test.kernel {
+        Kernel::Elf => Ok(&images.el2),
+        Kernel::Raw => images
+            .el2_raw
+            .as_deref()
+            .ok_or_else(|| "el2.bin was not made (rust-objcopy missing)".to_owned()),
+    }
+}
+
+/// Builds el2 and the test host, makes sure QEMU is there, runs every test
+/// in [`TESTS`] and prints one result line per test and a closing
+/// `N passed, M failed` line.
 pub fn run_all() -> Result<Summary, Failure> {
     let qemu = qemu::ensure()?;
-    let images = workspace::build_el2()?;
+    let images = workspace::build_images()?;
     println!("running {} QEMU test(s)", TESTS.len());
     let mut summary = Summary {
         passed: 0,
@@ -55,19 +281,29 @@ pub fn run_all() -> Result<Summary, Failure> {
     };
     let mut failures = Vec::new();
     for test in TESTS {
-        let mut cmd = qemu::boot_command(&qemu, &images.elf, &(test.machine)());
-        println!("--- {} ({} s timeout)", test.name, test.timeout.as_secs());
-        println!("    {}", process::display(&cmd));
-        let timed = process::with_timeout(&mut cmd, test.timeout)?;
-        let verdict = judge(test, timed.status.code(), timed.timed_out, &timed.output);
+        let machine = (test.machine)();
+        let verdict = kernel_of(test, &images).and_then(|kernel| {
+            let dtb_path = match test.dtb {
+                Some(make) => Some(write_dtb(test.name, &make())?),
+                None => None,
+            };
+            let boot = Boot {
+                kernel,
+                host: test.testhost.then_some(images.testhost.as_path()),
+                append: test.append,
+                dtb: dtb_path.as_deref(),
+                machine: &machine,
+            };
+            let mut cmd = qemu::boot_command(&qemu, &boot);
+            println!("--- {} ({} s timeout)", test.name, test.timeout.as_secs());
+            println!("    {}", process::display(&cmd));
+            let timed = process::with_timeout(&mut cmd, test.timeout).map_err(|f| f.message)?;
+            judge(test, timed.status.code(), timed.timed_out, &timed.output).map(|()| timed.elapsed)
+        });
         match verdict {
-            Ok(()) => {
+            Ok(elapsed) => {
                 summary.passed += 1;
-                println!(
-                    "test {} ... ok ({:.1} s)",
-                    test.name,
-                    timed.elapsed.as_secs_f64()
-                );
+                println!("test {} ... ok ({:.2} s)", test.name, elapsed.as_secs_f64());
             }
             Err(why) => {
                 summary.failed += 1;
@@ -83,6 +319,36 @@ pub fn run_all() -> Result<Summary, Failure> {
     Ok(summary)
 }
 
+/// Writes a test's device tree under `target/qemu-tests/`.
+fn write_dtb(name: &str, blob: &[u8]) -> Result<std::path::PathBuf, String> {
+    let dir = workspace::root().join("target").join("qemu-tests");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("{name}.dtb"));
+    std::fs::write(&path, blob).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The last `testhost: N passed, M failed, K skipped` line of `output`.
+pub fn parse_summary(output: &str) -> Option<(u32, u32, u32)> {
+    output.lines().rev().find_map(|line| {
+        let rest = line.trim().strip_prefix("testhost: ")?;
+        let mut nums = rest.split(", ").map(|part| {
+            let (n, word) = part.split_once(' ')?;
+            Some((n.parse::<u32>().ok()?, word))
+        });
+        let (p, "passed") = nums.next()?? else {
+            return None;
+        };
+        let (f, "failed") = nums.next()?? else {
+            return None;
+        };
+        let (s, "skipped") = nums.next()?? else {
+            return None;
+        };
+        Some((p, f, s))
+    })
+}
+
 /// Whether a run of `test` that ended with `code` (`None`: killed by a
 /// signal) and printed `output` passed; if not, why.
 fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> Result<(), String> {
@@ -92,11 +358,9 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
     match code {
         None => return Err("QEMU was killed by a signal".to_owned()),
         Some(code) if code != test.exit_code => {
-            let hint = match code {
-                EL2_EXIT_WRONG_EL => " (el2 was not entered at EL2)",
-                1 => " (QEMU failed to start, or el2 exited without semihosting)",
-                _ => "",
-            };
+            let hint = describe_exit(code)
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default();
             return Err(format!(
                 "QEMU exited with code {code}, expected {}{hint}",
                 test.exit_code
@@ -104,40 +368,96 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
         }
         Some(_) => {}
     }
-    match test.output.iter().find(|want| !output.contains(*want)) {
-        Some(missing) => Err(format!("console output lacks {missing:?}")),
-        None => Ok(()),
+    if let Some(missing) = test.output.iter().find(|want| !output.contains(*want)) {
+        return Err(format!("console output lacks {missing:?}"));
     }
+    if let Some(want) = test.summary {
+        let Some((passed, failed, skipped)) = parse_summary(output) else {
+            return Err("no `testhost: N passed, M failed, K skipped` line".to_owned());
+        };
+        if failed != want.failed || skipped != want.skipped || passed < want.min_passed {
+            return Err(format!(
+                "test host: {passed} passed, {failed} failed, {skipped} skipped; expected \
+                 {} failed, {} skipped and at least {} passed",
+                want.failed, want.skipped, want.min_passed
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stub_test() -> &'static QemuTest {
-        &TESTS[0]
+    fn test_named(name: &str) -> &'static QemuTest {
+        TESTS.iter().find(|t| t.name == name).unwrap()
+    }
+
+    const GOOD: &str = "el2[0]: entering the host at EL1\r\ntesthost: started at EL1\r\n\
+        el2[1]: CPU 1 up at EL2\r\ntesthost: 64 passed, 0 failed, 0 skipped\r\n\
+        el2[0]: host requested SYSTEM_OFF\r\n";
+
+    #[test]
+    fn summary_lines_parse() {
+        assert_eq!(parse_summary(GOOD), Some((64, 0, 0)));
+        assert_eq!(
+            parse_summary("testhost: 1 passed, 2 failed, 3 skipped\ntestall"),
+            Some((1, 2, 3))
+        );
+        assert_eq!(parse_summary("testhost: ok   Version"), None);
+        assert_eq!(parse_summary("5 passed, 0 failed"), None);
     }
 
     #[test]
-    fn passes_on_expected_exit_and_output() {
-        let out = "el2 v0.1: entered at EL2 - boot not implemented yet (issue 6)\r\n";
-        assert_eq!(judge(stub_test(), Some(3), false, out), Ok(()));
+    fn passes_on_expected_exit_output_and_summary() {
+        assert_eq!(
+            judge(test_named("testhost_all_checks_pass"), Some(0), false, GOOD),
+            Ok(())
+        );
     }
 
     #[test]
-    fn fails_on_timeout_wrong_code_or_missing_output() {
-        let out = "entered at EL2";
-        assert!(judge(stub_test(), Some(3), true, out).is_err());
-        assert!(judge(stub_test(), None, false, out).is_err());
+    fn fails_on_timeout_wrong_code_missing_output_or_bad_summary() {
+        let t = test_named("testhost_all_checks_pass");
         assert!(
-            judge(stub_test(), Some(4), false, out)
+            judge(t, Some(0), true, GOOD)
                 .unwrap_err()
-                .contains("not entered at EL2")
+                .contains("timed out")
+        );
+        assert!(judge(t, None, false, GOOD).is_err());
+        assert!(
+            judge(t, Some(1), false, GOOD)
+                .unwrap_err()
+                .contains("check failed")
         );
         assert!(
-            judge(stub_test(), Some(3), false, "nothing")
+            judge(t, Some(0), false, "nothing")
                 .unwrap_err()
-                .contains("entered at EL2")
+                .contains("lacks")
         );
+        let few = GOOD.replace("64 passed", "3 passed");
+        assert!(
+            judge(t, Some(0), false, &few)
+                .unwrap_err()
+                .contains("at least")
+        );
+        let failed = GOOD.replace("0 failed", "2 failed");
+        assert!(judge(t, Some(0), false, &failed).is_err());
+        let no_summary = GOOD.replace("testhost: 64", "64");
+        assert!(
+            judge(t, Some(0), false, &no_summary)
+                .unwrap_err()
+                .contains("no `testhost")
+        );
+    }
+
+    #[test]
+    fn every_test_has_a_timeout_well_under_30_s() {
+        for t in TESTS {
+            assert!(t.timeout <= Duration::from_secs(20), "{}", t.name);
+        }
+        let names: std::collections::HashSet<_> = TESTS.iter().map(|t| t.name).collect();
+        assert_eq!(names.len(), TESTS.len(), "test names are unique");
     }
 }

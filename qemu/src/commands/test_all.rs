@@ -51,13 +51,15 @@ fn steps() -> Vec<Step> {
             "host_interface",
             "-p",
             "el2",
+            "-p",
+            "testhost",
             "--target",
             EL2_TARGET,
             "--",
             "-D",
             "warnings",
         ]),
-        cargo_step(&workspace::BUILD_EL2),
+        cargo_step(&workspace::BUILD_IMAGES),
         cargo_step(&["test", "--workspace"]),
         Step {
             title: "QEMU tests (cargo qemu test)".to_owned(),
@@ -145,9 +147,9 @@ mod tests {
             [
                 "cargo fmt --all --check",
                 "cargo clippy --workspace --all-targets -- -D warnings",
-                "cargo clippy -p stage2 -p ownership -p host_interface -p el2 \
+                "cargo clippy -p stage2 -p ownership -p host_interface -p el2 -p testhost \
                  --target aarch64-unknown-none -- -D warnings",
-                "cargo build -p el2 --target aarch64-unknown-none --release",
+                "cargo build -p el2 -p testhost --target aarch64-unknown-none --release",
                 "cargo test --workspace",
                 "QEMU tests (cargo qemu test)",
             ]
