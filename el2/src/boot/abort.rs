@@ -87,7 +87,7 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         return;
     };
     if class == 0b0001 || class == 0b0010 {
-        let mapped = hyp.ownership.with_host(|h| {
+        let mapped = hyp.core.mem.with_host(|h| {
             h.stage2()
                 .lookup(h.pool(), Ipa(ipa))
                 .map(|leaf| leaf.is_valid())
@@ -98,7 +98,8 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         }
     }
     let owner = hyp
-        .ownership
+        .core
+        .mem
         .page(ownership::Pfn(ipa >> 12))
         .map(|e| e.owner());
     log::info!(

@@ -23,19 +23,17 @@ use aarch64_cpu::registers::{
 };
 use core::arch::asm;
 
-use ownership::Ownership;
-
 use super::entry::{STACKS, TrapFrame, el2_enter_lower};
 use super::mem::{HeapPool, HypBitmap, IdentityMem};
 use super::sysreg::{self, mrs, msr};
 
-/// The ownership state el2 runs with.
-pub type HostOwnership = Ownership<IdentityMem, HeapPool, HypBitmap>;
+/// The arch-neutral core (host call dispatch, VMs, vCPUs) el2 runs.
+pub type Core = el2::hyp::Hypervisor<IdentityMem, HeapPool, HypBitmap>;
 
 /// Everything the trap handlers need, set once at boot.
 pub struct Hypervisor {
-    /// Page ownership and the host stage-2.
-    pub ownership: HostOwnership,
+    /// The core: page ownership, the host stage-2, VMs and host calls.
+    pub core: Core,
     /// `VTCR_EL2` of the host stage-2.
     pub vtcr: u64,
     /// `VTTBR_EL2` of the host stage-2 (VMID 0).

@@ -33,6 +33,18 @@ pub unsafe fn init_heap(start: u64, size: u64) {
     unsafe { HEAP.lock().init(start as usize, size as usize) };
 }
 
+/// Adds `[start, start + size)` to the heap (pages the host gave the
+/// hypervisor with `HypPoolDonate`).
+///
+/// # Safety
+///
+/// As for [`init_heap`]: the range is RAM, mapped Normal at EL2, owned by
+/// the hypervisor and used by nothing else, for the rest of the run.
+pub unsafe fn add_to_heap(start: u64, size: u64) {
+    // SAFETY: per this function's contract.
+    unsafe { HEAP.lock().add_to_heap(start as usize, (start + size) as usize) };
+}
+
 /// Bytes of heap in use and in total.
 pub fn heap_stats() -> (usize, usize) {
     let h = HEAP.lock();

@@ -354,7 +354,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     // 8. Enter the host.
     let gicv3 = matches!(platform.gic, Gic::V3 { .. });
     let hyp = host::HYP.call_once(|| host::Hypervisor {
-        ownership,
+        core: el2::hyp::Hypervisor::new(ownership),
         vtcr,
         vttbr,
         hcr: host::host_hcr(),

@@ -134,7 +134,8 @@ fn cpu_on(hyp: &Hypervisor, target: u64, entry: u64, context: u64) -> u64 {
     // owns or shares (not hypervisor or guest memory), 4-byte aligned.
     let host_can_run = entry.is_multiple_of(4)
         && hyp
-            .ownership
+            .core
+            .mem
             .page(ownership::Pfn(entry >> 12))
             .is_some_and(|e| e.host() != ownership::PageState::NoPage);
     if !host_can_run {
