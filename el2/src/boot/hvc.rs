@@ -46,7 +46,9 @@ impl Arch for El2Arch {
             vcpu.index,
             ctx.pc
         );
-        Trap::Other { esr: ESR_NO_WORLD_SWITCH }
+        Trap::Other {
+            esr: ESR_NO_WORLD_SWITCH,
+        }
     }
 
     fn add_to_allocator(&mut self, pa: PhysAddr, pages: u64) {
@@ -59,5 +61,6 @@ impl Arch for El2Arch {
 
 /// Handles one host call in `frame` through the core dispatcher.
 pub fn host_hvc(hyp: &Hypervisor, frame: &mut TrapFrame) {
-    hyp.core.handle_host_call(&mut El2Arch::default(), &mut frame.x);
+    hyp.core
+        .handle_host_call(&mut El2Arch::default(), &mut frame.x);
 }

@@ -42,7 +42,10 @@ pub unsafe fn init_heap(start: u64, size: u64) {
 /// the hypervisor and used by nothing else, for the rest of the run.
 pub unsafe fn add_to_heap(start: u64, size: u64) {
     // SAFETY: per this function's contract.
-    unsafe { HEAP.lock().add_to_heap(start as usize, (start + size) as usize) };
+    unsafe {
+        HEAP.lock()
+            .add_to_heap(start as usize, (start + size) as usize)
+    };
 }
 
 /// Bytes of heap in use and in total.
