@@ -279,7 +279,8 @@ fn faults_on_unmapped_memory_go_to_the_host() {
             isv: true,
             size: 8,
             reg: 1,
-            data: 0x1122
+            data: 0x1122,
+            hvc: false,
         }
     );
     ok(m.call(HostCall::DonateGuest, &[h, RAM + 0x41, GPA >> 12, 1]));
@@ -295,7 +296,8 @@ fn faults_on_unmapped_memory_go_to_the_host() {
             isv: true,
             size: 8,
             reg: 1,
-            data: 0
+            data: 0,
+            hvc: false,
         }
     );
     let word = m.ram.read_page(ownership::Pfn(RAM + 0x41));
@@ -317,7 +319,9 @@ fn faults_on_unmapped_memory_go_to_the_host() {
     // Completion values only complete an access or a hypercall.
     let exit = run_with(&mut m, h, 0, 0);
     // MEM_SHARE of a page not yet mapped: the host maps it, the HVC retries.
-    assert!(matches!(exit, Exit::Stage2Fault { gpa, isv: false, .. } if gpa == GPA + 0x1000));
+    assert!(
+        matches!(exit, Exit::Stage2Fault { gpa, isv: false, hvc: true, .. } if gpa == GPA + 0x1000)
+    );
     assert_eq!(
         err(m.call(HostCall::VcpuRun, &[h, 0, RUN_COMPLETE_ACCESS, 1, 0])),
         errno::EINVAL
@@ -707,5 +711,44 @@ fn force_reclaim_and_poison() {
     assert_eq!(
         err(m.call(HostCall::DonateGuest, &[h, RAM + 0x41, GPA >> 12, 1])),
         errno::EPERM
+    );
+}
+
+#[test]
+fn a_share_the_host_cannot_back_fails_with_invalid_parameter() {
+    let mut m = Machine::new();
+    let h = vm(&mut m, 16);
+    m.arch.script(
+        handle(h),
+        0,
+        vec![hvc(GuestCall::MemShare.id(), [GPA, 1, 0]), GuestOp::Wfi],
+    );
+    let exit = run(&mut m, h);
+    assert!(matches!(exit, Exit::Stage2Fault { hvc: true, .. }));
+    // Values do not complete a hypercall's fault; Fail does, once.
+    assert_eq!(
+        err(m.call(HostCall::VcpuRun, &[h, 0, RUN_COMPLETE_ACCESS, 1, 0])),
+        errno::EINVAL
+    );
+    assert_eq!(
+        err(m.call(HostCall::VcpuRun, &[h, 0, RUN_FAIL_ACCESS, 1, 0])),
+        errno::EINVAL
+    );
+    let r = m.call(HostCall::VcpuRun, &[h, 0, RUN_FAIL_ACCESS]);
+    assert_eq!(r.exit(), Some(Exit::Wfi));
+    assert_eq!(
+        m.arch.hvc_result(0, 0).unwrap()[..2],
+        [SMCCC_INVALID_PARAMETER as u64, 0]
+    );
+    // A data abort is not a hypercall: Fail is refused for it.
+    m.arch
+        .script(handle(h), 0, vec![GuestOp::Load { ipa: GPA }]);
+    assert!(matches!(
+        run(&mut m, h),
+        Exit::Stage2Fault { hvc: false, .. }
+    ));
+    assert_eq!(
+        err(m.call(HostCall::VcpuRun, &[h, 0, RUN_FAIL_ACCESS])),
+        errno::EINVAL
     );
 }

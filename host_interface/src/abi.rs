@@ -302,7 +302,7 @@ pub enum Exit {
     /// the access as MMIO with the next [`HostCall::VcpuRun`] (flag
     /// [`RUN_COMPLETE_ACCESS`]: a read's value in x4; the instruction is
     /// then skipped). x3 = gpa, x4 = write | exec << 1 | isv << 2 |
-    /// size << 8 | reg << 16, x5 = the data a write stores.
+    /// size << 8 | reg << 16 | hvc << 3, x5 = the data a write stores.
     Stage2Fault {
         /// Faulting guest physical address.
         gpa: u64,
@@ -319,6 +319,10 @@ pub enum Exit {
         reg: u8,
         /// Data a write stores.
         data: u64,
+        /// The fault was raised for a guest hypercall (a MEM_SHARE of a
+        /// page not mapped yet) that is retried once the host maps it; if
+        /// the host cannot, [`RUN_FAIL_ACCESS`] makes the call fail.
+        hvc: bool,
     },
     /// A hypercall the hypervisor does not handle (e.g. PSCI): x3 = the
     /// function id, x4..x6 = the guest's x1..x3. The host writes the
@@ -361,6 +365,12 @@ pub enum Exit {
     },
 }
 
+/// [`HostCall::VcpuRun`] x3 flag: the host cannot map the address of the
+/// vCPU's last [`Exit::Stage2Fault`], which a guest hypercall raised
+/// (`hvc`): the call is skipped and returns INVALID_PARAMETER to the guest.
+/// For a fault without `hvc` the flag is refused (`-EINVAL`).
+pub const RUN_FAIL_ACCESS: u64 = 2;
+
 /// [`HostCall::VcpuRun`] x3 flag: the host completes the vCPU's last exit
 /// with values: for a [`Exit::Stage2Fault`] emulated as MMIO, x4 is the
 /// value a read loads; for a [`Exit::Hypercall`], x4 and x5 are the
@@ -384,12 +394,14 @@ impl Exit {
                 size,
                 reg,
                 data,
+                hvc,
             } => [
                 2,
                 gpa,
                 write as u64
                     | ((exec as u64) << 1)
                     | ((isv as u64) << 2)
+                    | ((hvc as u64) << 3)
                     | ((size as u64) << 8)
                     | ((reg as u64) << 16),
                 data,
@@ -420,6 +432,7 @@ impl Exit {
                 size: ((r[2] >> 8) & 0xff) as u8,
                 reg: ((r[2] >> 16) & 0xff) as u8,
                 data: r[3],
+                hvc: r[2] & 8 != 0,
             },
             4 => Exit::Hypercall {
                 id: r[1],
@@ -486,6 +499,7 @@ mod tests {
                 size: 4,
                 reg: 7,
                 data: 0x41,
+                hvc: false,
             },
             Exit::Stage2Fault {
                 gpa: 0x2000,
@@ -495,6 +509,7 @@ mod tests {
                 size: 0,
                 reg: 0,
                 data: 0,
+                hvc: true,
             },
             Exit::Unhandled {
                 esr: 0x9200_004f,

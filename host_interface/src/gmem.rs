@@ -157,6 +157,10 @@ pub struct GuestMemfd {
     pub(crate) guest: BTreeMap<u64, GuestMapping>,
     /// Long-term pins (GUP) by page index.
     pub(crate) pins: BTreeMap<u64, u32>,
+    /// Pages punched out of the file while pinned: no longer the file's,
+    /// but not freed until their last pin drops (as a pinned folio outlives
+    /// its truncation in Linux). `page -> [(frame, pins)]`.
+    pub(crate) orphans: BTreeMap<u64, alloc::vec::Vec<(u64, u32)>>,
     /// Page ranges bound to memslots, `(start, end)`.
     pub(crate) bound: alloc::vec::Vec<(u64, u64)>,
 }
@@ -180,6 +184,7 @@ impl GuestMemfd {
             folios: BTreeMap::new(),
             guest: BTreeMap::new(),
             pins: BTreeMap::new(),
+            orphans: BTreeMap::new(),
             bound: alloc::vec::Vec::new(),
         })
     }

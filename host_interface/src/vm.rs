@@ -165,10 +165,14 @@ pub struct KvmVm<H: Hypervisor, A: HostPages> {
     gmems: Vec<Option<GuestMemfd>>,
     slots: BTreeMap<u32, Memslot>,
     vcpus: Vec<VcpuSlot>,
-    request: Option<Request>,
+    /// The guest's pending conversion request, and the vCPU that made it.
+    request: Option<(usize, Request)>,
     /// Pages the host gave the hypervisor for this VM's tables.
     memcache: Vec<u64>,
 }
+
+/// `KVM_USER_MEM_SLOTS`: slot ids must be below it.
+pub const KVM_USER_MEM_SLOTS: u32 = 32764;
 
 /// Pages given to the memcache when the hypervisor runs out.
 pub const MEMCACHE_BATCH: u64 = 4;
@@ -447,16 +451,30 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         Ok(())
     }
 
-    /// Drops a pin.
+    /// Drops a pin on the page at `offset`: the page there now, or else one
+    /// punched out of the file while pinned (freed on its last pin).
     pub fn gmem_unpin(&mut self, id: GmemId, offset: u64) -> Result<(), i32> {
         let g = self.gmem_mut(id)?;
         let page = offset / PAGE;
-        match g.pins.get_mut(&page) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
+        if let Some(n) = g.pins.get_mut(&page) {
+            *n -= 1;
+            if *n == 0 {
                 g.pins.remove(&page);
             }
-            None => return Err(errno::EINVAL),
+            return Ok(());
+        }
+        let orphans = g.orphans.get_mut(&page).ok_or(errno::EINVAL)?;
+        let Some((pfn, n)) = orphans.last_mut() else {
+            return Err(errno::EINVAL);
+        };
+        *n -= 1;
+        if *n == 0 {
+            let pfn = *pfn;
+            orphans.pop();
+            if orphans.is_empty() {
+                g.orphans.remove(&page);
+            }
+            self.pages.free(pfn, 0);
         }
         Ok(())
     }
@@ -465,7 +483,9 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
     /// `[offset, offset + len)` (attributes are kept; a later access gets a
     /// fresh zeroed page). Pages the host lent the guest are taken back
     /// first; a page the guest owns cannot be taken from a protected guest
-    /// (`EBUSY`, nothing changed). A range at or beyond the end is a no-op.
+    /// (`EBUSY`, nothing changed). A pinned page leaves the file but is
+    /// freed only when its last pin drops. A range at or beyond the end is
+    /// a no-op.
     pub fn gmem_punch_hole(&mut self, id: GmemId, offset: u64, len: u64) -> Result<(), i32> {
         let g = self.gmem(id).ok_or(errno::EBADF)?;
         if !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
@@ -488,19 +508,23 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
             let g = self.gmem_mut(id)?;
             match g.frame(page) {
                 None => page += 1,
-                Some((head, f)) if f.order == 9 && head >= first && head + HUGE_PAGES <= end => {
+                Some((head, f))
+                    if f.order == 9
+                        && head >= first
+                        && head + HUGE_PAGES <= end
+                        && g.pins.range(head..head + HUGE_PAGES).next().is_none() =>
+                {
                     g.folios.remove(&head);
-                    for p in head..head + HUGE_PAGES {
-                        g.pins.remove(&p);
-                    }
                     self.pages.free(f.pfn, 9);
                     page = head + HUGE_PAGES;
                 }
                 Some((_, f)) if f.order == 9 => g.split(page),
                 Some((head, f)) => {
                     g.folios.remove(&head);
-                    g.pins.remove(&page);
-                    self.pages.free(f.pfn, 0);
+                    match g.pins.remove(&page) {
+                        Some(n) => g.orphans.entry(page).or_default().push((f.pfn, n)),
+                        None => self.pages.free(f.pfn, 0),
+                    }
                     page += 1;
                 }
             }
@@ -569,9 +593,13 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         self.hv
             .call(HostCall::TeardownFinish, &[self.handle])
             .map_err(call_err)?;
+        // Destroying the VM drops the host's pins with its guest_memfds.
         for g in self.gmems.iter().flatten() {
             for f in g.folios.values() {
                 self.pages.free(f.pfn, f.order);
+            }
+            for &(pfn, _) in g.orphans.values().flatten() {
+                self.pages.free(pfn, 0);
             }
         }
         for pfn in self.memcache.drain(..) {
@@ -584,18 +612,24 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
 
     fn run_vcpu(&mut self, index: usize) -> Result<VcpuExit, i32> {
         let slot = *self.vcpus.get(index).ok_or(errno::EINVAL)?;
-        // A guest request the VMM left unconverted is refused.
-        if self.request.take().is_some() {
+        // The vCPU that asked for a conversion runs again without the VMM
+        // doing it: the request is refused. Other vCPUs leave it pending.
+        if self.request.is_some_and(|(v, _)| v == index) {
+            self.request = None;
             self.hv
                 .call(HostCall::ConvertRefuse, &[self.handle])
                 .map_err(call_err)?;
         }
         let mut complete = slot.complete.filter(|_| slot.completable);
+        let mut fail_access = false;
         self.vcpus[index] = VcpuSlot::default();
         loop {
-            let args = match complete.take() {
-                Some([a, b]) => [self.handle, index as u64, abi::RUN_COMPLETE_ACCESS, a, b],
-                None => [self.handle, index as u64, 0, 0, 0],
+            let args = match (complete.take(), core::mem::take(&mut fail_access)) {
+                (_, true) => [self.handle, index as u64, abi::RUN_FAIL_ACCESS, 0, 0],
+                (Some([a, b]), false) => {
+                    [self.handle, index as u64, abi::RUN_COMPLETE_ACCESS, a, b]
+                }
+                (None, false) => [self.handle, index as u64, 0, 0, 0],
             };
             let exit = match self.hv.call(HostCall::VcpuRun, &args) {
                 Ok(v) => Exit::from_regs(v).ok_or(errno::EINVAL)?,
@@ -608,9 +642,13 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
                     isv,
                     size,
                     data,
+                    hvc,
                     ..
                 } => match self.lookup(gpa) {
                     Some((slot, page)) => self.fault_in(slot, page, gpa)?,
+                    // A guest call (MEM_SHARE) on memory no slot backs:
+                    // the call fails with INVALID_PARAMETER (DESIGN §4).
+                    None if hvc => fail_access = true,
                     None if isv => {
                         self.vcpus[index].completable = true;
                         return Ok(VcpuExit::Mmio {
@@ -624,11 +662,14 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
                 },
                 Exit::MemoryFault { gpa, size, flags } => {
                     let to_private = flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0;
-                    self.request = Some(Request {
-                        gfn: gpa / PAGE,
-                        pages: size / PAGE,
-                        to_private,
-                    });
+                    self.request = Some((
+                        index,
+                        Request {
+                            gfn: gpa / PAGE,
+                            pages: size / PAGE,
+                            to_private,
+                        },
+                    ));
                     return Ok(VcpuExit::MemoryFault { gpa, size, flags });
                 }
                 Exit::Hypercall { id, args } => {
@@ -665,6 +706,10 @@ impl<H: Hypervisor, A: HostPages> Vm for KvmVm<H, A> {
 
     fn set_memory_region(&mut self, r: &KvmUserspaceMemoryRegion2) -> Result<(), i32> {
         let id = GmemId(r.guest_memfd);
+        // Bits 31:16 are the address space (arm64 has one), 15:0 the slot.
+        if r.slot >> 16 != 0 || (r.slot & 0xffff) >= KVM_USER_MEM_SLOTS {
+            return Err(errno::EINVAL);
+        }
         if r.memory_size == 0 {
             // Deleting a slot: its guest mappings must go first; guest
             // pages cannot be taken from a protected guest.
@@ -706,6 +751,14 @@ impl<H: Hypervisor, A: HostPages> Vm for KvmVm<H, A> {
         if gpa_end > 1 << 40 {
             return Err(errno::EINVAL);
         }
+        // KVM checks the GPA overlap before binding the guest_memfd.
+        if self
+            .slots
+            .values()
+            .any(|s| r.guest_phys_addr < s.gpa + s.size && s.gpa < gpa_end)
+        {
+            return Err(errno::EEXIST);
+        }
         let g = self.gmem(id).ok_or(errno::EINVAL)?;
         if off_end > g.size() {
             return Err(errno::EINVAL);
@@ -713,13 +766,6 @@ impl<H: Hypervisor, A: HostPages> Vm for KvmVm<H, A> {
         let (first, end) = (r.guest_memfd_offset / PAGE, off_end / PAGE);
         if g.bound.iter().any(|&(s, e)| first < e && s < end) {
             return Err(errno::EINVAL);
-        }
-        if self
-            .slots
-            .values()
-            .any(|s| r.guest_phys_addr < s.gpa + s.size && s.gpa < gpa_end)
-        {
-            return Err(errno::EEXIST);
         }
         self.gmem_mut(id)?.bound.push((first, end));
         let slot = Memslot {
@@ -768,7 +814,10 @@ impl<H: Hypervisor, A: HostPages> Vm for KvmVm<H, A> {
         if let Some(&(p, _)) = guest_owned.first() {
             // Only the guest's own request converts the guest's pages: the
             // whole request, and nothing else of the guest's.
-            let req = self.request.filter(|r| r.to_private == to_private);
+            let req = self
+                .request
+                .map(|(_, r)| r)
+                .filter(|r| r.to_private == to_private);
             let matches = req.is_some_and(|r| {
                 guest_owned.len() as u64 == r.pages
                     && guest_owned
@@ -786,7 +835,7 @@ impl<H: Hypervisor, A: HostPages> Vm for KvmVm<H, A> {
             return Err(errno::EAGAIN);
         }
         // Commit: the guest's conversion at EL2, then the host's own pages.
-        if let (Some(r), false) = (self.request, guest_owned.is_empty()) {
+        if let (Some((_, r)), false) = (self.request, guest_owned.is_empty()) {
             let shared = u64::from(!r.to_private);
             if let Err(e) = self.call_with_memcache(
                 HostCall::ConvertComplete,

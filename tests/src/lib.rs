@@ -142,7 +142,11 @@ impl<'m> ExampleVmm<'m> {
                     });
                 }
                 VcpuExit::Relinquished { gpa, size } => {
-                    self.vm.gmem_punch_hole(self.ram, gpa - GUEST_RAM, size)?;
+                    // The guest may relinquish IPAs outside its RAM (they
+                    // were empty): nothing of the guest_memfd to punch.
+                    if let Some(offset) = gpa.checked_sub(GUEST_RAM) {
+                        self.vm.gmem_punch_hole(self.ram, offset, size)?;
+                    }
                     self.events.push(Event::Relinquished { gpa, size });
                 }
                 VcpuExit::Mmio {

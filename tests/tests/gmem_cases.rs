@@ -1604,13 +1604,11 @@ fn case_37_same_attribute() {
 }
 
 // ---------------------------------------------------------------------------
-// Divergences from KVM found while writing these cases. Each test asserts
-// what KVM does and fails on the current model; they are ignored so the
-// suite stays green (`cargo test -p tests --test gmem_cases -- --ignored`
-// runs them).
+// Divergences from KVM (and two bugs) found while writing these cases, now
+// fixed: each test asserts what KVM does and guards against regressions.
 
 #[test]
-#[ignore = "divergence: punching a pinned page frees it at once and forgets the pin"]
+
 fn finding_punch_keeps_a_pinned_page_until_unpinned() {
     let mut m = Machine::new();
     let mut vm = bare_vm(&mut m, 1);
@@ -1634,7 +1632,7 @@ fn finding_punch_keeps_a_pinned_page_until_unpinned() {
 }
 
 #[test]
-#[ignore = "divergence: memslot ids and address spaces are not range-checked (KVM: EINVAL)"]
+
 fn finding_memslot_id_out_of_range_is_einval() {
     let mut m = Machine::new();
     let mut vm = bare_vm(&mut m, 1);
@@ -1652,7 +1650,7 @@ fn finding_memslot_id_out_of_range_is_einval() {
 }
 
 #[test]
-#[ignore = "divergence: GPA overlap (EEXIST) is checked after the guest_memfd checks (EINVAL); KVM checks it first"]
+
 fn finding_gpa_overlap_is_checked_before_the_binding() {
     let mut m = Machine::new();
     let mut vm = bare_vm(&mut m, 1);
@@ -1673,7 +1671,7 @@ fn finding_gpa_overlap_is_checked_before_the_binding() {
 }
 
 #[test]
-#[ignore = "divergence: running one vCPU refuses another vCPU's pending conversion request"]
+
 fn finding_a_conversion_request_survives_another_vcpus_run() {
     let mut m = Machine::new();
     let mut vm = bare_vm(&mut m, 2);
@@ -1701,7 +1699,7 @@ fn finding_a_conversion_request_survives_another_vcpus_run() {
 }
 
 #[test]
-#[ignore = "finding: a guest MEM_SHARE outside every memslot wedges the vCPU (KVM_RUN EFAULT forever); DESIGN §4 says -3"]
+
 fn finding_share_outside_guest_memory_returns_invalid_parameter() {
     let mut m = Machine::new();
     let (mut vm, _id) = vm_with_ram(&mut m, 4 * P, MMAP);
@@ -1709,21 +1707,21 @@ fn finding_share_outside_guest_memory_returns_invalid_parameter() {
     vm.hypervisor()
         .arch
         .script(h, 0, vec![share(0x9000_0000, 1), load(RAM)]);
-    // DESIGN §4: "range outside guest memory → -3". Today every run fails
-    // with EFAULT (the replayed share faults on an IPA no memslot backs,
-    // without a syndrome to emulate) and the guest never continues.
+    // DESIGN §4: "range outside guest memory → -3". The replayed share
+    // faults on an IPA no memslot backs; the VM layer answers
+    // RUN_FAIL_ACCESS and the guest's call fails instead of wedging.
     assert_eq!(vm.vcpu(0).run(), Ok(VcpuExit::SystemEvent(0)));
     assert_eq!(hvc(&mut vm, 0)[0], SMCCC_INVALID_PARAMETER as u64);
 }
 
 #[test]
-#[ignore = "bug in tests/src/lib.rs: ExampleVmm panics (u64 underflow) when the guest relinquishes an IPA below its RAM"]
+
 fn finding_example_vmm_survives_a_relinquish_below_ram() {
     let mut m = Machine::new();
     let mut vmm = tests::ExampleVmm::new(&mut m, MIB2).unwrap();
     // The hypervisor accepts relinquishing an empty IPA (it becomes
-    // Relinquished) and reports it; ExampleVmm::serve computes
-    // `gpa - GUEST_RAM` for the punch and overflows.
+    // Relinquished) and reports it; ExampleVmm::serve must not assume the
+    // address is inside its RAM (it once underflowed here).
     let r = vmm.run(vec![relinquish(0x1000)]);
     assert_eq!(r, Ok(0));
 }

@@ -11,7 +11,8 @@
 //!   `KVM_MEMORY_EXIT_FLAG_PRIVATE` for unshare). The host completes or
 //!   refuses it; the guest's call returns 0 (x1 = pages) or -3 on its next
 //!   run. A share of a page not yet mapped exits as a stage-2 fault and the
-//!   HVC is retried once the host has mapped it (pKVM does the same).
+//!   HVC is retried once the host has mapped it (pKVM does the same), or
+//!   fails with -3 if the host answers that it cannot (`RUN_FAIL_ACCESS`).
 //! - MEM_RELINQUISH: done at EL2 at once (pages wiped, host-owned), then an
 //!   [`Exit::Relinquished`] tells the host.
 //! - PSCI: SYSTEM_OFF and SYSTEM_RESET become [`Exit::SystemEvent`], the
@@ -24,9 +25,9 @@
 //! A run hands at most [`TRAP_BUDGET`] traps to EL2's own handling before
 //! it returns to the host, so a host call never runs unbounded.
 
-use super::Hypervisor;
 use super::arch::{Abort, Arch, VcpuContext, VcpuRef};
 use super::vm::{Outcome, Waiting};
+use super::{Completion, Hypervisor};
 use host_interface::abi::{
     Exit, GUEST_FEATURES, GuestCall, KVM_MEMORY_EXIT_FLAG_PRIVATE, KVM_UID,
     SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
@@ -75,7 +76,7 @@ pub(crate) fn run<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
     arch: &mut A,
     handle: GuestHandle,
     vcpu: usize,
-    complete: Option<[u64; 2]>,
+    complete: Option<Completion>,
 ) -> Result<Exit, Errno> {
     let dying = hyp.mem.with_guest(handle, |g| g.is_dying())?;
     let (vttbr, vtcr) = hyp
@@ -94,11 +95,17 @@ pub(crate) fn run<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
         if v.running {
             return Err(Errno::Ebusy);
         }
-        let completes = matches!(
-            v.waiting,
-            Waiting::Fault { isv: true, .. } | Waiting::Hypercall
-        );
-        if complete.is_some() && !completes {
+        let allowed = match complete {
+            None => true,
+            Some(Completion::Values(_)) => {
+                matches!(
+                    v.waiting,
+                    Waiting::Fault { isv: true, .. } | Waiting::Hypercall
+                )
+            }
+            Some(Completion::Fail) => matches!(v.waiting, Waiting::Fault { hvc: true, .. }),
+        };
+        if !allowed {
             return Err(Errno::Einval);
         }
         v.running = true;
@@ -126,7 +133,7 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
     vref: VcpuRef,
     ctx: &mut VcpuContext,
     waiting: Waiting,
-    complete: Option<[u64; 2]>,
+    complete: Option<Completion>,
 ) -> (Result<Exit, Errno>, Waiting) {
     match waiting {
         Waiting::Nothing | Waiting::Stopped => {}
@@ -143,9 +150,14 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
         Waiting::Fault {
             read, reg, size, ..
         } => {
-            // With values, the host emulated the access as MMIO; without,
-            // it mapped memory and the access is retried.
-            if let Some([value, _]) = complete {
+            // With values, the host emulated the access as MMIO; with Fail,
+            // the hypercall that faulted is skipped and fails; without
+            // either, the host mapped memory and the access is retried.
+            if complete == Some(Completion::Fail) {
+                ctx.pc = ctx.pc.wrapping_add(A::INSN_SIZE);
+                ret(ctx, [SMCCC_INVALID_PARAMETER, 0]);
+            }
+            if let Some(Completion::Values([value, _])) = complete {
                 if read && reg < 31 {
                     let mask = if size >= 8 {
                         u64::MAX
@@ -158,11 +170,11 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
             }
         }
         Waiting::Hypercall => match complete {
-            Some([x0, x1]) => {
+            Some(Completion::Values([x0, x1])) => {
                 ctx.x[0] = x0;
                 ctx.x[1] = x1;
             }
-            None => ret(ctx, [SMCCC_NOT_SUPPORTED, 0]),
+            _ => ret(ctx, [SMCCC_NOT_SUPPORTED, 0]),
         },
     }
     for _ in 0..TRAP_BUDGET {
@@ -236,12 +248,14 @@ fn stage2_fault<M: PhysMem, P: TablePool, H: HypMappings>(
                 size: abort.size,
                 reg: abort.reg,
                 data,
+                hvc: false,
             };
             let waiting = Waiting::Fault {
                 read: !abort.write,
                 reg: abort.reg,
                 size: abort.size,
                 isv: abort.isv,
+                hvc: false,
             };
             Next::Exit(Ok(exit), waiting)
         }
@@ -376,6 +390,7 @@ fn conversion<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
                 size: 0,
                 reg: 0,
                 data: 0,
+                hvc: true,
             };
             Next::Exit(
                 Ok(exit),
@@ -384,6 +399,7 @@ fn conversion<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
                     reg: 0,
                     size: 0,
                     isv: false,
+                    hvc: true,
                 },
             )
         }

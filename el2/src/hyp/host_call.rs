@@ -67,8 +67,8 @@ pub enum HostRequest {
         handle: GuestHandle,
         /// vCPU index.
         vcpu: usize,
-        /// Values completing the last exit.
-        complete: Option<[u64; 2]>,
+        /// How the last exit is completed.
+        complete: Option<super::Completion>,
     },
     /// Complete the pending conversion.
     ConvertComplete(GuestHandle, Conversion),
@@ -179,7 +179,8 @@ impl HostRequest {
                         }
                         None
                     }
-                    abi::RUN_COMPLETE_ACCESS => Some([a[3], a[4]]),
+                    abi::RUN_COMPLETE_ACCESS => Some(super::Completion::Values([a[3], a[4]])),
+                    abi::RUN_FAIL_ACCESS if a[3] == 0 && a[4] == 0 => Some(super::Completion::Fail),
                     _ => return Err(DecodeError::Invalid(Errno::Einval)),
                 };
                 HostRequest::VcpuRun {

@@ -37,6 +37,16 @@ pub struct Hypervisor<M: PhysMem, P: TablePool, H: HypMappings> {
     finalized: AtomicBool,
 }
 
+/// How the host completes a vCPU's last exit when it runs it again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Completion {
+    /// Values: an MMIO read's data (`[value, _]`) or a hypercall's x0, x1.
+    Values([u64; 2]),
+    /// The host cannot map what a guest hypercall faulted on: the call
+    /// fails with INVALID_PARAMETER.
+    Fail,
+}
+
 /// What a host call returns: `x1` and the values for `x2`..`x6`.
 pub type CallResult = Result<[u64; 5], Errno>;
 
@@ -101,7 +111,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
         arch: &mut A,
         handle: GuestHandle,
         vcpu: usize,
-        complete: Option<[u64; 2]>,
+        complete: Option<Completion>,
     ) -> Result<Exit, Errno> {
         guest_call::run(self, arch, handle, vcpu, complete)
     }

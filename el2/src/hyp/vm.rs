@@ -32,6 +32,9 @@ pub enum Waiting {
     Fault {
         /// The syndrome describes the access, so it can be emulated.
         isv: bool,
+        /// Raised for a guest hypercall that is retried (or failed with
+        /// `RUN_FAIL_ACCESS`).
+        hvc: bool,
         /// A read into `reg` (a write needs no value).
         read: bool,
         /// Register.
