@@ -41,6 +41,18 @@ fn entry(table: &OwnershipTable, pfn: Pfn) -> PageEntry {
     table.get(pfn).unwrap_or(PageEntry::HYP_OWNED)
 }
 
+/// One host→guest share of `pfn` ended: one fewer share; the page is the
+/// host's alone again at zero. The caller checked the count is non-zero.
+fn drop_share(table: &mut OwnershipTable, pfn: Pfn) {
+    let count = entry(table, pfn).share_count().saturating_sub(1);
+    let e = if count == 0 {
+        PageEntry::HOST_OWNED
+    } else {
+        PageEntry::host_owned(SO, N, 0, count)
+    };
+    table.set(pfn, e);
+}
+
 /// Checks the alignment and range of a host↔guest extent.
 fn check_extent(g: &Guest, pfn: Option<Pfn>, gfn: Gfn, ext: Extent) -> Result<u64, Errno> {
     let n = ext.pages();
@@ -432,14 +444,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             || {},
         )?;
         for i in 0..n {
-            let p = Pfn(pfn.0 + i);
-            let count = entry(&h.table, p).share_count() - 1;
-            let e = if count == 0 {
-                PageEntry::HOST_OWNED
-            } else {
-                PageEntry::host_owned(SO, N, 0, count)
-            };
-            h.table.set(p, e);
+            drop_share(&mut h.table, Pfn(pfn.0 + i));
         }
         Ok(())
     }
@@ -759,13 +764,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             if owned(state) {
                 h.table.set(p, PageEntry::HOST_OWNED);
             } else if state == GuestPageState::SharedBorrowed {
-                let count = entry(&h.table, p).share_count() - 1;
-                let e = if count == 0 {
-                    PageEntry::HOST_OWNED
-                } else {
-                    PageEntry::host_owned(SO, N, 0, count)
-                };
-                h.table.set(p, e);
+                drop_share(&mut h.table, p);
             }
         }
         Ok(())

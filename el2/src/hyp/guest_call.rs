@@ -83,12 +83,7 @@ pub(crate) fn run<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
         .mem
         .with_guest(handle, |g| (g.stage2().vttbr(), g.stage2().vtcr()))?;
     let (mut ctx, waiting) = hyp.with_vm(handle, |vm| {
-        let count = vm.vcpu_count;
-        let v = vm
-            .vcpus
-            .get_mut(vcpu)
-            .filter(|_| vcpu < count)
-            .ok_or(Errno::Einval)?;
+        let v = vm.vcpu_mut(vcpu).ok_or(Errno::Einval)?;
         if !v.initialized || dying || v.waiting == Waiting::Stopped {
             return Err(Errno::Einval);
         }

@@ -293,12 +293,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
                 x0,
             } => self
                 .with_vm(handle, |vm| {
-                    let count = vm.vcpu_count;
-                    let v = vm
-                        .vcpus
-                        .get_mut(vcpu)
-                        .filter(|_| vcpu < count)
-                        .ok_or(Errno::Einval)?;
+                    let v = vm.vcpu_mut(vcpu).ok_or(Errno::Einval)?;
                     if v.initialized {
                         return Err(Errno::Einval);
                     }

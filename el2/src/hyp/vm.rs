@@ -97,6 +97,12 @@ impl VmState {
         }
     }
 
+    /// vCPU `index`, if the VM was created with it.
+    pub fn vcpu_mut(&mut self, index: usize) -> Option<&mut VcpuState> {
+        let count = self.vcpu_count;
+        self.vcpus.get_mut(index).filter(|_| index < count)
+    }
+
     /// Whether any vCPU is running now.
     pub fn any_running(&self) -> bool {
         self.vcpus.iter().any(|v| v.running)
