@@ -164,6 +164,19 @@ fn host_call_checks(s: &mut Summary, p: &Platform) {
         r[0] == 0 && r[2] == ABI_VERSION,
         format_args!("{r:x?}"),
     );
+    // The same calls through host_interface's real-HVC conduit, the one the
+    // host-side layer (guest_memfd model, VM layer) runs on.
+    {
+        use host_interface::hypervisor::{CallError, Hypervisor, hvc::Hvc};
+        let mut hv = Hvc;
+        let v = hv.call(HostCall::Version, &[]);
+        let bad = hv.call(HostCall::ShareHyp, &[u64::MAX]);
+        s.check(
+            "host_interface::hypervisor::hvc::Hvc: Version and an EINVAL",
+            v.is_ok_and(|v| v[0] == ABI_VERSION) && bad == Err(CallError::Errno(22)),
+            format_args!("{v:x?} {bad:x?}"),
+        );
+    }
 
     let page = &raw mut SHARE_PAGE as u64;
     let pfn = page >> 12;
