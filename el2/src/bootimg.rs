@@ -180,6 +180,27 @@ impl<'a> BootImage<'a> {
         Ok(img)
     }
 
+    /// A raw arm64 `Image` and an optional initrd (empty: none), not
+    /// packed in a boot image, in the same form so that [`plan`] and
+    /// [`write_initrd`](Self::write_initrd) handle both alike: no command
+    /// line, no DTB, `header_version` 0. The kernel's Image header is
+    /// checked ([`Arm64Image::parse`]).
+    pub fn raw(kernel: &'a [u8], initrd: &'a [u8]) -> Result<BootImage<'a>, BootImageError> {
+        if kernel.is_empty() {
+            return Err(err("kernel_size", Problem::Missing));
+        }
+        Arm64Image::parse(kernel)?;
+        Ok(BootImage {
+            header_version: 0,
+            kernel,
+            ramdisks: [initrd, &[]],
+            cmdline: ["", ""],
+            dtb: None,
+            bootconfig: &[],
+            os_version: 0,
+        })
+    }
+
     /// The total initrd size: every ramdisk, plus the bootconfig and its
     /// 20-byte trailer when present.
     pub fn initrd_size(&self) -> u64 {
@@ -244,6 +265,25 @@ impl<'a> BootImage<'a> {
     }
 }
 
+/// `header_size` values accepted in a boot image v3 header: 1580, the
+/// size of AOSP's `boot_img_hdr_v3`, and 1596, which AOSP's early v3
+/// `mkbootimg` wrote (still so in Debian bookworm's `mkbootimg`
+/// 29.0.6, whose v3 images carry exactly the same fields at the same
+/// offsets). For v3 and v4 the field is informational: the header always
+/// takes one 4096-byte page and the kernel starts on the next one, so
+/// both values give the same layout. Any other value is refused.
+pub const V3_HEADER_SIZES: [u32; 2] = [1580, 1596];
+/// `header_size` of a boot image v4 header (`boot_img_hdr_v4`).
+pub const V4_HEADER_SIZE: u32 = 1584;
+/// `header_size` values accepted in a vendor boot v3 header: 2112, the
+/// size of AOSP's `vendor_boot_img_hdr_v3`, and 2108, which the same
+/// early `mkbootimg` (Debian bookworm's 29.0.6) wrote although it writes
+/// every field up to byte 2112. Both round up to the same number of
+/// header pages for every allowed page size, so the layout is the same.
+pub const VENDOR_V3_HEADER_SIZES: [u32; 2] = [2112, 2108];
+/// `header_size` of a vendor boot v4 header (`vendor_boot_img_hdr_v4`).
+pub const VENDOR_V4_HEADER_SIZE: u32 = 2128;
+
 /// Bytes the bootconfig trailer adds: size, checksum, `#BOOTCONFIG\n`.
 pub const BOOTCONFIG_TRAILER: usize = 20;
 
@@ -299,8 +339,12 @@ fn parse_v3_v4<'a>(
     let ramdisk_size = u32_at(b, 12, "ramdisk_size")?;
     let os_version = u32_at(b, 16, "os_version")?;
     let header_size = u32_at(b, 20, "header_size")?;
-    let expected = if version == 3 { 1580 } else { 1584 };
-    if header_size != expected {
+    let known: &[u32] = if version == 3 {
+        &V3_HEADER_SIZES
+    } else {
+        &[V4_HEADER_SIZE]
+    };
+    if !known.contains(&header_size) {
         return Err(err("header_size", Problem::Invalid));
     }
     let cmdline = str_at(b, 44, 1536, "cmdline")?;
@@ -337,8 +381,12 @@ fn parse_vendor<'a>(v: &'a [u8], img: &mut BootImage<'a>) -> Result<(), BootImag
     let ramdisk_size = u32_at(v, 24, "vendor_ramdisk_size")?;
     let cmdline = str_at(v, 28, 2048, "vendor cmdline")?;
     let header_size = u32_at(v, 2096, "vendor header_size")?;
-    let expected = if version == 3 { 2112 } else { 2128 };
-    if header_size != expected {
+    let known: &[u32] = if version == 3 {
+        &VENDOR_V3_HEADER_SIZES
+    } else {
+        &[VENDOR_V4_HEADER_SIZE]
+    };
+    if !known.contains(&header_size) {
         return Err(err("vendor header_size", Problem::Invalid));
     }
     let dtb_size = u32_at(v, 2100, "vendor dtb_size")?;
@@ -859,5 +907,198 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn known_header_size_quirks_are_accepted_and_others_refused() {
+        let k = kernel();
+        let rd = [7u8; 3000];
+        let patch = |img: &[u8], off: usize, val: u32| {
+            let mut i = img.to_vec();
+            i[off..off + 4].copy_from_slice(&val.to_le_bytes());
+            i
+        };
+        let v3 = boot_v3_v4(3, &k, &rd, "x");
+        for hs in V3_HEADER_SIZES {
+            let img = patch(&v3, 20, hs);
+            let b = BootImage::parse(&img, None).unwrap();
+            assert_eq!((b.kernel, b.ramdisks[1]), (&k[..], &rd[..]));
+        }
+        for hs in [0, 1584, 1595, 1597, 4096, 4097, u32::MAX] {
+            assert_eq!(
+                refused(&patch(&v3, 20, hs), None),
+                BootImageError {
+                    field: "header_size",
+                    problem: Problem::Invalid
+                },
+                "{hs}"
+            );
+        }
+        let v4 = boot_v3_v4(4, &k, &rd, "x");
+        assert_eq!(refused(&patch(&v4, 20, 1596), None).field, "header_size");
+        let vb3 = vendor_boot(3, &[3; 200], &[4; 50], "", b"");
+        for hs in VENDOR_V3_HEADER_SIZES {
+            let vb = patch(&vb3, 2096, hs);
+            let b = BootImage::parse(&v3, Some(&vb)).unwrap();
+            assert_eq!(b.ramdisks[0], &[3; 200][..]);
+            assert_eq!(b.dtb, Some(&[4u8; 50][..]));
+        }
+        for hs in [2109, 2128, 0] {
+            assert_eq!(
+                refused(&v3, Some(&patch(&vb3, 2096, hs))).field,
+                "vendor header_size"
+            );
+        }
+    }
+
+    #[test]
+    fn raw_kernel_and_initrd() {
+        let k = kernel();
+        let rd = [9u8; 777];
+        let b = BootImage::raw(&k, &rd).unwrap();
+        assert_eq!(b.initrd_size(), 777);
+        assert_eq!(b.dtb, None);
+        let mut line = [0u8; 8];
+        assert_eq!(b.write_cmdline(&mut line), Ok(0));
+        let p = plan(&b, (0x4000_0000, 1 << 30), &[(0x4000_0000, 4 << 20)]).unwrap();
+        assert_eq!(p.kernel, 0x4040_0000);
+        assert_eq!(p.initrd, (0x4070_0000, 777));
+        assert_eq!(BootImage::raw(&[], &rd).unwrap_err().field, "kernel_size");
+        assert_eq!(
+            BootImage::raw(&[0; 64], &rd).unwrap_err().field,
+            "kernel Image magic"
+        );
+    }
+
+    /// Images made by Debian's `mkbootimg` (bookworm: 29.0.6, header v0–v3
+    /// and vendor boot v3 only), when it is installed; says so when it is
+    /// not and the test is skipped.
+    #[test]
+    fn images_from_debian_mkbootimg() {
+        use std::process::Command;
+        use std::string::ToString;
+        let Ok(out) = Command::new("mkbootimg").arg("--help").output() else {
+            std::println!(
+                "SKIPPED images_from_debian_mkbootimg: mkbootimg is not installed \
+                 (Debian: apt-get install mkbootimg)"
+            );
+            return;
+        };
+        assert!(out.status.success(), "mkbootimg --help failed");
+        let help = std::string::String::from_utf8_lossy(&out.stdout).to_string();
+        let dir =
+            std::env::temp_dir().join(std::format!("bootimg-mkbootimg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = kernel();
+        let rd: Vec<u8> = (0..70_001u32).map(|i| (i * 7) as u8).collect();
+        let vrd: Vec<u8> = (0..5_003u32).map(|i| (i * 13) as u8).collect();
+        let dtb: Vec<u8> = (0..999u32).map(|i| (i * 3) as u8).collect();
+        let file = |name: &str, data: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, data).unwrap();
+            p
+        };
+        let (kp, rp, vp, dp) = (
+            file("kernel", &k),
+            file("ramdisk", &rd),
+            file("vendor_ramdisk", &vrd),
+            file("dtb", &dtb),
+        );
+        let mkbootimg = |args: &[&std::ffi::OsStr]| {
+            let st = Command::new("mkbootimg").args(args).status().unwrap();
+            assert!(st.success(), "mkbootimg {args:?} failed");
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        for version in 0..=2u32 {
+            for page in [2048u32, 4096, 16384] {
+                let out = dir.join(std::format!("boot-v{version}-{page}.img"));
+                let mut args = std::vec![
+                    os("--header_version"),
+                    os(&version.to_string()),
+                    os("--pagesize"),
+                    os(&page.to_string()),
+                    os("--kernel"),
+                    kp.clone().into_os_string(),
+                    os("--ramdisk"),
+                    rp.clone().into_os_string(),
+                    os("--cmdline"),
+                    os("console=ttyAMA0 panic=-1"),
+                    os("--os_version"),
+                    os("14.0.0"),
+                    os("--os_patch_level"),
+                    os("2024-01"),
+                    os("-o"),
+                    out.clone().into_os_string(),
+                ];
+                if version == 2 {
+                    args.extend([os("--dtb"), dp.clone().into_os_string()]);
+                }
+                let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+                mkbootimg(&refs);
+                let img = std::fs::read(&out).unwrap();
+                let b = BootImage::parse(&img, None)
+                    .unwrap_or_else(|e| panic!("mkbootimg v{version} page {page}: {e}"));
+                assert_eq!(b.header_version, version);
+                assert_eq!(b.kernel, &k[..]);
+                assert_eq!(b.ramdisks, [&rd[..], &[][..]]);
+                assert_eq!(b.dtb, (version == 2).then_some(&dtb[..]));
+                assert_eq!(b.cmdline[0], "console=ttyAMA0 panic=-1");
+                // os_version 14.0.0: (a << 14) | (b << 7) | c above the patch level.
+                assert_eq!(b.os_version >> 11, 14 << 14);
+            }
+        }
+        if !help.contains("--vendor_boot") {
+            std::println!("mkbootimg has no --vendor_boot: header v3 not tested");
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        }
+        // v3 boot + vendor boot v3 (page size from the vendor header).
+        let boot = dir.join("boot-v3.img");
+        let vendor = dir.join("vendor_boot-v3.img");
+        let args = [
+            os("--header_version"),
+            os("3"),
+            os("--pagesize"),
+            os("2048"),
+            os("--kernel"),
+            kp.clone().into_os_string(),
+            os("--ramdisk"),
+            rp.clone().into_os_string(),
+            os("--cmdline"),
+            os("quiet"),
+            os("--vendor_cmdline"),
+            os("console=ttyAMA0"),
+            os("--vendor_ramdisk"),
+            vp.clone().into_os_string(),
+            os("--dtb"),
+            dp.clone().into_os_string(),
+            os("--vendor_boot"),
+            vendor.clone().into_os_string(),
+            os("-o"),
+            boot.clone().into_os_string(),
+        ];
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        mkbootimg(&refs);
+        let img = std::fs::read(&boot).unwrap();
+        let vimg = std::fs::read(&vendor).unwrap();
+        let hs = u32::from_le_bytes([img[20], img[21], img[22], img[23]]);
+        let vhs = u32::from_le_bytes([vimg[2096], vimg[2097], vimg[2098], vimg[2099]]);
+        std::println!("mkbootimg v3 header_size {hs}, vendor v3 header_size {vhs}");
+        assert!(V3_HEADER_SIZES.contains(&hs));
+        assert!(VENDOR_V3_HEADER_SIZES.contains(&vhs));
+        let b = BootImage::parse(&img, Some(&vimg)).unwrap();
+        assert_eq!(b.header_version, 3);
+        assert_eq!(b.kernel, &k[..]);
+        assert_eq!(b.ramdisks, [&vrd[..], &rd[..]]);
+        assert_eq!(b.dtb, Some(&dtb[..]));
+        let mut line = [0u8; 64];
+        let n = b.write_cmdline(&mut line).unwrap();
+        assert_eq!(&line[..n], b"console=ttyAMA0 quiet");
+        // v3 alone (no vendor boot).
+        let b = BootImage::parse(&img, None).unwrap();
+        assert_eq!(b.ramdisks, [&[][..], &rd[..]]);
+        // Header v4 is refused by bookworm's mkbootimg; a newer one makes
+        // images the packer's tests above cover.
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

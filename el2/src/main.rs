@@ -14,9 +14,11 @@
 //! 4. builds the host's stage-2 (identity map of RAM and MMIO, largest
 //!    blocks, hypervisor memory absent) and a rewritten device tree for the
 //!    host that marks the hypervisor memory `no-map`;
-//! 5. enters the host image (loaded by the runner at
-//!    [`boot::layout::HOST_IMAGE_ADDR`]) at EL1 under stage-2, and from then
-//!    on handles its traps: host calls (HVC), PSCI (trapped SMC, CPU_ON
+//! 5. loads the host the runner describes (the built-in test host, a raw
+//!    arm64 Image with an optional initrd, or a Linux kernel from an
+//!    Android boot image v0–v4 with an optional vendor boot image: see
+//!    `boot/hostimg.rs`), enters it at EL1 under stage-2, and from then on
+//!    handles its traps: host calls (HVC), PSCI (trapped SMC, CPU_ON
 //!    intercepted) and stage-2 faults (an abort injected into the host).
 //!
 //! See `boot/mod.rs` for the boot sequence and the protocol with the

@@ -15,7 +15,18 @@ Commands:
   run         Build, then boot el2 under qemu-system-aarch64 (virt machine,
               virtualization=on, GICv3) with a host image (the test host by
               default), console on this terminal; exits with QEMU's status.
-  test        Run the QEMU tests, each with a timeout.
+  linux-images
+              Download Debian's arm64 kernel and busybox-static packages
+              (apt-get download, cached outside the repository), build a
+              busybox initramfs and pack Android boot images from them
+              (header v2, header v4, and a v4 boot + vendor boot pair);
+              print their paths.
+  bench-boot  Boot the same Debian kernel and initramfs five times directly
+              at EL1 (no hypervisor) and five times under el2 (the v4 boot
+              image), interleaved; print the median time to user space of
+              each and their ratio.
+  test        Run the QEMU tests, each with a timeout (the Linux host tests
+              build the linux-images first when they are missing).
   test-all    The whole test suite, stopping at the first failure:
               cargo fmt --check, clippy (host and aarch64-unknown-none),
               the aarch64 release build, cargo test --workspace and the
@@ -23,9 +34,12 @@ Commands:
   help        Print this text.
 
 Options for `run`:
-  --host <image>   Host to boot under el2: a raw arm64 Image (Linux-style
-                   header, \"ARM\\x64\" at +0x38), loaded at 0x44000000
-                   (default: the built-in test host)
+  --host <image>   Host to boot under el2: an Android boot image
+                   (\"ANDROID!\", header v0-v4) or a raw arm64 Image
+                   (\"ARM\\x64\" at +0x38); default: the built-in test host
+  --vendor-boot <vendor_boot.img>
+                   The vendor boot image (v3/v4) of a v3/v4 --host boot image
+  --initrd <file>  An initrd for a raw --host Image
   --append <args>  Kernel command line for the host (/chosen/bootargs);
                    `testhost.fail` makes the test host fail one check
   --gdb            Start QEMU halted with a gdb server on :1234 (-s -S)
@@ -54,6 +68,10 @@ pub enum Command {
     Build,
     /// Build el2 and boot it under QEMU.
     Run(RunOptions),
+    /// Download the Debian packages and build the Linux host images.
+    LinuxImages,
+    /// Benchmark Linux boot time directly at EL1 vs under el2.
+    BenchBoot,
     /// Run the QEMU tests.
     Test,
     /// Run the whole test suite.
@@ -63,9 +81,13 @@ pub enum Command {
 /// Options of `cargo qemu run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
-    /// Host image to boot under el2 (`--host`): a raw arm64 Image; `None`
-    /// boots the built-in test host.
+    /// Host image to boot under el2 (`--host`): an Android boot image or
+    /// a raw arm64 Image; `None` boots the built-in test host.
     pub host: Option<String>,
+    /// The vendor boot image of a v3/v4 boot image (`--vendor-boot`).
+    pub vendor_boot: Option<String>,
+    /// An initrd for a raw Image (`--initrd`).
+    pub initrd: Option<String>,
     /// The host's kernel command line (`--append`).
     pub append: Option<String>,
     /// Wait for gdb on port 1234 (`--gdb`).
@@ -82,6 +104,8 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             host: None,
+            vendor_boot: None,
+            initrd: None,
             append: None,
             gdb: false,
             cpu: DEFAULT_CPU.to_owned(),
@@ -171,6 +195,8 @@ where
         "help" => no_arguments("help", rest).map(|()| Command::Help),
         "build" => no_arguments("build", rest).map(|()| Command::Build),
         "test" => no_arguments("test", rest).map(|()| Command::Test),
+        "linux-images" => no_arguments("linux-images", rest).map(|()| Command::LinuxImages),
+        "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
         "test-all" => no_arguments("test-all", rest).map(|()| Command::TestAll),
         "run" => parse_run(rest).map(Command::Run),
         other => Err(ArgError::UnknownCommand(other.to_owned())),
@@ -208,6 +234,8 @@ fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
         };
         match name {
             "--host" => options.host = Some(value("--host")?),
+            "--vendor-boot" => options.vendor_boot = Some(value("--vendor-boot")?),
+            "--initrd" => options.initrd = Some(value("--initrd")?),
             "--append" => options.append = Some(value("--append")?),
             "--cpu" => {
                 let cpu = value("--cpu")?;
@@ -309,6 +337,8 @@ mod tests {
         assert_eq!(parse(["build"]), Ok(Command::Build));
         assert_eq!(parse(["test"]), Ok(Command::Test));
         assert_eq!(parse(["test-all"]), Ok(Command::TestAll));
+        assert_eq!(parse(["linux-images"]), Ok(Command::LinuxImages));
+        assert_eq!(parse(["bench-boot"]), Ok(Command::BenchBoot));
     }
 
     #[test]
@@ -369,6 +399,8 @@ mod tests {
             options,
             RunOptions {
                 host: Some("Image".to_owned()),
+                vendor_boot: None,
+                initrd: None,
                 append: Some("console=ttyAMA0 quiet".to_owned()),
                 gdb: true,
                 cpu: "max".to_owned(),
@@ -376,6 +408,16 @@ mod tests {
                 mem: "2G".to_owned(),
             }
         );
+    }
+
+    #[test]
+    fn run_boot_image_options() {
+        let options = run(&["--host", "boot.img", "--vendor-boot=vendor_boot.img"]).unwrap();
+        assert_eq!(options.host.as_deref(), Some("boot.img"));
+        assert_eq!(options.vendor_boot.as_deref(), Some("vendor_boot.img"));
+        let options = run(&["--host", "Image", "--initrd", "initrd.cpio"]).unwrap();
+        assert_eq!(options.initrd.as_deref(), Some("initrd.cpio"));
+        assert_eq!(run(&["--initrd"]), Err(ArgError::MissingValue("--initrd")));
     }
 
     #[test]

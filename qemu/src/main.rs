@@ -6,14 +6,18 @@
 //! `qemu-system-aarch64`, runs the QEMU tests and the whole test suite. See
 //! [`args::USAGE`] for the commands.
 //!
-//! It has no dependencies: arguments are parsed by hand ([`args`]), QEMU is
-//! found or installed by [`qemu`], cargo is driven by [`workspace`] and the
-//! commands live in [`commands`].
+//! Its one dependency is the workspace's own `el2` library (the Android
+//! boot image packer and parser, feature `pack`): arguments are parsed by
+//! hand ([`args`]), QEMU is found or installed by [`qemu`], cargo is driven
+//! by [`workspace`], the Linux host images are built by [`linux`] (with
+//! [`cpio`]) and the commands live in [`commands`].
 
 mod args;
 mod commands;
+mod cpio;
 mod dtb;
 mod failure;
+mod linux;
 mod process;
 mod qemu;
 mod workspace;
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         }
         Command::Build => commands::build::build().map(|()| ExitCode::SUCCESS),
         Command::Run(options) => commands::run::run(&options),
+        Command::LinuxImages => commands::linux_images::linux_images().map(|()| ExitCode::SUCCESS),
+        Command::BenchBoot => commands::bench::bench_boot().map(|()| ExitCode::SUCCESS),
         Command::Test => commands::test::run_all().map(|summary| {
             // The summary line has been printed; add nothing after it.
             if summary.failed == 0 {

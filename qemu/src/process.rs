@@ -91,11 +91,26 @@ pub struct Timed {
     pub output: String,
     /// How long it ran.
     pub elapsed: Duration,
+    /// When the marker given to [`run_timed`] first appeared in the output
+    /// (from the start), if it did.
+    pub marker_at: Option<Duration>,
 }
 
 /// Runs `cmd` with stdin closed, echoing its stdout and stderr to ours while
 /// also capturing them, and kills it if it runs longer than `timeout`.
 pub fn with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Timed, Failure> {
+    run_timed(cmd, timeout, None, true)
+}
+
+/// As [`with_timeout`], and also notes when `marker` first shows in the
+/// output ([`Timed::marker_at`]); `echo` = false keeps the output off our
+/// terminal.
+pub fn run_timed(
+    cmd: &mut Command,
+    timeout: Duration,
+    marker: Option<&str>,
+    echo: bool,
+) -> Result<Timed, Failure> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -104,10 +119,16 @@ pub fn with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Timed, Failu
         .spawn()
         .map_err(|e| Failure::failed(format!("cannot run `{}`: {e}", display(cmd))))?;
 
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let readers = [
-        child.stdout.take().map(|out| tee(out, tx.clone(), false)),
-        child.stderr.take().map(|err| tee(err, tx.clone(), true)),
+        child
+            .stdout
+            .take()
+            .map(|out| tee(out, tx.clone(), echo.then_some(false))),
+        child
+            .stderr
+            .take()
+            .map(|err| tee(err, tx.clone(), echo.then_some(true))),
     ];
     drop(tx);
 
@@ -120,10 +141,22 @@ pub fn with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Timed, Failu
     // grace period instead of joining the reader threads unconditionally.
     let grace = Instant::now() + OUTPUT_GRACE;
     let mut output = Vec::new();
+    let mut marker_at = None;
     loop {
         let left = grace.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(chunk) => output.extend_from_slice(&chunk),
+            Ok((at, chunk)) => {
+                output.extend_from_slice(&chunk);
+                if let Some(m) = marker
+                    && marker_at.is_none()
+                {
+                    // Only the tail can hold a marker that just completed.
+                    let from = output.len().saturating_sub(chunk.len() + m.len());
+                    if output[from..].windows(m.len()).any(|w| w == m.as_bytes()) {
+                        marker_at = Some(at.saturating_duration_since(start));
+                    }
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 for reader in readers.into_iter().flatten() {
                     let _ = reader.join();
@@ -138,15 +171,17 @@ pub fn with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Timed, Failu
         timed_out,
         output: String::from_utf8_lossy(&output).into_owned(),
         elapsed,
+        marker_at,
     })
 }
 
-/// Copies `from` to our stdout (or stderr) as it arrives and sends each
-/// chunk on `to`.
+/// Copies `from` to our stdout (`echo` = `Some(false)`), stderr
+/// (`Some(true)`) or nowhere (`None`) as it arrives and sends each chunk,
+/// with when it arrived, on `to`.
 fn tee(
     mut from: impl Read + Send + 'static,
-    to: mpsc::Sender<Vec<u8>>,
-    is_stderr: bool,
+    to: mpsc::Sender<(Instant, Vec<u8>)>,
+    echo: Option<bool>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -154,17 +189,22 @@ fn tee(
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let at = Instant::now();
                     let chunk = &buf[..n];
-                    if is_stderr {
-                        let mut err = io::stderr().lock();
-                        let _ = err.write_all(chunk);
-                        let _ = err.flush();
-                    } else {
-                        let mut out = io::stdout().lock();
-                        let _ = out.write_all(chunk);
-                        let _ = out.flush();
+                    match echo {
+                        Some(true) => {
+                            let mut err = io::stderr().lock();
+                            let _ = err.write_all(chunk);
+                            let _ = err.flush();
+                        }
+                        Some(false) => {
+                            let mut out = io::stdout().lock();
+                            let _ = out.write_all(chunk);
+                            let _ = out.flush();
+                        }
+                        None => {}
                     }
-                    if to.send(chunk.to_vec()).is_err() {
+                    if to.send((at, chunk.to_vec())).is_err() {
                         break;
                     }
                 }
@@ -215,6 +255,29 @@ mod tests {
         assert!(!timed.status.success());
         assert!(timed.output.contains("started"));
         assert!(timed.elapsed < Duration::from_secs(10));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn marker_time_is_noted() {
+        let timed = run_timed(
+            Command::new("sh").args(["-c", "echo a; sleep 0.3; echo MARK-ER; sleep 0.2"]),
+            Duration::from_secs(10),
+            Some("MARK-ER"),
+            false,
+        )
+        .unwrap();
+        let at = timed.marker_at.unwrap();
+        assert!(at >= Duration::from_millis(250), "{at:?}");
+        assert!(at < timed.elapsed);
+        let none = run_timed(
+            Command::new("sh").args(["-c", "echo a"]),
+            Duration::from_secs(10),
+            Some("MARK-ER"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(none.marker_at, None);
     }
 
     #[cfg(unix)]

@@ -663,12 +663,62 @@ fn write_hyp_nodes(
     Ok(())
 }
 
-/// Copies `node` and its subtree into `w` (`top` for the root).
+/// What el2 puts in the host's `/chosen` (created if the tree has none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChosenEdits<'a> {
+    /// `bootargs`: replaces the tree's when set, else the tree's is kept.
+    pub bootargs: Option<&'a str>,
+    /// `linux,initrd-start` and `linux,initrd-end` (64-bit cells). The
+    /// tree's own are always dropped (they would describe an initrd el2
+    /// did not load); these are written when set.
+    pub initrd: Option<Range>,
+}
+
+const INITRD_START: &str = "linux,initrd-start";
+const INITRD_END: &str = "linux,initrd-end";
+
+/// Writes the properties `edits` adds to `/chosen`.
+fn write_chosen_edits(w: &mut FdtWriter, edits: &ChosenEdits<'_>) -> Result<(), DtError> {
+    if let Some(args) = edits.bootargs {
+        w.property_string("bootargs", args).map_err(write_err)?;
+    }
+    if let Some(r) = edits.initrd {
+        w.property_u64(INITRD_START, r.base).map_err(write_err)?;
+        w.property_u64(INITRD_END, r.end()).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// Copies `/chosen` with `edits` applied.
+fn copy_chosen(
+    w: &mut FdtWriter,
+    node: FdtNode<'_, '_>,
+    edits: &ChosenEdits<'_>,
+    depth: usize,
+) -> Result<(), DtError> {
+    let h = w.begin_node("chosen").map_err(write_err)?;
+    for prop in node.properties() {
+        let replaced = matches!(prop.name, INITRD_START | INITRD_END)
+            || (prop.name == "bootargs" && edits.bootargs.is_some());
+        if !replaced {
+            w.property(prop.name, prop.value).map_err(write_err)?;
+        }
+    }
+    write_chosen_edits(w, edits)?;
+    for child in node.children() {
+        copy_node(w, child, false, &[], &ChosenEdits::default(), depth + 1)?;
+    }
+    w.end_node(h).map_err(write_err)
+}
+
+/// Copies `node` and its subtree into `w` (`top` for the root, where
+/// `hyp` and `edits` apply).
 fn copy_node(
     w: &mut FdtWriter,
     node: FdtNode<'_, '_>,
     top: bool,
     hyp: &[Range],
+    edits: &ChosenEdits<'_>,
     depth: usize,
 ) -> Result<(), DtError> {
     if depth > MAX_DEPTH {
@@ -696,8 +746,12 @@ fn copy_node(
         }
     }
     let mut has_reserved = false;
+    let mut has_chosen = false;
     for child in node.children() {
-        if top && child.name == "reserved-memory" {
+        if top && child.name == "chosen" && !has_chosen {
+            has_chosen = true;
+            copy_chosen(w, child, edits, depth + 1)?;
+        } else if top && child.name == "reserved-memory" {
             has_reserved = true;
             let sizes = child.cell_sizes();
             let h = w.begin_node("reserved-memory").map_err(write_err)?;
@@ -705,13 +759,18 @@ fn copy_node(
                 w.property(prop.name, prop.value).map_err(write_err)?;
             }
             for grandchild in child.children() {
-                copy_node(w, grandchild, false, &[], depth + 2)?;
+                copy_node(w, grandchild, false, &[], edits, depth + 2)?;
             }
             write_hyp_nodes(w, hyp, cells(sizes.address_cells), cells(sizes.size_cells))?;
             w.end_node(h).map_err(write_err)?;
         } else {
-            copy_node(w, child, false, &[], depth + 1)?;
+            copy_node(w, child, false, &[], edits, depth + 1)?;
         }
+    }
+    if top && !has_chosen {
+        let h = w.begin_node("chosen").map_err(write_err)?;
+        write_chosen_edits(w, edits)?;
+        w.end_node(h).map_err(write_err)?;
     }
     if top && !has_reserved {
         let h = w.begin_node("reserved-memory").map_err(write_err)?;
@@ -726,8 +785,13 @@ fn copy_node(
 
 /// The host's device tree: a copy of `fdt` (a tree that passed
 /// [`validate`], `blob` its bytes) with every range of `hyp` reserved
-/// `no-map` under `/reserved-memory`.
-pub fn write_host_tree(fdt: &Fdt<'_>, blob: &[u8], hyp: &[Range]) -> Result<Vec<u8>, DtError> {
+/// `no-map` under `/reserved-memory` and `edits` applied to `/chosen`.
+pub fn write_host_tree(
+    fdt: &Fdt<'_>,
+    blob: &[u8],
+    hyp: &[Range],
+    edits: &ChosenEdits<'_>,
+) -> Result<Vec<u8>, DtError> {
     let mut rsv = Vec::new();
     for r in fdt.memory_reservations() {
         let e = FdtReserveEntry::new(r.address() as u64, r.size() as u64)
@@ -737,6 +801,6 @@ pub fn write_host_tree(fdt: &Fdt<'_>, blob: &[u8], hyp: &[Range]) -> Result<Vec<
     let mut w = FdtWriter::new_with_mem_reserv(&rsv).map_err(write_err)?;
     w.set_boot_cpuid_phys(boot_cpuid(blob));
     let root = fdt.find_node("/").ok_or(DtError::Missing("a root node"))?;
-    copy_node(&mut w, root, true, hyp, 1)?;
+    copy_node(&mut w, root, true, hyp, edits, 1)?;
     w.finish().map_err(write_err)
 }

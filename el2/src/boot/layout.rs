@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | RAM base .. +2 MiB (0x4000_0000) | the host's device tree ([`host_dtb`]), written by el2 | host |
 //! | 0x4020_0000 .. `__image_end` (2 MiB aligned) | el2: code, data, `.bss`, per-CPU stacks and data, EL2 page tables | hypervisor |
-//! | [`HOST_IMAGE_ADDR`] (0x4400_0000) .. +`image_size` | the host image (the test host by default) | host |
+//! | 0x43ff_f000 .. +48 | the host descriptor written by the runner ([`super::hostimg`]) | host |
+//! | [`HOST_IMAGE_ADDR`] (0x4400_0000) .. | the host image as loaded (the test host by default; a raw `Image`, or a boot image and, 2 MiB aligned after it, its vendor boot image or initrd) | host |
 //! | top of RAM − [`carveout_size`] .. top | el2's heap (buddy allocator): ownership table, host stage-2 tables, bookkeeping | hypervisor |
 //! | the rest of RAM | free | host |
 //!
@@ -20,13 +21,22 @@
 //!
 //! # Host image protocol
 //!
-//! The runner loads the host as a raw arm64 `Image` at [`HOST_IMAGE_ADDR`]
-//! (`-device loader,file=<Image>,addr=0x44000000,force-raw=on`). el2 checks
-//! the Image header there (magic `ARM\x64` at +0x38, little-endian,
-//! `text_offset` compatible with the address, `image_size` inside free host
-//! RAM) and enters it at that address at EL1h with `x0` = the host device
-//! tree, `x1`..`x3` = 0, MMU off, interrupts masked (Linux's boot protocol).
-//! No image there is a boot error.
+//! The runner describes what it loaded in a host descriptor at
+//! [`super::hostimg::HOST_DESC_ADDR`] (0x43ff_f000): a raw arm64 `Image`
+//! (+ initrd) or an Android boot image (+ vendor boot image), each as an
+//! address and size; see [`super::hostimg`]. Without a descriptor, the old
+//! protocol applies: a raw `Image` at [`HOST_IMAGE_ADDR`]
+//! (`-device loader,file=<Image>,addr=0x44000000,force-raw=on`), which el2
+//! checks (magic `ARM\x64` at +0x38, little-endian, `text_offset`
+//! compatible with the address, `image_size` inside free host RAM) and
+//! enters in place — how the built-in test host is loaded. Either way the
+//! host is entered at EL1h with `x0` = the host device tree, `x1`..`x3` =
+//! 0, MMU off, interrupts masked (Linux's boot protocol). No image is a
+//! boot error.
+//!
+//! A Linux kernel from a boot image is copied to the lowest free
+//! 2 MiB-aligned address + `text_offset` (0x4040_0000 on `-m 1G`, just
+//! above el2), its initrd right above it.
 //!
 //! # Host MMIO
 //!
@@ -116,9 +126,13 @@ impl MemLayout {
     }
 }
 
-/// Computes the layout for `platform`, el2's image `image` and the host
-/// image window `host` (its address and size).
-pub fn compute(platform: &Platform, image: Range, host: Range) -> Result<MemLayout, LayoutError> {
+/// Computes the layout for `platform`, el2's image `image` and the ranges
+/// the runner loaded the host's images into (`host`: addresses and sizes).
+pub fn compute(
+    platform: &Platform,
+    image: Range,
+    host: &[Range],
+) -> Result<MemLayout, LayoutError> {
     let ram = platform.ram.as_slice();
     if ram.iter().any(|r| r.base == 0) {
         return Err(LayoutError::RamAtZero);
@@ -160,7 +174,8 @@ pub fn compute(platform: &Platform, image: Range, host: Range) -> Result<MemLayo
         .reserved
         .as_slice()
         .iter()
-        .chain([&host, &host_dtb])
+        .chain(host)
+        .chain([&host_dtb])
     {
         if other.overlaps(&carveout) || other.overlaps(&image) {
             return Err(LayoutError::CarveoutOverlaps(*other));

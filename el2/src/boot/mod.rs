@@ -11,15 +11,20 @@
 //!    read ([`fdt`]).
 //! 4. The final EL2 identity map (RAM Normal, the console UART Device);
 //!    secondaries will load the same.
-//! 5. The host image header at [`layout::HOST_IMAGE_ADDR`] is checked, the
+//! 5. The host descriptor (or the legacy raw image header at
+//!    [`layout::HOST_IMAGE_ADDR`]) is read and checked ([`hostimg`]), the
 //!    memory layout computed ([`layout`]) and the heap set up over the
 //!    carve-out ([`mem`]).
 //! 6. The ownership table over all RAM with el2's image and the carve-out
 //!    hypervisor-owned, and the host stage-2: identity map of RAM and the
 //!    device tree's MMIO with the largest blocks, hypervisor memory absent
 //!    (`ownership::Ownership::new`).
-//! 7. The host's device tree (copy + `no-map` reservations) is written at
-//!    the start of RAM and cleaned to the point of coherency.
+//! 7. The host is made ready ([`hostimg`]): a boot image is parsed and
+//!    validated, its kernel and initrd placed and cleaned to the point of
+//!    coherency, its command lines joined. The host's device tree (a copy
+//!    of QEMU's, or of the boot image's DTB, with `no-map` reservations of
+//!    the hypervisor's memory and `/chosen` bootargs and initrd) is
+//!    written at the start of RAM and cleaned to the point of coherency.
 //! 8. The boot CPU enters the host at EL1 ([`host::enter`]); a timestamp
 //!    line reports how long 1–8 took.
 //!
@@ -36,6 +41,7 @@ mod entry;
 mod exit;
 mod fdt;
 mod host;
+mod hostimg;
 mod hvc;
 pub mod layout;
 mod mem;
@@ -60,8 +66,9 @@ use stage2::{PaRange, PhysAddr};
 
 use entry::{SECONDARY_MMU, el2_mmu_enable};
 use exit::status;
-use fdt::{DtError, Gic, Platform, Range, Ranges};
-use layout::{ImageError, LayoutError, MemLayout};
+use fdt::{ChosenEdits, DtError, Gic, Platform, Range, Ranges};
+use hostimg::{HostError, HostImage};
+use layout::{LayoutError, MemLayout};
 use mem::{HeapPool, HypBitmap, IdentityMem};
 use mmu::{FinalMap, MapError, Memory};
 use percpu::{MPIDR_AFF_MASK, Power};
@@ -91,7 +98,7 @@ const PAGE: u64 = 4096;
 enum BootError {
     Dt(DtError),
     Layout(LayoutError),
-    Image(ImageError),
+    Host(HostError),
     Map(MapError),
     Ownership(Errno),
     Other(&'static str),
@@ -109,9 +116,9 @@ impl From<LayoutError> for BootError {
     }
 }
 
-impl From<ImageError> for BootError {
-    fn from(e: ImageError) -> Self {
-        BootError::Image(e)
+impl From<HostError> for BootError {
+    fn from(e: HostError) -> Self {
+        BootError::Host(e)
     }
 }
 
@@ -126,7 +133,7 @@ impl fmt::Display for BootError {
         match self {
             BootError::Dt(e) => write!(f, "{e}"),
             BootError::Layout(e) => write!(f, "{e}"),
-            BootError::Image(e) => write!(f, "{e}"),
+            BootError::Host(e) => write!(f, "{e}"),
             BootError::Map(e) => write!(f, "EL2 identity map: {e}"),
             BootError::Ownership(e) => {
                 write!(f, "building the ownership table and host stage-2: {e}")
@@ -249,20 +256,13 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     );
 
     // 5. The host image, the layout and the heap.
-    let host_hdr = read_host_header(ram)?;
-    let host_image = layout::host_image_range(&host_hdr);
-    if !ram
-        .iter()
-        .any(|r| r.base <= host_image.base && host_image.end() <= r.end())
-    {
-        return Err(ImageError::Placement(host_image).into());
-    }
-    let lay = layout::compute(&platform, image, host_image)?;
+    let host = hostimg::read(ram)?;
+    let lay = layout::compute(&platform, image, &host.ranges())?;
     // SAFETY: the carve-out is RAM (inside the highest region), mapped
     // Normal by the final map, hypervisor-owned from now on (step 6 takes
     // it from the host) and used by nothing else.
     unsafe { mem::init_heap(lay.carveout.base, lay.carveout.size) };
-    report_layout(&lay, host_image, &host_hdr);
+    report_layout(&lay, &host);
 
     // 6. Ownership table and host stage-2.
     percpu::register(&platform.cpus[..platform.cpu_count]);
@@ -320,8 +320,17 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         mmio.len()
     );
 
-    // 7. The host's device tree.
-    let host_tree = fdt::write_host_tree(&tree, blob, &lay.hyp())?;
+    // 7. The host: kernel, initrd, command line; then its device tree.
+    let qemu_bootargs = tree.chosen().ok().and_then(|c| c.bootargs());
+    let mut prepared = hostimg::prepare(&host, &lay, ram, dt_range, qemu_bootargs)?;
+    let edits = ChosenEdits {
+        bootargs: prepared.bootargs.as_deref(),
+        initrd: prepared.initrd,
+    };
+    let host_tree = match prepared.dtb.take() {
+        None => fdt::write_host_tree(&tree, blob, &lay.hyp(), &edits)?,
+        Some(dtb) => image_tree(dtb, &lay, &edits)?,
+    };
     if host_tree.len() as u64 > lay.host_dtb.size {
         return Err(BootError::Other(
             "the host device tree does not fit below el2",
@@ -377,23 +386,36 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     );
     log::info!(
         "entering the host at EL1: entry {:#x}, x0 = device tree {:#x}",
-        layout::HOST_IMAGE_ADDR,
+        prepared.entry,
         lay.host_dtb.base
     );
-    host::enter(hyp, 0, layout::HOST_IMAGE_ADDR, lay.host_dtb.base)
+    host::enter(hyp, 0, prepared.entry, lay.host_dtb.base)
 }
 
-/// Reads and checks the host Image header (at an address inside RAM).
-fn read_host_header(ram: &[Range]) -> Result<layout::ImageHeader, BootError> {
-    let at = layout::HOST_IMAGE_ADDR;
-    if !ram.iter().any(|r| r.base <= at && at + 64 <= r.end()) {
-        return Err(ImageError::Placement(Range { base: at, size: 64 }).into());
+/// The host's device tree built on the boot image's DTB `dtb` instead of
+/// QEMU's: checked like QEMU's, then copied with the hypervisor ranges
+/// reserved and `edits` applied.
+fn image_tree(
+    mut dtb: Vec<u8>,
+    lay: &MemLayout,
+    edits: &ChosenEdits<'_>,
+) -> Result<Vec<u8>, BootError> {
+    let dt_err = |e: DtError| BootError::Host(HostError::Dtb(e));
+    if dtb.len() < 40 {
+        return Err(dt_err(DtError::Header("truncated")));
     }
-    let mut h = [0u8; 64];
-    // SAFETY: the 64 bytes are RAM (checked above), mapped Normal by the
-    // final map; QEMU's loader wrote them before el2 started.
-    unsafe { core::ptr::copy_nonoverlapping(at as *const u8, h.as_mut_ptr(), 64) };
-    Ok(layout::parse_image_header(&h)?)
+    let total = fdt::total_size(&dtb, 0).map_err(dt_err)?;
+    if total > dtb.len() {
+        return Err(dt_err(DtError::Header(
+            "totalsize past the end of dtb_size",
+        )));
+    }
+    dtb.truncate(total);
+    fdt::validate(&dtb).map_err(dt_err)?;
+    fdt::strip_nops(&mut dtb);
+    fdt::validate(&dtb).map_err(dt_err)?;
+    let tree = Fdt::new(&dtb).map_err(|_| dt_err(DtError::NoMagic(0)))?;
+    fdt::write_host_tree(&tree, &dtb, &lay.hyp(), edits).map_err(dt_err)
 }
 
 /// The host's MMIO: the device tree's device regions minus RAM, page
@@ -480,19 +502,28 @@ fn report_platform(p: &Platform, dtb: u64, size: usize) {
     }
 }
 
-fn report_layout(l: &MemLayout, host: Range, hdr: &layout::ImageHeader) {
+fn report_layout(l: &MemLayout, host: &HostImage) {
     log::info!(
         "hypervisor memory: image {} + carve-out {} ({} MiB heap)",
         l.image,
         l.carveout,
         l.carveout.size >> 20
     );
-    log::info!(
-        "host image at {host} (text_offset {:#x}, image_size {:#x}); host device tree at {:#x}",
-        hdr.text_offset,
-        hdr.image_size,
-        l.host_dtb.base
-    );
+    if let HostImage::Legacy(hdr) = host {
+        log::info!(
+            "host image at {} (text_offset {:#x}, image_size {:#x}); host device tree at {:#x}",
+            layout::host_image_range(hdr),
+            hdr.text_offset,
+            hdr.image_size,
+            l.host_dtb.base
+        );
+    } else {
+        log::info!(
+            "host descriptor at {:#x}; host device tree at {:#x}",
+            hostimg::HOST_DESC_ADDR,
+            l.host_dtb.base
+        );
+    }
 }
 
 /// Rust entry of a secondary CPU, started by the PSCI relay's CPU_ON with

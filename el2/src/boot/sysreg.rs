@@ -115,6 +115,22 @@ pub fn clean_inval_to_poc(start: u64, len: u64) {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Invalidates every instruction cache of the inner shareable domain to
+/// the point of unification (after el2 wrote code a CPU will run).
+pub fn invalidate_icache() {
+    // SAFETY: invalidating instruction caches and barriers change no
+    // memory; stale instructions are only dropped.
+    unsafe {
+        asm!(
+            "dsb ish",
+            "ic ialluis",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 /// The index of the CPU running this code (`TPIDR_EL2`, set at entry).
 pub fn cpu_index() -> usize {
     mrs!("tpidr_el2") as usize

@@ -12,8 +12,9 @@ use std::time::Duration;
 use crate::commands::run::describe_exit;
 use crate::dtb;
 use crate::failure::Failure;
+use crate::linux::LinuxImages;
 use crate::process;
-use crate::qemu::{self, Boot, Machine};
+use crate::qemu::{self, Boot, Host, Machine};
 use crate::workspace::{self, Images};
 
 /// Which el2 image QEMU boots.
@@ -45,8 +46,8 @@ pub struct QemuTest {
     pub machine: fn() -> Machine,
     /// The el2 image.
     pub kernel: Kernel,
-    /// Whether to load the test host (`false`: no host image at all).
-    pub testhost: bool,
+    /// The host el2 boots.
+    pub host: TestHost,
     /// The kernel command line (`-append`).
     pub append: Option<&'static str>,
     /// A device tree of the test's own instead of QEMU's (`-dtb`).
@@ -57,11 +58,73 @@ pub struct QemuTest {
     pub exit_code: i32,
     /// Strings the console output must contain.
     pub output: &'static [&'static str],
+    /// Strings it must not contain.
+    pub absent: &'static [&'static str],
     /// The test host's summary, when it runs.
     pub summary: Option<Expected>,
 }
 
+/// The host a test boots.
+#[derive(Debug, Clone, Copy)]
+pub enum TestHost {
+    /// None: el2 must report it.
+    None,
+    /// The built-in test host (run in place, no descriptor).
+    Builtin,
+    /// A Linux host built by `cargo qemu linux-images`.
+    Linux(LinuxHost),
+    /// A boot image (and vendor boot image) the test makes itself.
+    Made(fn() -> MadeImages),
+}
+
+/// A boot image and an optional vendor boot image made by a test.
+pub type MadeImages = (Vec<u8>, Option<Vec<u8>>);
+
+/// Which `linux-images` output a Linux test boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinuxHost {
+    /// Header v2 with the DTB.
+    BootV2,
+    /// Header v4 alone (QEMU's DTB).
+    BootV4,
+    /// Header v4 + vendor boot v4.
+    BootV4Vendor,
+    /// The raw kernel Image with the initramfs (`--initrd`).
+    RawInitrd,
+}
+
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// A Linux boot takes about 2 s under TCG; leave room for a loaded CI
+/// machine.
+const LINUX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every Linux host run must show: el2 entered the host, CPU 1 came
+/// up through el2's CPU_ON, the kernel saw every CPU at EL1, init ran its
+/// checks, both hypervisor ranges were probed from user space through
+/// /dev/mem and each read was refused (el2 injected an abort, the reader
+/// got a signal), the kernel survived and powered off through el2.
+pub const LINUX_OUTPUT: &[&str] = &[
+    "el2[0]: entering the host at EL1",
+    "el2[1]: CPU 1 up at EL2",
+    "CPU: All CPU(s) started at EL1",
+    "HOST-USERSPACE-OK",
+    "HOST-EL1-OK",
+    "HOST-CPUS: 2 online",
+    "HOST-PROBE-REFUSED: 0x40200000",
+    "HOST-PROBE-REFUSED: 0x7e000000",
+    "hypervisor memory): injecting an abort",
+    "HOST-ALIVE",
+    "reboot: Power down",
+    "host requested SYSTEM_OFF",
+];
+
+/// What no Linux host run may show.
+pub const LINUX_ABSENT: &[&str] = &[
+    "HOST-PROBE-NOT-REFUSED",
+    "HOST-PROBE-SKIPPED",
+    "HOST-CHECK-FAILED",
+    "Kernel panic",
+];
 
 /// Checks the full suite has: fewer passing means checks went missing.
 const FULL_SUITE: u32 = 60;
@@ -97,7 +160,7 @@ pub const TESTS: &[QemuTest] = &[
         name: "testhost_all_checks_pass",
         machine: Machine::default,
         kernel: Kernel::Elf,
-        testhost: true,
+        host: TestHost::Builtin,
         append: None,
         dtb: None,
         timeout: TIMEOUT,
@@ -108,6 +171,7 @@ pub const TESTS: &[QemuTest] = &[
             "el2[1]: CPU 1 up at EL2",
             "host requested SYSTEM_OFF",
         ],
+        absent: &[],
         summary: Some(Expected {
             failed: 0,
             min_passed: FULL_SUITE,
@@ -121,7 +185,7 @@ pub const TESTS: &[QemuTest] = &[
         name: "failing_check_is_detected",
         machine: Machine::default,
         kernel: Kernel::Elf,
-        testhost: true,
+        host: TestHost::Builtin,
         append: Some("testhost.fail"),
         dtb: None,
         timeout: TIMEOUT,
@@ -130,6 +194,7 @@ pub const TESTS: &[QemuTest] = &[
             "testhost: FAIL deliberate failure",
             "host requested SYSTEM_OFF with exit status 1",
         ],
+        absent: &[],
         summary: Some(Expected {
             failed: 1,
             min_passed: FULL_SUITE,
@@ -141,12 +206,13 @@ pub const TESTS: &[QemuTest] = &[
         name: "single_cpu_boots",
         machine: machine_smp1,
         kernel: Kernel::Elf,
-        testhost: true,
+        host: TestHost::Builtin,
         append: None,
         dtb: None,
         timeout: TIMEOUT,
         exit_code: 0,
         output: &["1 CPU(s), PSCI method smc"],
+        absent: &[],
         summary: Some(Expected {
             failed: 0,
             min_passed: 45,
@@ -159,12 +225,13 @@ pub const TESTS: &[QemuTest] = &[
         name: "raw_image_boot_512m",
         machine: machine_512m,
         kernel: Kernel::Raw,
-        testhost: true,
+        host: TestHost::Builtin,
         append: None,
         dtb: None,
         timeout: TIMEOUT,
         exit_code: 0,
         output: &["device tree at 0x48000000", "RAM 0x40000000..0x60000000"],
+        absent: &[],
         summary: Some(Expected {
             failed: 0,
             min_passed: FULL_SUITE,
@@ -177,12 +244,13 @@ pub const TESTS: &[QemuTest] = &[
         name: "cpu_max_4_cpus",
         machine: machine_max,
         kernel: Kernel::Elf,
-        testhost: true,
+        host: TestHost::Builtin,
         append: None,
         dtb: None,
         timeout: TIMEOUT,
         exit_code: 0,
         output: &["4 CPU(s)"],
+        absent: &[],
         summary: Some(Expected {
             failed: 0,
             min_passed: FULL_SUITE,
@@ -194,12 +262,13 @@ pub const TESTS: &[QemuTest] = &[
         name: "missing_host_image_is_reported",
         machine: Machine::default,
         kernel: Kernel::Elf,
-        testhost: false,
+        host: TestHost::None,
         append: None,
         dtb: None,
         timeout: TIMEOUT,
         exit_code: 5,
         output: &["boot failed: no arm64 Image"],
+        absent: &[],
         summary: None,
     },
     QemuTest {
@@ -209,12 +278,13 @@ pub const TESTS: &[QemuTest] = &[
         name: "own_device_tree_with_nops_boots",
         machine: machine_smp1,
         kernel: Kernel::Elf,
-        testhost: true,
+        host: TestHost::Builtin,
         append: None,
         dtb: Some(minimal_tree),
         timeout: TIMEOUT,
         exit_code: 0,
         output: &["no GIC in the device tree", "is well formed"],
+        absent: &[],
         summary: Some(Expected {
             failed: 0,
             min_passed: 45,
@@ -228,7 +298,7 @@ pub const TESTS: &[QemuTest] = &[
         name: "malformed_device_tree_is_reported",
         machine: machine_smp1,
         kernel: Kernel::Elf,
-        testhost: true,
+        host: TestHost::Builtin,
         append: None,
         dtb: Some(too_deep_tree),
         timeout: TIMEOUT,
@@ -237,9 +307,137 @@ pub const TESTS: &[QemuTest] = &[
             "boot failed: malformed device tree",
             "nodes nested too deep",
         ],
+        absent: &[],
+        summary: None,
+    },
+    QemuTest {
+        // Debian's kernel from a header v2 boot image (its DTB: QEMU's
+        // own, dumped by linux-images) under el2 with 2 CPUs.
+        name: "linux_boot_v2",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Linux(LinuxHost::BootV2),
+        append: None,
+        dtb: None,
+        timeout: LINUX_TIMEOUT,
+        exit_code: 0,
+        output: &[
+            "Android boot image v2",
+            "(boot image)",
+            "HOST-USERSPACE-OK: init (pid 1) runs on Linux",
+            "image boot-v2",
+            "HOST-VENDOR-RAMDISK: absent",
+        ],
+        absent: &[],
+        summary: None,
+    },
+    QemuTest {
+        // The same from a header v4 boot image: no DTB in the image, so
+        // QEMU's tree is the base.
+        name: "linux_boot_v4",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Linux(LinuxHost::BootV4),
+        append: None,
+        dtb: None,
+        timeout: LINUX_TIMEOUT,
+        exit_code: 0,
+        output: &[
+            "Android boot image v4",
+            "DTB none (QEMU's)",
+            "image boot-v4",
+            "HOST-VENDOR-RAMDISK: absent",
+        ],
+        absent: &[],
+        summary: None,
+    },
+    QemuTest {
+        // A v4 boot image with a vendor boot v4 image: vendor ramdisk
+        // (busybox) then boot ramdisk (/init), vendor command line then
+        // boot command line, the vendor boot image's DTB.
+        name: "linux_boot_v4_vendor_boot",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Linux(LinuxHost::BootV4Vendor),
+        append: None,
+        dtb: None,
+        timeout: LINUX_TIMEOUT,
+        exit_code: 0,
+        output: &[
+            "Android boot image v4 at 0x44000000..",
+            "with a vendor boot image",
+            "(vendor boot)",
+            "HOST-CMDLINE: console=ttyAMA0 panic=-1 pkvm_vendor_cmdline=1 \
+             pkvm_image=boot-v4+vendor_boot",
+            "image boot-v4+vendor_boot",
+            "HOST-VENDOR-RAMDISK: present",
+        ],
+        absent: &[],
+        summary: None,
+    },
+    QemuTest {
+        // The raw kernel Image with the initramfs as --initrd, command line
+        // from -append.
+        name: "linux_raw_image_initrd",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Linux(LinuxHost::RawInitrd),
+        append: Some("console=ttyAMA0 panic=-1 pkvm_image=raw"),
+        dtb: None,
+        timeout: LINUX_TIMEOUT,
+        exit_code: 0,
+        output: &["host: raw arm64 Image at 0x44000000", "image raw"],
+        absent: &[],
+        summary: None,
+    },
+    QemuTest {
+        // A boot image whose kernel_size runs past its end: refused with
+        // the field named, el2's status 5, no hang.
+        name: "truncated_boot_image_is_refused",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Made(truncated_boot_image),
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 5,
+        output: &["boot failed: boot image: kernel_size runs past the end of the image"],
+        absent: &[],
+        summary: None,
+    },
+    QemuTest {
+        // A vendor boot image with a wrong header_size.
+        name: "bad_vendor_boot_is_refused",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Made(bad_vendor_boot),
+        append: None,
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 5,
+        output: &["boot failed: boot image: vendor header_size invalid"],
+        absent: &[],
         summary: None,
     },
 ];
+
+/// A small v4 boot image with a fake kernel (it is never entered).
+fn small_v4() -> Vec<u8> {
+    let kernel = el2::bootimg::pack::arm64_image(&[0; 4096], 1 << 20);
+    el2::bootimg::pack::boot_v3_v4(4, &kernel, &[0x11; 5000], "x")
+}
+
+fn truncated_boot_image() -> MadeImages {
+    let mut img = small_v4();
+    img[8..12].copy_from_slice(&0x0100_0000u32.to_le_bytes());
+    (img, None)
+}
+
+fn bad_vendor_boot() -> MadeImages {
+    let mut vendor = el2::bootimg::pack::vendor_boot(4, &[0x22; 100], &[], "", b"");
+    vendor[2096..2100].copy_from_slice(&2000u32.to_le_bytes());
+    (small_v4(), Some(vendor))
+}
 
 fn minimal_tree() -> Vec<u8> {
     dtb::virt_tree(3)
@@ -270,7 +468,8 @@ fn kernel_of<'a>(test: &QemuTest, images: &'a Images) -> Result<&'a Path, String
 
 /// Builds el2 and the test host, makes sure QEMU is there, runs every test
 /// in [`TESTS`] and prints one result line per test and a closing
-/// `N passed, M failed` line.
+/// `N passed, M failed` line. The Linux images are built (or found in the
+/// cache) before the first Linux test.
 pub fn run_all() -> Result<Summary, Failure> {
     let qemu = qemu::ensure()?;
     let images = workspace::build_images()?;
@@ -280,21 +479,59 @@ pub fn run_all() -> Result<Summary, Failure> {
         failed: 0,
     };
     let mut failures = Vec::new();
+    let mut linux: Option<Result<LinuxImages, String>> = None;
     for test in TESTS {
         let machine = (test.machine)();
+        if matches!(test.host, TestHost::Linux(_)) && linux.is_none() {
+            println!("--- building the Linux host images (cargo qemu linux-images)");
+            linux = Some(crate::linux::ensure().map_err(|f| f.message));
+        }
         let verdict = kernel_of(test, &images).and_then(|kernel| {
             let dtb_path = match test.dtb {
-                Some(make) => Some(write_dtb(test.name, &make())?),
+                Some(make) => Some(write_file(test.name, "dtb", &make())?),
                 None => None,
+            };
+            let made = match test.host {
+                TestHost::Made(make) => {
+                    let (boot, vendor) = make();
+                    let boot = write_file(test.name, "img", &boot)?;
+                    let vendor = match vendor {
+                        Some(v) => Some(write_file(&format!("{}-vendor", test.name), "img", &v)?),
+                        None => None,
+                    };
+                    Some((boot, vendor))
+                }
+                _ => None,
+            };
+            let host = match test.host {
+                TestHost::None => Host::None,
+                TestHost::Builtin => Host::InPlace(&images.testhost),
+                TestHost::Made(_) => {
+                    let (boot, vendor) = made.as_ref().ok_or("no image made")?;
+                    Host::Android {
+                        boot,
+                        vendor: vendor.as_deref(),
+                    }
+                }
+                TestHost::Linux(which) => {
+                    let l = match &linux {
+                        Some(Ok(l)) => l,
+                        Some(Err(e)) => {
+                            return Err(format!("the Linux host images are unavailable: {e}"));
+                        }
+                        None => return Err("the Linux host images were not built".to_owned()),
+                    };
+                    linux_host(l, which)
+                }
             };
             let boot = Boot {
                 kernel,
-                host: test.testhost.then_some(images.testhost.as_path()),
+                host,
                 append: test.append,
                 dtb: dtb_path.as_deref(),
                 machine: &machine,
             };
-            let mut cmd = qemu::boot_command(&qemu, &boot);
+            let mut cmd = qemu::boot_command(&qemu, &boot)?;
             println!("--- {} ({} s timeout)", test.name, test.timeout.as_secs());
             println!("    {}", process::display(&cmd));
             let timed = process::with_timeout(&mut cmd, test.timeout).map_err(|f| f.message)?;
@@ -319,11 +556,34 @@ pub fn run_all() -> Result<Summary, Failure> {
     Ok(summary)
 }
 
-/// Writes a test's device tree under `target/qemu-tests/`.
-fn write_dtb(name: &str, blob: &[u8]) -> Result<std::path::PathBuf, String> {
+/// The [`Host`] of a Linux test.
+pub fn linux_host(l: &LinuxImages, which: LinuxHost) -> Host<'_> {
+    match which {
+        LinuxHost::BootV2 => Host::Android {
+            boot: &l.boot_v2,
+            vendor: None,
+        },
+        LinuxHost::BootV4 => Host::Android {
+            boot: &l.boot_v4,
+            vendor: None,
+        },
+        LinuxHost::BootV4Vendor => Host::Android {
+            boot: &l.boot_v4_pair,
+            vendor: Some(&l.vendor_boot),
+        },
+        LinuxHost::RawInitrd => Host::Raw {
+            kernel: &l.kernel,
+            initrd: Some(&l.initramfs),
+        },
+    }
+}
+
+/// Writes a test's file (device tree, boot image) under
+/// `target/qemu-tests/`.
+fn write_file(name: &str, ext: &str, blob: &[u8]) -> Result<std::path::PathBuf, String> {
     let dir = workspace::root().join("target").join("qemu-tests");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join(format!("{name}.dtb"));
+    let path = dir.join(format!("{name}.{ext}"));
     std::fs::write(&path, blob).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
@@ -368,8 +628,27 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
         }
         Some(_) => {}
     }
-    if let Some(missing) = test.output.iter().find(|want| !output.contains(*want)) {
+    let linux = matches!(test.host, TestHost::Linux(_));
+    let (more, forbidden): (&[&str], &[&str]) = if linux {
+        (LINUX_OUTPUT, LINUX_ABSENT)
+    } else {
+        (&[], &[])
+    };
+    if let Some(missing) = test
+        .output
+        .iter()
+        .chain(more)
+        .find(|want| !output.contains(*want))
+    {
         return Err(format!("console output lacks {missing:?}"));
+    }
+    if let Some(bad) = test
+        .absent
+        .iter()
+        .chain(forbidden)
+        .find(|no| output.contains(*no))
+    {
+        return Err(format!("console output shows {bad:?}"));
     }
     if let Some(want) = test.summary {
         let Some((passed, failed, skipped)) = parse_summary(output) else {
@@ -453,9 +732,54 @@ mod tests {
     }
 
     #[test]
-    fn every_test_has_a_timeout_well_under_30_s() {
+    fn linux_runs_are_judged_on_markers_and_status() {
+        let t = test_named("linux_boot_v4");
+        let mut good: String = LINUX_OUTPUT.join("\n");
+        good.push_str("\nAndroid boot image v4\nDTB none (QEMU's)\nimage boot-v4\n");
+        good.push_str("HOST-VENDOR-RAMDISK: absent\n");
+        assert_eq!(judge(t, Some(0), false, &good), Ok(()));
+        assert!(judge(t, Some(1), false, &good).is_err());
+        let refused = good.replace(
+            "HOST-PROBE-REFUSED: 0x7e000000",
+            "HOST-PROBE-NOT-REFUSED: 0x7e000000",
+        );
+        assert!(
+            judge(t, Some(0), false, &refused)
+                .unwrap_err()
+                .contains("lacks")
+        );
+        let both = format!("{good}HOST-PROBE-NOT-REFUSED: 0x1\n");
+        assert!(
+            judge(t, Some(0), false, &both)
+                .unwrap_err()
+                .contains("shows")
+        );
+        let panic = format!("{good}Kernel panic - not syncing\n");
+        assert!(judge(t, Some(0), false, &panic).is_err());
+    }
+
+    #[test]
+    fn made_images_are_refused_for_the_named_field() {
+        let (img, _) = truncated_boot_image();
+        let e = el2::bootimg::BootImage::parse(&img, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "boot image: kernel_size runs past the end of the image"
+        );
+        let (img, vendor) = bad_vendor_boot();
+        let e = el2::bootimg::BootImage::parse(&img, vendor.as_deref()).unwrap_err();
+        assert_eq!(e.to_string(), "boot image: vendor header_size invalid");
+    }
+
+    #[test]
+    fn every_test_has_a_timeout() {
         for t in TESTS {
-            assert!(t.timeout <= Duration::from_secs(20), "{}", t.name);
+            let limit = if matches!(t.host, TestHost::Linux(_)) {
+                LINUX_TIMEOUT
+            } else {
+                TIMEOUT
+            };
+            assert!(t.timeout <= limit, "{}", t.name);
         }
         let names: std::collections::HashSet<_> = TESTS.iter().map(|t| t.name).collect();
         assert_eq!(names.len(), TESTS.len(), "test names are unique");

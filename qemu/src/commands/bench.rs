@@ -1,0 +1,172 @@
+//! `cargo qemu bench-boot`: Linux boot time directly at EL1 against under
+//! el2.
+//!
+//! The same Debian kernel and initramfs (`cargo qemu linux-images`) boot
+//! [`RUNS`] times each way, interleaved (direct, el2, direct, el2, ...), on
+//! the default machine (`cortex-a72`, 2 CPUs, 1 GiB):
+//!
+//! - direct: QEMU loads the kernel (`-kernel Image -initrd initramfs.cpio`)
+//!   and starts it at EL1 (no `virtualization=on`);
+//! - el2: QEMU starts el2 at EL2, which loads the kernel and initrd from
+//!   the header v4 boot image and enters it at EL1 under stage-2.
+//!
+//! The time of a run is wall clock from spawning QEMU to the init's
+//! [`MARKER`] line on the console. Every run must also end with exit
+//! status 0 (init powers off).
+
+use std::time::Duration;
+
+use crate::failure::Failure;
+use crate::linux::{self, MARKER};
+use crate::process;
+use crate::qemu::{self, Boot, Host, Machine};
+use crate::workspace;
+
+/// Runs of each kind.
+pub const RUNS: usize = 5;
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// A number after `key` in `output` (e.g. el2's `boot took 28000 us`).
+fn number_after(output: &str, key: &str) -> Option<u64> {
+    let at = output.find(key)? + key.len();
+    let digits: String = output[at..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Boots each way [`RUNS`] times, interleaved, and prints each run, the
+/// medians and their ratio.
+pub fn bench_boot() -> Result<(), Failure> {
+    let qemu_bin = qemu::ensure()?;
+    let images = workspace::build_images()?;
+    let l = linux::ensure()?;
+    let machine = Machine::default();
+    let version = process::stdout_of(std::process::Command::new(&qemu_bin).arg("--version"))
+        .map(|v| v.lines().next().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    println!(
+        "bench-boot: {} ({}), -cpu {} -smp {} -m {}, {RUNS} runs each, interleaved; \
+         time = QEMU spawn to {MARKER:?} on the console",
+        l.kernel_package, version, machine.cpu, machine.smp, machine.mem
+    );
+    let direct_args = qemu::direct_args(
+        &machine,
+        &l.kernel,
+        &l.initramfs,
+        &linux::cmdline_for("direct"),
+    );
+    let el2_boot = Boot {
+        kernel: &images.el2,
+        host: Host::Android {
+            boot: &l.boot_v4,
+            vendor: None,
+        },
+        append: None,
+        dtb: None,
+        machine: &machine,
+    };
+    let el2_args = qemu::boot_args(&el2_boot).map_err(Failure::failed)?;
+    let mut direct = Vec::new();
+    let mut under = Vec::new();
+    let mut el2_boot_us = Vec::new();
+    for i in 1..=RUNS {
+        for (name, args) in [("direct EL1", &direct_args), ("under el2", &el2_args)] {
+            let mut cmd = std::process::Command::new(&qemu_bin);
+            cmd.args(args);
+            if i == 1 {
+                println!("  {name}: {}", process::display(&cmd));
+            }
+            let t = process::run_timed(&mut cmd, TIMEOUT, Some(MARKER), false)?;
+            let Some(at) = t.marker_at else {
+                return Err(Failure::failed(format!(
+                    "{name} run {i}: no {MARKER} (exit: {}, timed out: {}); output:\n{}",
+                    process::describe(t.status),
+                    t.timed_out,
+                    t.output
+                )));
+            };
+            if !t.status.success() {
+                return Err(Failure::failed(format!(
+                    "{name} run {i}: QEMU {}; output:\n{}",
+                    process::describe(t.status),
+                    t.output
+                )));
+            }
+            let secs = at.as_secs_f64();
+            let mut extra = String::new();
+            if name == "under el2" {
+                under.push(secs);
+                if let Some(us) = number_after(&t.output, "boot took") {
+                    el2_boot_us.push(us as f64);
+                    let copy = number_after_last(&t.output, "bytes), in")
+                        .map_or(f64::NAN, |c| c as f64 / 1000.0);
+                    extra = format!(
+                        " (el2 boot {:.1} ms, of which the kernel and initrd copy {copy:.1} ms)",
+                        us as f64 / 1000.0
+                    );
+                }
+            } else {
+                direct.push(secs);
+            }
+            println!(
+                "  run {i} {name:<10}: {secs:.3} s to the marker, {:.3} s to exit{extra}",
+                t.elapsed.as_secs_f64()
+            );
+        }
+    }
+    let (md, mu) = (median(&direct), median(&under));
+    println!("median direct EL1: {md:.3} s");
+    println!("median under el2:  {mu:.3} s");
+    if !el2_boot_us.is_empty() {
+        println!(
+            "median el2 boot (entry to host entry, incl. the kernel copy): {:.1} ms",
+            median(&el2_boot_us) / 1000.0
+        );
+    }
+    println!(
+        "ratio under el2 / direct: {:.3} (target: at most 1.05)",
+        mu / md
+    );
+    Ok(())
+}
+
+/// The number after the last `key` in `output`.
+fn number_after_last(output: &str, key: &str) -> Option<u64> {
+    let at = output.rfind(key)?;
+    number_after(&output[at..], key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn numbers_are_found() {
+        let out = "el2[0]: heap: 1 KiB; boot took 28123 us (el2 entry at 5 us)\n\
+                   host kernel copied to 0x40400000 (0x2010000 bytes), in 812 us;";
+        assert_eq!(number_after(out, "boot took"), Some(28123));
+        assert_eq!(number_after_last(out, "bytes), in"), Some(812));
+        assert_eq!(number_after(out, "missing"), None);
+    }
+}
