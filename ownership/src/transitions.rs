@@ -415,6 +415,15 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             return Err(Errno::E2big);
         }
         let pfn = Pfn::containing(first);
+        // Every page of the extent must still be this share: a page of a
+        // 2 MiB share reclaimed on its own (at teardown) is gone.
+        for_each_guest_page(&g, self.mem, gfn, n, |f, state, p| match p {
+            None => Err(Errno::Enoent),
+            Some(p) if state == GuestPageState::SharedBorrowed && p.0 == pfn.0 + (f.0 - gfn.0) => {
+                Ok(())
+            }
+            Some(_) => Err(Errno::Eperm),
+        })?;
         for i in 0..n {
             let e = entry(&h.table, Pfn(pfn.0 + i));
             if e.owner() != Owner::Host || e.host() != SO {

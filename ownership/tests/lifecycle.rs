@@ -495,3 +495,39 @@ fn guest_metadata_pages_are_donated_and_returned() {
     );
     env.check();
 }
+
+#[test]
+fn block_unshare_after_one_page_was_reclaimed_changes_nothing() {
+    let mut env = Env::new();
+    let a = env.guest(PGD, MC, 16);
+    let b = env.guest(PGD + 2, MC + 16, 16);
+    // A 2 MiB share to guest a; one of its pages also lent to guest b.
+    env.o
+        .host_share_guest(&mut env.tlb, a, Pfn(BLOCK), Gfn(0x200), Extent::Block)
+        .unwrap();
+    env.o
+        .host_share_guest(&mut env.tlb, b, Pfn(BLOCK + 3), Gfn(GFN), Extent::Page)
+        .unwrap();
+    assert_eq!(env.o.page(Pfn(BLOCK + 3)).unwrap().share_count(), 2);
+    // Teardown of a reclaims page 3 alone.
+    env.o.start_teardown(a).unwrap();
+    env.o
+        .host_reclaim(&mut env.tlb, a, Gfn(0x203), Extent::Page)
+        .unwrap();
+    assert_eq!(env.o.page(Pfn(BLOCK + 3)).unwrap().share_count(), 1);
+    env.check();
+    // The block share is no longer whole: refused, and b's share intact.
+    let r = env
+        .o
+        .host_unshare_guest(&mut env.tlb, a, Gfn(0x200), Extent::Block);
+    assert_eq!(r, Err(Errno::Enoent));
+    assert_eq!(env.o.page(Pfn(BLOCK + 3)).unwrap().share_count(), 1);
+    assert_eq!(env.o.page(Pfn(BLOCK)).unwrap().share_count(), 1);
+    env.check();
+    // Reclaiming the rest as a block works.
+    env.o
+        .host_reclaim(&mut env.tlb, a, Gfn(0x200), Extent::Block)
+        .unwrap();
+    assert_eq!(env.o.page(Pfn(BLOCK)).unwrap(), PageEntry::HOST_OWNED);
+    env.check();
+}
