@@ -43,7 +43,8 @@
 //!
 //! # Secondary CPUs ([`el2_secondary_entry`])
 //!
-//! Started only by the PSCI relay's intercepted CPU_ON, at EL2 with the MMU
+//! Started only by the PSCI relay's intercepted CPU_ON (or a wake-up from a
+//! power-down state of an intercepted suspend call), at EL2 with the MMU
 //! off and `x0` = the CPU's index. Before touching any memory but
 //! [`SECONDARY_MMU`] (cleaned to the point of coherency by the boot CPU),
 //! it installs the vectors, switches the MMU on with the final EL2 tables,
@@ -191,6 +192,8 @@ pub mod kind {
     pub const CURRENT_SYNC: u64 = 4;
     /// Synchronous exception from a lower EL in AArch64 (the host).
     pub const LOWER_SYNC: u64 = 8;
+    /// Synchronous exception from a lower EL in AArch32 (the host's EL0).
+    pub const LOWER_SYNC_32: u64 = 12;
 
     /// A name for a vector kind, for error messages.
     pub fn name(kind: u64) -> &'static str {
@@ -226,8 +229,10 @@ unsafe extern "C" {
     /// PSCI relay passes to the firmware.
     pub fn el2_secondary_entry();
 
-    /// Loads `TrapFrame` `frame` (all of x0..x30, ELR_EL2, SPSR_EL2), sets
-    /// SP_EL2 to `stack_top` and executes `eret`.
+    /// Zeroes the FP/SIMD registers (V0–V31, or with [`HAS_SVE`] also
+    /// P0–P15 and FFR; FPSR, FPCR), loads `TrapFrame` `frame` (all of
+    /// x0..x30, ELR_EL2, SPSR_EL2), sets SP_EL2 to `stack_top` and executes
+    /// `eret`.
     pub fn el2_enter_lower(frame: *const TrapFrame, stack_top: u64) -> !;
 
     /// Switches the EL2 stage-1 MMU to `config` (MMU off, load, invalidate
@@ -403,10 +408,68 @@ el2_mmu_enable:
     isb
     ret
 
-    /* x0 = &TrapFrame, x1 = stack top. */
+    /* x0 = &TrapFrame, x1 = stack top. EL2's FP/SIMD state does not
+       reach the host: V0-V31 (hence Z0-Z31: a V write zeroes the rest),
+       P0-P15 and FFR with SVE, FPSR and FPCR are zeroed first. */
     .global el2_enter_lower
 el2_enter_lower:
     mov     sp, x1
+    movi    v0.2d, #0
+    movi    v1.2d, #0
+    movi    v2.2d, #0
+    movi    v3.2d, #0
+    movi    v4.2d, #0
+    movi    v5.2d, #0
+    movi    v6.2d, #0
+    movi    v7.2d, #0
+    movi    v8.2d, #0
+    movi    v9.2d, #0
+    movi    v10.2d, #0
+    movi    v11.2d, #0
+    movi    v12.2d, #0
+    movi    v13.2d, #0
+    movi    v14.2d, #0
+    movi    v15.2d, #0
+    movi    v16.2d, #0
+    movi    v17.2d, #0
+    movi    v18.2d, #0
+    movi    v19.2d, #0
+    movi    v20.2d, #0
+    movi    v21.2d, #0
+    movi    v22.2d, #0
+    movi    v23.2d, #0
+    movi    v24.2d, #0
+    movi    v25.2d, #0
+    movi    v26.2d, #0
+    movi    v27.2d, #0
+    movi    v28.2d, #0
+    movi    v29.2d, #0
+    movi    v30.2d, #0
+    movi    v31.2d, #0
+    msr     fpsr, xzr
+    msr     fpcr, xzr
+    adrp    x2, {has_sve}
+    ldrb    w2, [x2, :lo12:{has_sve}]
+    cbz     w2, 1f
+    .arch_extension sve
+    pfalse  p0.b
+    pfalse  p1.b
+    pfalse  p2.b
+    pfalse  p3.b
+    pfalse  p4.b
+    pfalse  p5.b
+    pfalse  p6.b
+    pfalse  p7.b
+    pfalse  p8.b
+    pfalse  p9.b
+    pfalse  p10.b
+    pfalse  p11.b
+    pfalse  p12.b
+    pfalse  p13.b
+    pfalse  p14.b
+    pfalse  p15.b
+    wrffr   p0.b
+1:
     ldr     x2, [x0, #{elr}]
     ldr     x3, [x0, #{spsr}]
     msr     elr_el2, x2

@@ -221,6 +221,116 @@ pub fn validate(blob: &[u8]) -> Result<(), DtError> {
     }
 }
 
+/// RAM as read straight from the structure block of `blob` (a tree that
+/// passed [`validate`]; `FDT_NOP` tokens allowed): the `reg` ranges of the
+/// enabled nodes with `device_type = "memory"`, decoded with their parent's
+/// `#address-cells` / `#size-cells` (default 2 / 1; other than 1–2 / 0–2
+/// skipped), normalized. Reads only: for the checks made before the tree is
+/// edited in place (and so before [`Platform::parse`] can read it).
+pub fn raw_ram(blob: &[u8]) -> Ranges<MAX_RAM> {
+    /// What is known about the open node at one depth.
+    #[derive(Clone, Copy)]
+    struct Open {
+        /// `#address-cells`, `#size-cells` for its children.
+        cells: (u32, u32),
+        memory: bool,
+        enabled: bool,
+        /// Offset and length of its `reg` value in the structure block.
+        reg: (usize, usize),
+    }
+    const FRESH: Open = Open {
+        cells: (2, 1),
+        memory: false,
+        enabled: true,
+        reg: (0, 0),
+    };
+    let mut out = Ranges::new();
+    let field = |off: usize| be32(blob, off).map(|v| v as usize);
+    let (Some(off_struct), Some(off_strings), Some(size_strings), Some(size_struct)) =
+        (field(8), field(12), field(32), field(36))
+    else {
+        return out;
+    };
+    let (Some(st), Some(strings)) = (
+        blob.get(off_struct..off_struct.saturating_add(size_struct)),
+        blob.get(off_strings..off_strings.saturating_add(size_strings)),
+    ) else {
+        return out;
+    };
+    let mut open = [FRESH; MAX_DEPTH + 1];
+    let mut depth = 0usize;
+    let mut pos = 0usize;
+    while let Some(token) = be32(st, pos) {
+        pos += 4;
+        match token {
+            FDT_BEGIN_NODE => {
+                let Some(name) = name_at(st, pos) else {
+                    break;
+                };
+                pos = (pos + name.len() + 1).next_multiple_of(4);
+                depth += 1;
+                let Some(slot) = open.get_mut(depth) else {
+                    break;
+                };
+                *slot = FRESH;
+            }
+            FDT_PROP => {
+                let (Some(len), Some(nameoff)) = (be32(st, pos), be32(st, pos + 4)) else {
+                    break;
+                };
+                let (len, start) = (len as usize, pos + 8);
+                pos = (start + len).next_multiple_of(4);
+                let (Some(value), Some(name), Some(node)) = (
+                    st.get(start..start + len),
+                    name_at(strings, nameoff as usize),
+                    open.get_mut(depth),
+                ) else {
+                    continue;
+                };
+                match name {
+                    "#address-cells" => node.cells.0 = be32(value, 0).unwrap_or(2),
+                    "#size-cells" => node.cells.1 = be32(value, 0).unwrap_or(1),
+                    "device_type" => node.memory = value == b"memory\0",
+                    "status" => node.enabled = value == b"okay\0" || value == b"ok\0",
+                    "reg" => node.reg = (start, len),
+                    _ => {}
+                }
+            }
+            FDT_END_NODE => {
+                if let (Some(node), Some(parent)) = (
+                    open.get(depth),
+                    depth.checked_sub(1).and_then(|d| open.get(d)),
+                ) && node.memory
+                    && node.enabled
+                {
+                    let (ac, sc) = (parent.cells.0 as usize, parent.cells.1 as usize);
+                    if (1..=2).contains(&ac) && sc <= 2 {
+                        let reg = st.get(node.reg.0..node.reg.0 + node.reg.1).unwrap_or(&[]);
+                        let cell = |at: usize, n: usize| {
+                            (0..n).try_fold(0u64, |v, i| {
+                                be32(reg, at + 4 * i).map(|c| (v << 32) | u64::from(c))
+                            })
+                        };
+                        for entry in 0..reg.len() / (4 * (ac + sc)) {
+                            let at = entry * 4 * (ac + sc);
+                            if let (Some(base), Some(size)) = (cell(at, ac), cell(at + 4 * ac, sc))
+                                && size > 0
+                            {
+                                out.push(Range { base, size });
+                            }
+                        }
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
+            FDT_END => break,
+            _ => {}
+        }
+    }
+    out.normalize();
+    out
+}
+
 /// Removes every `FDT_NOP` token from the structure block of `blob` (a
 /// tree that passed [`validate`]) by moving the other tokens down, and
 /// shrinks `size_dt_struct` to match. The result passes [`validate`] too.

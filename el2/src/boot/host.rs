@@ -11,7 +11,8 @@
 //!   range), then `tlbi vmalls12e1; dsb nsh; isb` (pkvm.md §5.1).
 //! - `CNTHCTL_EL2` = EL1PCTEN | EL1PCEN, `CNTVOFF_EL2` = 0; `VPIDR_EL2` /
 //!   `VMPIDR_EL2` = the real MIDR/MPIDR; `HSTR_EL2` = 0; `MDCR_EL2.HPMN` =
-//!   `PMCR_EL0.N`; `CPTR_EL2` = 0x22ff (no FP/SVE/SME traps; SVE and SME
+//!   `PMCR_EL0.N`, with HPMD (PMUv3p1) and HCCD (PMUv3p5) so the host's
+//!   counters do not count el2; `CPTR_EL2` = 0x22ff (no FP/SVE/SME traps; SVE and SME
 //!   vector lengths at their maximum when present); `ICC_SRE_EL2` = SRE |
 //!   Enable with a GICv3 system-register interface.
 //! - EL1 enters with `SCTLR_EL1` = its RES1 value (MMU and caches off) and
@@ -66,6 +67,10 @@ pub fn host_hcr() -> u64 {
 const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 /// `SPSR_EL2` for entering EL1h with D, A, I, F masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
+/// `MDCR_EL2.HPMD`: event counters do not count at EL2.
+const MDCR_HPMD: u64 = 1 << 17;
+/// `MDCR_EL2.HCCD`: the cycle counter does not count at EL2.
+const MDCR_HCCD: u64 = 1 << 23;
 /// `CPTR_EL2`: RES1 bits, no FP (TFP), SVE (TZ) or SME (TSM) trap.
 const CPTR_EL2_HOST: u64 = 0x22ff;
 
@@ -76,18 +81,29 @@ fn configure_cpu(hyp: &Hypervisor) {
     VMPIDR_EL2.set(MPIDR_EL1.get());
     // PMCR_EL0 exists only with a PMU (ID_AA64DFR0_EL1.PMUVer not 0 or 0xf).
     let pmuver = (mrs!("id_aa64dfr0_el1") >> 8) & 0xf;
-    let pmcr_n = if pmuver != 0 && pmuver != 0xf {
+    let has_pmu = pmuver != 0 && pmuver != 0xf;
+    let pmcr_n = if has_pmu {
         (mrs!("pmcr_el0") >> 11) & 0x1f
     } else {
         0
     };
+    // The host's event counters do not count at EL2 (HPMD, FEAT_PMUv3p1:
+    // PMUVer >= 4), nor its cycle counter (HCCD, FEAT_PMUv3p5: PMUVer >= 6);
+    // RES0 without them.
+    let mut mdcr = pmcr_n;
+    if has_pmu && pmuver >= 4 {
+        mdcr |= MDCR_HPMD;
+    }
+    if has_pmu && pmuver >= 6 {
+        mdcr |= MDCR_HCCD;
+    }
     // SAFETY: these EL2 controls only affect how EL1/EL0 run (identity
     // CPU ids, no coprocessor or debug traps, the PMU counters EL1 may
     // use, the EL2 timer off); nothing at EL2 depends on them.
     unsafe {
         msr!("vpidr_el2", MIDR_EL1.get());
         msr!("hstr_el2", 0u64);
-        msr!("mdcr_el2", pmcr_n);
+        msr!("mdcr_el2", mdcr);
         msr!("cnthp_ctl_el2", 0u64);
         msr!("cptr_el2", CPTR_EL2_HOST);
     }

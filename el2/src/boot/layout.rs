@@ -83,6 +83,8 @@ pub enum LayoutError {
     RamAtZero,
     /// No room below el2 for the host device tree.
     NoRoomForDtb,
+    /// A host image range overlaps where the host device tree goes.
+    HostOverlapsDtb(Range),
 }
 
 impl core::fmt::Display for LayoutError {
@@ -97,9 +99,13 @@ impl core::fmt::Display for LayoutError {
             }
             LayoutError::CarveoutOverlaps(r) => write!(
                 f,
-                "the hypervisor carve-out would overlap {r} (reserved memory, the host image or its device tree)"
+                "the hypervisor memory would overlap {r} (el2's image, reserved memory, QEMU's device tree, the host image or its device tree)"
             ),
             LayoutError::RamAtZero => write!(f, "RAM at physical address 0 is not supported"),
+            LayoutError::HostOverlapsDtb(r) => write!(
+                f,
+                "the host image range {r} overlaps the host device tree's slot below el2"
+            ),
             LayoutError::NoRoomForDtb => write!(
                 f,
                 "no room for the host device tree between the start of RAM and el2's image"
@@ -126,11 +132,13 @@ impl MemLayout {
     }
 }
 
-/// Computes the layout for `platform`, el2's image `image` and the ranges
-/// the runner loaded the host's images into (`host`: addresses and sizes).
+/// Computes the layout for `platform`, el2's image `image`, QEMU's device
+/// tree `dt` (still read while the heap is in use) and the ranges the
+/// runner loaded the host's images into (`host`: addresses and sizes).
 pub fn compute(
     platform: &Platform,
     image: Range,
+    dt: Range,
     host: &[Range],
 ) -> Result<MemLayout, LayoutError> {
     let ram = platform.ram.as_slice();
@@ -170,6 +178,14 @@ pub fn compute(
         base: dtb_base,
         size: room,
     };
+    if carveout.overlaps(&image) {
+        return Err(LayoutError::CarveoutOverlaps(image));
+    }
+    // QEMU's device tree is read until the host's copy is written, long
+    // after the heap (the carve-out) is in use.
+    if carveout.overlaps(&dt) {
+        return Err(LayoutError::CarveoutOverlaps(dt));
+    }
     for other in platform
         .reserved
         .as_slice()
@@ -180,6 +196,11 @@ pub fn compute(
         if other.overlaps(&carveout) || other.overlaps(&image) {
             return Err(LayoutError::CarveoutOverlaps(*other));
         }
+    }
+    // The host's device tree is written over its slot after the host's
+    // images are in place.
+    if let Some(h) = host.iter().find(|h| h.overlaps(&host_dtb)) {
+        return Err(LayoutError::HostOverlapsDtb(*h));
     }
     Ok(MemLayout {
         image,

@@ -193,11 +193,36 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     if dtb >> 30 != (dtb + total as u64 - 1) >> 30 {
         return Err(BootError::Other("the device tree crosses a 1 GiB boundary"));
     }
+    let dt_range = Range {
+        base: dtb,
+        size: total as u64,
+    };
+    {
+        // SAFETY: as above; `total` bytes stay in the same (mapped)
+        // gigabyte. Read only, and dropped before the mutable view below.
+        let ro = unsafe { core::slice::from_raw_parts(dtb as *const u8, total) };
+        fdt::validate(ro)?;
+        // Before editing the tree in place: it must be RAM (not some
+        // device or ROM the early map happens to cover) and not el2.
+        let raw_ram = fdt::raw_ram(ro);
+        if !raw_ram
+            .as_slice()
+            .iter()
+            .any(|r| r.base <= dt_range.base && dt_range.end() <= r.end())
+        {
+            return Err(BootError::Other(
+                "the device tree is not inside a RAM region it describes",
+            ));
+        }
+        if dt_range.overlaps(&image) {
+            return Err(BootError::Other("the device tree overlaps el2's image"));
+        }
+    }
     // SAFETY: as above; `total` bytes stay in the same (mapped) gigabyte,
-    // which is RAM the host will own (el2 replaces this tree with its own
-    // copy), so editing it in place is harmless.
+    // which was just checked to be RAM outside el2's image: RAM the host
+    // will own (el2 replaces this tree with its own copy), so editing it
+    // in place is harmless. No other reference to it is live.
     let blob = unsafe { core::slice::from_raw_parts_mut(dtb as *mut u8, total) };
-    fdt::validate(blob)?;
     fdt::strip_nops(blob);
     fdt::validate(blob)?;
     let blob: &[u8] = blob;
@@ -211,10 +236,6 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         ));
     }
     let ram = platform.ram.as_slice();
-    let dt_range = Range {
-        base: dtb,
-        size: total as u64,
-    };
     if !ram
         .iter()
         .any(|r| r.base <= dt_range.base && dt_range.end() <= r.end())
@@ -222,7 +243,15 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         return Err(BootError::Other("the device tree is not inside RAM"));
     }
 
-    // 4. The final EL2 map: RAM Normal, the console UART Device.
+    // 4. The final EL2 map: RAM Normal, the console UART Device. It maps
+    // only RAM, so el2's image (code, data, stacks, page tables) must be
+    // inside one RAM region, or turning it on would fault with no console.
+    if !ram
+        .iter()
+        .any(|r| r.base <= image.base && image.end() <= r.end())
+    {
+        return Err(LayoutError::ImageNotInRam(image).into());
+    }
     // SAFETY: boot CPU, once, before the final map is loaded.
     let mut map = unsafe { FinalMap::new() };
     for r in ram {
@@ -246,7 +275,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         sysreg::clean_inval_to_poc(SECONDARY_MMU.get() as u64, 64);
     }
     // SAFETY: the final map covers all RAM, hence el2's image, stack and
-    // the device tree, as Normal memory at the same addresses, and the
+    // the device tree (both checked to be inside RAM), as Normal memory at the same addresses, and the
     // console UART as Device.
     unsafe { el2_mmu_enable(&config) };
     console::set_uart(uart as usize);
@@ -257,7 +286,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
 
     // 5. The host image, the layout and the heap.
     let host = hostimg::read(ram)?;
-    let lay = layout::compute(&platform, image, &host.ranges())?;
+    let lay = layout::compute(&platform, image, dt_range, &host.ranges())?;
     // SAFETY: the carve-out is RAM (inside the highest region), mapped
     // Normal by the final map, hypervisor-owned from now on (step 6 takes
     // it from the host) and used by nothing else.
@@ -527,7 +556,8 @@ fn report_layout(l: &MemLayout, host: &HostImage) {
 }
 
 /// Rust entry of a secondary CPU, started by the PSCI relay's CPU_ON with
-/// its index; the MMU is on and SP is the CPU's own stack.
+/// its index (or any CPU waking from a power-down suspend the relay
+/// intercepted); the MMU is on and SP is the CPU's own stack.
 extern "C" fn secondary_main(index: u64, t0: u64) -> ! {
     let index = index as usize;
     sysreg::set_cpu_index(index);
@@ -537,6 +567,17 @@ extern "C" fn secondary_main(index: u64, t0: u64) -> ! {
         ));
         entry::park()
     };
+    if cpu.take_resuming() {
+        // Woken from a power-down state of a suspend call the PSCI relay
+        // intercepted: the CPU stays on; back to the host's resume entry.
+        let (entry, context) = cpu.boot();
+        log::info!(
+            "CPU {index} resumed at EL2 at {} us; entering the host at {entry:#x} \
+             (context {context:#x})",
+            sysreg::ticks_to_us(t0)
+        );
+        host::enter(hyp, index, entry, context)
+    }
     if cpu.transition(Power::OnPending, Power::On).is_err() {
         console::emergency(format_args!("CPU {index} started without a pending CPU_ON"));
         entry::park()

@@ -7,7 +7,7 @@
 //! and is kept in `TPIDR_EL2` while the CPU runs. On QEMU `virt` the index
 //! equals MPIDR.Aff0.
 
-use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// Most CPUs el2 supports; more in the device tree are ignored (with a
 /// warning) and cannot be started.
@@ -34,6 +34,10 @@ pub struct PerCpu {
     power: AtomicU8,
     entry: AtomicU64,
     context: AtomicU64,
+    /// Set while the CPU is in a PSCI CPU_SUSPEND / SYSTEM_SUSPEND call el2
+    /// forwarded: a wake-up through [`super::entry::el2_secondary_entry`]
+    /// is then a resume from a power-down state, not a CPU_ON.
+    resuming: AtomicBool,
 }
 
 impl PerCpu {
@@ -43,6 +47,7 @@ impl PerCpu {
             power: AtomicU8::new(Power::Off as u8),
             entry: AtomicU64::new(0),
             context: AtomicU64::new(0),
+            resuming: AtomicBool::new(false),
         }
     }
 
@@ -73,6 +78,17 @@ impl PerCpu {
     pub fn set_boot(&self, entry: u64, context: u64) {
         self.entry.store(entry, Ordering::Relaxed);
         self.context.store(context, Ordering::Release);
+    }
+
+    /// Marks the CPU as suspending (`true`, before the suspend call) or not
+    /// (`false`, when the call returned).
+    pub fn set_resuming(&self, resuming: bool) {
+        self.resuming.store(resuming, Ordering::Release);
+    }
+
+    /// Whether the CPU is waking up from a suspend call (and clears it).
+    pub fn take_resuming(&self) -> bool {
+        self.resuming.swap(false, Ordering::AcqRel)
     }
 
     /// Where the host wants the CPU to start: `(entry, context)`.

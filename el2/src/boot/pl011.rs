@@ -5,6 +5,7 @@
 //! has set it up; el2 only queues bytes.
 
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite};
 use tock_registers::{register_bitfields, register_structs};
@@ -31,6 +32,16 @@ register_structs! {
     }
 }
 
+/// How many times [`Pl011::write_byte`] polls a full transmit FIFO before
+/// dropping the byte (the host owns the UART and may have disabled it).
+const TXFF_SPINS: u32 = 300_000;
+
+/// Set when a byte was dropped because the FIFO stayed full: later bytes
+/// then poll once only (and clear it if the FIFO has room again), so a
+/// stuck UART costs no more than one bounded wait. A plain flag (single
+/// loads and stores), usable with the MMU off.
+static STUCK: AtomicBool = AtomicBool::new(false);
+
 /// A PL011 UART at a fixed physical (= EL2 virtual) address.
 pub struct Pl011 {
     regs: *const Pl011Regs,
@@ -55,13 +66,24 @@ impl Pl011 {
         unsafe { &*self.regs }
     }
 
-    /// Sends one byte, waiting while the transmit FIFO is full.
+    /// Sends one byte, waiting a bounded time while the transmit FIFO is
+    /// full; drops it if the FIFO stays full (see [`STUCK`]).
     pub fn write_byte(&mut self, byte: u8) {
         let regs = self.regs();
-        while regs.fr.is_set(FR::TXFF) {
+        let spins = if STUCK.load(Ordering::Relaxed) {
+            1
+        } else {
+            TXFF_SPINS
+        };
+        for _ in 0..spins {
+            if !regs.fr.is_set(FR::TXFF) {
+                regs.dr.set(u32::from(byte));
+                STUCK.store(false, Ordering::Relaxed);
+                return;
+            }
             core::hint::spin_loop();
         }
-        regs.dr.set(u32::from(byte));
+        STUCK.store(true, Ordering::Relaxed);
     }
 }
 

@@ -2,6 +2,14 @@
 //! `HCR_EL2.TSC`; `ELR_EL2` points at the `smc`, so the trap handler has
 //! already stepped past it).
 //!
+//! Only an allowlist reaches the firmware: PSCI function ids
+//! (`0x8400_0000..=0x8400_001f`, `0xc400_0000..=0xc400_001f`) and SMCCC
+//! architecture calls (`0x8000_0000..=0x8000_ffff`; `SMCCC_ARCH_FEATURES`
+//! only about an allowed function). Every other SMC (FF-A, SiP, OEM,
+//! trusted OS...) and any SMC with a non-zero immediate or a function id
+//! with bits 63:32 set gets NOT_SUPPORTED (-1 in `x0`) without reaching the
+//! firmware.
+//!
 //! - `CPU_ON` (32/64) is intercepted: el2 checks the target (a CPU of the
 //!   device tree, else INVALID_PARAMETERS), the entry point (4-byte aligned
 //!   RAM the host may access, else INVALID_ADDRESS) and the CPU's state (ALREADY_ON,
@@ -10,18 +18,28 @@
 //!   the context. The CPU then sets up its EL2 state (vectors, MMU, stack,
 //!   stage-2) and enters the host at EL1 at the requested entry with the
 //!   context id in `x0`.
+//! - `CPU_SUSPEND` (32/64; entry `x2`, context `x3`), `CPU_DEFAULT_SUSPEND`
+//!   and `SYSTEM_SUSPEND` (32/64; entry `x1`, context `x2`) carry a host
+//!   entry point too, which the firmware would resume *at EL2*, outside
+//!   stage-2. They are intercepted the same way: the entry is checked
+//!   (INVALID_ADDRESS), the host's entry and context recorded in this CPU's
+//!   state and marked as a pending resume, and the firmware is given
+//!   [`el2_secondary_entry`] and the CPU's index instead. A wake-up from a
+//!   power-down state thus goes through el2's secondary path, which enters
+//!   the host at EL1 at its entry with the context in `x0`; if the call
+//!   returns (a standby state, or an error) the mark is cleared and the
+//!   result goes back to the host.
 //! - `CPU_OFF` is forwarded after marking the CPU off (so it can be turned
 //!   on again).
 //! - `SYSTEM_OFF` is forwarded, except that a non-zero `x1` (a register
 //!   PSCI ignores; Linux passes 0) is taken as an exit status for test
 //!   hosts: el2 then exits QEMU through semihosting with that status
 //!   (1..=255, larger values become 255), falling back to PSCI SYSTEM_OFF.
-//! - Everything else (PSCI_VERSION, FEATURES, AFFINITY_INFO, SYSTEM_RESET,
-//!   CPU_SUSPEND...) is forwarded unchanged with `x0`..`x17`; what the
-//!   firmware returns in `x0`..`x3` goes back to the host. A function the
-//!   firmware does not implement (QEMU makes the `smc` UNDEFINED) returns
-//!   NOT_SUPPORTED, as does any SMC with a non-zero immediate or a function
-//!   id with bits 63:32 set.
+//! - The other allowed calls (PSCI_VERSION, FEATURES, AFFINITY_INFO,
+//!   SYSTEM_RESET, SMCCC_VERSION...) are forwarded unchanged with
+//!   `x0`..`x17`; what the firmware returns in `x0`..`x3` goes back to the
+//!   host. A function the firmware does not implement (QEMU makes the
+//!   `smc` UNDEFINED) returns NOT_SUPPORTED.
 
 use smccc::psci;
 
@@ -41,6 +59,17 @@ const ALREADY_ON: u64 = -4i64 as u64;
 const ON_PENDING: u64 = -5i64 as u64;
 /// PSCI INVALID_ADDRESS.
 const INVALID_ADDRESS: u64 = -9i64 as u64;
+/// SMCCC_ARCH_FEATURES.
+const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+
+/// Whether the function id `id` may reach the firmware: PSCI (SMC32 and
+/// SMC64) or an SMCCC architecture call.
+fn allowed(id: u32) -> bool {
+    matches!(
+        id,
+        0x8400_0000..=0x8400_001f | 0xc400_0000..=0xc400_001f | 0x8000_0000..=0x8000_ffff
+    )
+}
 
 /// Calls the firmware with `regs` in x0..x17 and returns x0..x17.
 pub fn forward(regs: [u64; 18]) -> [u64; 18] {
@@ -69,6 +98,10 @@ pub fn host_smc(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         return;
     }
     let id = id as u32;
+    if !allowed(id) {
+        frame.x[0] = NOT_SUPPORTED;
+        return;
+    }
     match id {
         psci::PSCI_CPU_ON_32 | psci::PSCI_CPU_ON_64 => {
             let (target, entry, context) = if id == psci::PSCI_CPU_ON_32 {
@@ -81,6 +114,41 @@ pub fn host_smc(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
                 (frame.x[1], frame.x[2], frame.x[3])
             };
             frame.x[0] = cpu_on(hyp, target, entry, context);
+        }
+        psci::PSCI_CPU_SUSPEND_32 | psci::PSCI_CPU_SUSPEND_64 => {
+            let mask = if id == psci::PSCI_CPU_SUSPEND_32 {
+                0xffff_ffff
+            } else {
+                u64::MAX
+            };
+            let (power_state, entry, context) =
+                (frame.x[1] & mask, frame.x[2] & mask, frame.x[3] & mask);
+            frame.x[0] = suspend(
+                hyp,
+                psci::PSCI_CPU_SUSPEND_64,
+                &[power_state],
+                entry,
+                context,
+            );
+        }
+        psci::PSCI_SYSTEM_SUSPEND_32
+        | psci::PSCI_SYSTEM_SUSPEND_64
+        | psci::PSCI_CPU_DEFAULT_SUSPEND_32
+        | psci::PSCI_CPU_DEFAULT_SUSPEND_64 => {
+            let is32 =
+                id == psci::PSCI_SYSTEM_SUSPEND_32 || id == psci::PSCI_CPU_DEFAULT_SUSPEND_32;
+            let mask = if is32 { 0xffff_ffff } else { u64::MAX };
+            let id64 = if id == psci::PSCI_SYSTEM_SUSPEND_32 || id == psci::PSCI_SYSTEM_SUSPEND_64 {
+                psci::PSCI_SYSTEM_SUSPEND_64
+            } else {
+                psci::PSCI_CPU_DEFAULT_SUSPEND_64
+            };
+            frame.x[0] = suspend(hyp, id64, &[], frame.x[1] & mask, frame.x[2] & mask);
+        }
+        SMCCC_ARCH_FEATURES if !allowed(frame.x[1] as u32) => {
+            // An SMC32 call: only w1 counts.
+            // Do not advertise what the host may not call.
+            frame.x[0] = NOT_SUPPORTED;
         }
         psci::PSCI_CPU_OFF => {
             let me = sysreg::cpu_index();
@@ -130,15 +198,7 @@ fn cpu_on(hyp: &Hypervisor, target: u64, entry: u64, context: u64) -> u64 {
     let Some(cpu) = percpu::get(index) else {
         return INVALID_PARAMETERS;
     };
-    // The entry must be host memory the host can execute: RAM the host
-    // owns or shares (not hypervisor or guest memory), 4-byte aligned.
-    let host_can_run = entry.is_multiple_of(4)
-        && hyp
-            .core
-            .mem
-            .page(ownership::Pfn(entry >> 12))
-            .is_some_and(|e| e.host() != ownership::PageState::NoPage);
-    if !host_can_run {
+    if !host_can_run(hyp, entry) {
         return INVALID_ADDRESS;
     }
     match cpu.transition(Power::Off, Power::OnPending) {
@@ -159,5 +219,43 @@ fn cpu_on(hyp: &Hypervisor, target: u64, entry: u64, context: u64) -> u64 {
     } else {
         log::info!("PSCI CPU_ON: CPU {index} (MPIDR {target:#x}) -> host entry {entry:#x}");
     }
+    out[0]
+}
+
+/// Whether `entry` is memory the host can execute: RAM the host owns or
+/// shares (not hypervisor or guest memory), 4-byte aligned.
+fn host_can_run(hyp: &Hypervisor, entry: u64) -> bool {
+    entry.is_multiple_of(4)
+        && hyp
+            .core
+            .mem
+            .page(ownership::Pfn(entry >> 12))
+            .is_some_and(|e| e.host() != ownership::PageState::NoPage)
+}
+
+/// The intercepted CPU_SUSPEND / CPU_DEFAULT_SUSPEND / SYSTEM_SUSPEND
+/// (module docs): calls the SMC64 function `id` with `args` (before the
+/// entry point) and el2's own entry point and this CPU's index, after
+/// recording the host's `entry` and `context`. Returns the PSCI status if
+/// the call returns.
+fn suspend(hyp: &Hypervisor, id: u32, args: &[u64], entry: u64, context: u64) -> u64 {
+    if !host_can_run(hyp, entry) {
+        return INVALID_ADDRESS;
+    }
+    let me = sysreg::cpu_index();
+    let Some(cpu) = percpu::get(me) else {
+        return INVALID_PARAMETERS;
+    };
+    cpu.set_boot(entry, context);
+    cpu.set_resuming(true);
+    let mut regs = [0u64; 18];
+    regs[0] = u64::from(id);
+    let n = args.len().min(2);
+    regs[1..=n].copy_from_slice(&args[..n]);
+    regs[n + 1] = el2_secondary_entry as *const () as u64;
+    regs[n + 2] = me as u64;
+    let out = forward(regs);
+    // Back here: a standby state, or the call failed.
+    cpu.set_resuming(false);
     out[0]
 }

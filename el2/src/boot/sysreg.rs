@@ -59,6 +59,12 @@ pub fn has_ssbs() -> bool {
     (mrs!("id_aa64pfr1_el1") >> 4) & 0xf != 0
 }
 
+/// Whether the CPU has FEAT_MTE2 (`ID_AA64PFR1_EL1.MTE` >= 2): taking an
+/// exception to AArch64 then sets PSTATE.TCO.
+pub fn has_mte2() -> bool {
+    (mrs!("id_aa64pfr1_el1") >> 8) & 0xf >= 2
+}
+
 /// Whether the CPU has PSTATE.DIT (`ID_AA64PFR0_EL1.DIT` != 0).
 pub fn has_dit() -> bool {
     (ID_AA64PFR0_EL1.get() >> 48) & 0xf != 0

@@ -5,10 +5,16 @@
 //! - From EL2 itself: an UNDEFINED forwarded `smc` or semihosting `hlt`
 //!   (firmware or semihosting absent) resumes after the instruction with
 //!   `x0` = -1; anything else is a bug.
-//! - Anything unexpected (other syndromes, IRQ/FIQ/SError at EL2, AArch32)
-//!   is logged with ESR/FAR/HPFAR/ELR/SPSR and stops the machine with
-//!   [`status::UNEXPECTED_TRAP`] (semihosting exit, PSCI SYSTEM_OFF
-//!   fallback).
+//! - From the host's AArch32 EL0 (synchronous): instruction/data abort →
+//!   stage-2 fault handling, as for AArch64.
+//! - Any other synchronous trap from the host (a syndrome el2 does not
+//!   expect) is logged at warn level and answered with an UNDEFINED
+//!   instruction exception injected into the host
+//!   ([`abort::inject_undef`]): the host cannot stop the machine.
+//! - Anything unexpected at EL2 itself (other syndromes, IRQ/FIQ/SError
+//!   taken to EL2) is logged with ESR/FAR/HPFAR/ELR/SPSR and stops the
+//!   machine with [`status::UNEXPECTED_TRAP`] (semihosting exit, PSCI
+//!   SYSTEM_OFF fallback).
 
 use aarch64_cpu::registers::{ESR_EL2, FAR_EL2, HPFAR_EL2, Readable};
 
@@ -41,7 +47,16 @@ pub extern "C" fn el2_trap(frame: &mut TrapFrame, kind: u64) {
                     psci::host_smc(hyp, frame, esr);
                 }
                 EC_IABT_LOW | EC_DABT_LOW => abort::host_mem_abort(hyp, frame, esr),
-                _ => fatal_trap(frame, "unexpected trap from the host"),
+                _ => unexpected_host_trap(frame, esr),
+            }
+        }
+        kind::LOWER_SYNC_32 => {
+            let Some(hyp) = HYP.get() else {
+                fatal_trap(frame, "host trap before the hypervisor state exists");
+            };
+            match ec {
+                EC_IABT_LOW | EC_DABT_LOW => abort::host_mem_abort(hyp, frame, esr),
+                _ => unexpected_host_trap(frame, esr),
             }
         }
         kind::CURRENT_SYNC => {
@@ -58,6 +73,19 @@ pub extern "C" fn el2_trap(frame: &mut TrapFrame, kind: u64) {
         }
         _ => fatal_trap(frame, kind::name(kind)),
     }
+}
+
+/// A synchronous trap from the host el2 does not handle: logged, and an
+/// UNDEFINED instruction exception injected into the host.
+fn unexpected_host_trap(frame: &mut TrapFrame, esr: u64) {
+    log::warn!(
+        "unexpected trap from the host (ESR_EL2 {esr:#x}, EC {:#x}, ELR {:#x}, SPSR {:#x}): \
+         injecting an UNDEFINED instruction exception",
+        (esr >> 26) & 0x3f,
+        frame.elr,
+        frame.spsr
+    );
+    abort::inject_undef(frame);
 }
 
 /// Logs the exception `frame` describes and stops the machine.
