@@ -100,6 +100,16 @@ fn collect_pages<M: PhysMem>(
     Ok(v)
 }
 
+/// Wipes the guest-private pages among `pages` (pages the guest shared keep
+/// their contents).
+fn wipe_private<M: PhysMem>(mem: M, pages: &[GuestPageInfo]) {
+    for &(_, state, pfn) in pages {
+        if let (GuestPageState::Owned, Some(p)) = (state, pfn) {
+            wipe(mem, p, 1);
+        }
+    }
+}
+
 /// Plans host stage-2 ops for the frames of the selected `pages`, as runs
 /// of pages contiguous in both spaces.
 fn plan_host_runs<P: TablePool>(
@@ -681,17 +691,12 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             annotation: relinquished_annotation(),
         };
         gp.add(&g.s2, &MemView(self.mem), op)?;
-        let mem = self.mem;
         // Guest-private pages are wiped once the guest no longer maps them
         // and before the host does; pages the guest shared keep contents.
-        let wipe_private = || {
-            for &(_, state, pfn) in &pages {
-                if let (GuestPageState::Owned, Some(p)) = (state, pfn) {
-                    wipe(mem, p, 1);
-                }
-            }
-        };
-        commit_plans(h, &mut g, self.mem, hp, gp, tlb, First::Guest, wipe_private)?;
+        let mem = self.mem;
+        commit_plans(h, &mut g, mem, hp, gp, tlb, First::Guest, || {
+            wipe_private(mem, &pages)
+        })?;
         for &(_, state, pfn) in &pages {
             if let (true, Some(p)) = (owned(state), pfn) {
                 h.table.set(p, PageEntry::HOST_OWNED);
@@ -760,14 +765,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             },
         )?;
         let mem = self.mem;
-        let wipe_private = || {
-            for &(_, state, pfn) in &pages {
-                if let (GuestPageState::Owned, Some(p)) = (state, pfn) {
-                    wipe(mem, p, 1);
-                }
-            }
-        };
-        commit_plans(h, &mut g, self.mem, hp, gp, tlb, First::Guest, wipe_private)?;
+        commit_plans(h, &mut g, mem, hp, gp, tlb, First::Guest, || {
+            wipe_private(mem, &pages)
+        })?;
         for &(_, state, pfn) in &pages {
             let Some(p) = pfn else { continue };
             if owned(state) {
