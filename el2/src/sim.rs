@@ -645,12 +645,23 @@ impl host_interface::hypervisor::Hypervisor for Machine {
         pa: u64,
         buf: &mut [u8],
     ) -> Result<(), host_interface::hypervisor::AccessFault> {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let at = pa + i as u64;
-            let page = self
-                .host_read_page(at / PAGE_SIZE)
-                .map_err(|_| host_interface::hypervisor::AccessFault { pa: at })?;
-            *b = page[(at % PAGE_SIZE) as usize];
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = pa + done as u64;
+            let fault = host_interface::hypervisor::AccessFault { pa: at };
+            let real = self.host_pa(at, false).map_err(|_| fault)?;
+            let chunk = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
+            let page = self.ram.mem().page_ptr(PhysAddr(real & !(PAGE_SIZE - 1)));
+            // SAFETY: the host stage-2 maps this RAM page readable for the
+            // host, and `chunk` stays inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    page.as_ptr().add((real % PAGE_SIZE) as usize),
+                    buf[done..].as_mut_ptr(),
+                    chunk,
+                )
+            };
+            done += chunk;
         }
         Ok(())
     }
