@@ -1334,15 +1334,9 @@ impl Stage2 {
         tlb.isb();
         tlb.restore_vttbr(previous);
         let mut pages = PageList::new();
-        let mut collect = |leaf: &Leaf, table: Option<TableRef>| {
-            let _ = leaf;
-            if let Some(t) = table {
-                pages.push(&*pool, t.table);
-            }
-        };
-        // Children are reported after their own entries, so each page is
-        // read before its word 0 is reused as a list link.
-        self.walk_all(&*pool, &mut collect);
+        // Tables are reported after their own entries, so each page is read
+        // before its word 0 is reused as a list link.
+        self.for_each_table_page(&*pool, |t| pages.push(&*pool, t));
         pages.free_all(pool);
         pool.free_root(self.root, self.config.root_pages());
     }

@@ -346,7 +346,7 @@ fn range_args(args: [u64; 3]) -> Option<(Gfn, u64)> {
 
 fn conversion<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
     hyp: &Hypervisor<M, P, H>,
-    arch: &mut A,
+    _arch: &mut A,
     handle: GuestHandle,
     ctx: &mut VcpuContext,
     kind: ConversionKind,
@@ -356,7 +356,6 @@ fn conversion<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
         ret(ctx, [SMCCC_INVALID_PARAMETER, 0]);
         return Next::Resume;
     };
-    let _ = arch;
     match hyp
         .mem
         .guest_request_conversion(handle, Conversion { kind, gfn, pages })
