@@ -36,6 +36,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
+    if !matches!(command, Command::Help) {
+        workspace::ensure_toolchain();
+    }
     let result = match command {
         Command::Help => {
             print!("{}", args::USAGE);

@@ -50,6 +50,47 @@ fn rustc() -> Command {
     cmd
 }
 
+/// Makes sure the toolchain `rust-toolchain.toml` names has what the
+/// workspace needs: the `aarch64-unknown-none` target and the `clippy`,
+/// `rustfmt` and `llvm-tools` components. rustup installs the toolchain
+/// itself on first use, but does not always add the target and components
+/// the file lists to a toolchain that is already installed (seen here), so
+/// this adds whatever is missing, saying so. Without rustup, or if it fails,
+/// it says what to do and carries on (the build that needs them will fail
+/// with cargo's own message).
+pub fn ensure_toolchain() {
+    let rustup = |args: &[&str]| {
+        let mut cmd = Command::new("rustup");
+        cmd.current_dir(root()).args(args);
+        cmd
+    };
+    let Ok(targets) = process::stdout_of(&mut rustup(&["target", "list", "--installed"])) else {
+        eprintln!(
+            "==> rustup not found: make sure the {EL2_TARGET} target and llvm-tools are installed"
+        );
+        return;
+    };
+    if !targets.lines().any(|l| l.trim() == EL2_TARGET) {
+        println!("==> installing the {EL2_TARGET} target (rustup target add {EL2_TARGET})");
+        if let Err(e) = process::checked(&mut rustup(&["target", "add", EL2_TARGET])) {
+            eprintln!("==> could not add {EL2_TARGET}: {e}");
+        }
+    }
+    let components =
+        process::stdout_of(&mut rustup(&["component", "list", "--installed"])).unwrap_or_default();
+    for wanted in ["clippy", "rustfmt", "llvm-tools"] {
+        let have = components
+            .lines()
+            .any(|l| l.trim() == wanted || l.trim().starts_with(&format!("{wanted}-")));
+        if !have {
+            println!("==> installing the {wanted} component (rustup component add {wanted})");
+            if let Err(e) = process::checked(&mut rustup(&["component", "add", wanted])) {
+                eprintln!("==> could not add {wanted}: {e}");
+            }
+        }
+    }
+}
+
 /// The images `cargo qemu build` produces.
 #[derive(Debug, Clone)]
 pub struct Images {
