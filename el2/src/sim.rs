@@ -621,6 +621,34 @@ impl Default for Machine {
     }
 }
 
+impl Machine {
+    /// Splits a host access of `len` bytes at `pa` into page chunks checked
+    /// against the host stage-2, calling `f` with each chunk's address in
+    /// simulated RAM and its range in the caller's buffer.
+    fn host_chunks(
+        &self,
+        pa: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(*mut u8, core::ops::Range<usize>),
+    ) -> Result<(), host_interface::hypervisor::AccessFault> {
+        let mut done = 0usize;
+        while done < len {
+            let at = pa + done as u64;
+            let real = self
+                .host_pa(at, write)
+                .map_err(|_| host_interface::hypervisor::AccessFault { pa: at })?;
+            let chunk = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - done);
+            let page = self.ram.mem().page_ptr(PhysAddr(real & !(PAGE_SIZE - 1)));
+            // SAFETY: the offset is inside the page `page_ptr` returned.
+            let ptr = unsafe { page.as_ptr().add((real % PAGE_SIZE) as usize) };
+            f(ptr, done..done + chunk);
+            done += chunk;
+        }
+        Ok(())
+    }
+}
+
 impl host_interface::hypervisor::Hypervisor for Machine {
     fn call(
         &mut self,
@@ -645,25 +673,13 @@ impl host_interface::hypervisor::Hypervisor for Machine {
         pa: u64,
         buf: &mut [u8],
     ) -> Result<(), host_interface::hypervisor::AccessFault> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = pa + done as u64;
-            let fault = host_interface::hypervisor::AccessFault { pa: at };
-            let real = self.host_pa(at, false).map_err(|_| fault)?;
-            let chunk = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
-            let page = self.ram.mem().page_ptr(PhysAddr(real & !(PAGE_SIZE - 1)));
-            // SAFETY: the host stage-2 maps this RAM page readable for the
-            // host, and `chunk` stays inside it.
+        self.host_chunks(pa, buf.len(), false, |page, range| {
+            // SAFETY: `page` points into a RAM page the host stage-2 lets
+            // the host read, with at least `range.len()` bytes left in it.
             unsafe {
-                core::ptr::copy_nonoverlapping(
-                    page.as_ptr().add((real % PAGE_SIZE) as usize),
-                    buf[done..].as_mut_ptr(),
-                    chunk,
-                )
+                core::ptr::copy_nonoverlapping(page, buf[range.clone()].as_mut_ptr(), range.len())
             };
-            done += chunk;
-        }
-        Ok(())
+        })
     }
 
     fn write(
@@ -671,25 +687,13 @@ impl host_interface::hypervisor::Hypervisor for Machine {
         pa: u64,
         data: &[u8],
     ) -> Result<(), host_interface::hypervisor::AccessFault> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = pa + done as u64;
-            let fault = host_interface::hypervisor::AccessFault { pa: at };
-            let real = self.host_pa(at, true).map_err(|_| fault)?;
-            let chunk = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
-            let page = self.ram.mem().page_ptr(PhysAddr(real & !(PAGE_SIZE - 1)));
-            // SAFETY: the host stage-2 maps this RAM page writable for the
-            // host, and `chunk` stays inside it.
+        self.host_chunks(pa, data.len(), true, |page, range| {
+            // SAFETY: `page` points into a RAM page the host stage-2 lets
+            // the host write, with at least `range.len()` bytes left in it.
             unsafe {
-                core::ptr::copy_nonoverlapping(
-                    data[done..].as_ptr(),
-                    page.as_ptr().add((real % PAGE_SIZE) as usize),
-                    chunk,
-                )
+                core::ptr::copy_nonoverlapping(data[range.clone()].as_ptr(), page, range.len())
             };
-            done += chunk;
-        }
-        Ok(())
+        })
     }
 }
 
