@@ -14,7 +14,9 @@
 //!   `PMCR_EL0.N`, with HPMD (PMUv3p1) and HCCD (PMUv3p5) so the host's
 //!   counters do not count el2; `CPTR_EL2` = 0x22ff (no FP/SVE/SME traps; SVE and SME
 //!   vector lengths at their maximum when present); `ICC_SRE_EL2` = SRE |
-//!   Enable with a GICv3 system-register interface.
+//!   Enable with a GICv3 system-register interface; with FEAT_HCX,
+//!   `HCRX_EL2` enables the advertised EL1 features (MOPS, TCR2, SCTLR2,
+//!   GCS, FPMR) and traps nothing.
 //! - EL1 enters with `SCTLR_EL1` = its RES1 value (MMU and caches off) and
 //!   `SPSR_EL2` = EL1h with D, A, I, F masked.
 
@@ -120,6 +122,11 @@ fn configure_cpu(hyp: &Hypervisor) {
         // SAFETY: ICC_SRE_EL2 exists (GICv3 system registers); SRE | Enable
         // lets EL1 use the system-register interface.
         unsafe { msr!("icc_sre_el2", 0b1001u64) };
+    }
+    if sysreg::has_hcx() {
+        // SAFETY: HCRX_EL2 exists (FEAT_HCX); its reset value is UNKNOWN,
+        // so set it: the EL1 features the CPU advertises enabled, no traps.
+        unsafe { msr!("s3_4_c1_c2_2", sysreg::host_hcrx()) };
     }
     SCTLR_EL1.set(SCTLR_EL1_RESET);
 

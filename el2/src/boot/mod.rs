@@ -413,6 +413,15 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         sysreg::ticks_to_us(t0),
         sysreg::ticks_to_us(t1)
     );
+    if sysreg::has_hcx() {
+        log::info!(
+            "host controls: HCR_EL2 {:#x}, HCRX_EL2 {:#x} (FEAT_HCX)",
+            hyp.hcr,
+            sysreg::host_hcrx()
+        );
+    } else {
+        log::info!("host controls: HCR_EL2 {:#x}", hyp.hcr);
+    }
     log::info!(
         "entering the host at EL1: entry {:#x}, x0 = device tree {:#x}",
         prepared.entry,

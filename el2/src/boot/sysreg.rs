@@ -84,6 +84,57 @@ pub fn has_pauth() -> bool {
     f(isar1, 4) || f(isar1, 8) || f(isar1, 24) || f(isar1, 28) || f(isar2, 8) || f(isar2, 12)
 }
 
+/// `ID_AA64MMFR1_EL1.HCX` (bits 43:40) != 0: `HCRX_EL2` exists.
+pub fn has_hcx() -> bool {
+    (ID_AA64MMFR1_EL1.get() >> 40) & 0xf != 0
+}
+
+/// `HCRX_EL2.MSCEn`: EL1/EL0 may run the FEAT_MOPS memcpy/memset
+/// instructions (they UNDEF otherwise).
+const HCRX_MSCEN: u64 = 1 << 11;
+/// `HCRX_EL2.TCR2En`: `TCR2_EL1` takes effect and EL1 may access it.
+const HCRX_TCR2EN: u64 = 1 << 14;
+/// `HCRX_EL2.SCTLR2En`: `SCTLR2_EL1` takes effect and EL1 may access it.
+const HCRX_SCTLR2EN: u64 = 1 << 15;
+/// `HCRX_EL2.GCSEn`: EL1/EL0 may use the guarded control stack.
+const HCRX_GCSEN: u64 = 1 << 22;
+/// `HCRX_EL2.EnFPM`: `FPMR` is accessible and takes effect.
+const HCRX_ENFPM: u64 = 1 << 23;
+
+/// `HCRX_EL2` for the host, from the features the CPU reports (only
+/// meaningful when [`has_hcx`]).
+///
+/// The host owns its EL1 state, so every EL1 feature the ID registers
+/// advertise is enabled, the bits Linux's own EL2 setup sets: a Linux host
+/// that sees a feature in its ID registers uses it, and with the enable
+/// clear its accesses would trap here and be answered with UNDEF. Every
+/// trap and NMI-virtualisation bit stays clear; bits for absent features
+/// are RES0 and stay clear too.
+pub fn host_hcrx() -> u64 {
+    let field = |v: u64, shift: u32| (v >> shift) & 0xf != 0;
+    // ID_AA64MMFR3_EL1 and ID_AA64PFR2_EL1 by encoding: older assemblers
+    // lack the names; reserved ID registers read as zero.
+    let mmfr3 = mrs!("s3_0_c0_c7_3");
+    let pfr2 = mrs!("s3_0_c0_c4_2");
+    let mut hcrx = 0;
+    if field(mrs!("id_aa64isar2_el1"), 16) {
+        hcrx |= HCRX_MSCEN;
+    }
+    if field(mmfr3, 0) {
+        hcrx |= HCRX_TCR2EN;
+    }
+    if field(mmfr3, 4) {
+        hcrx |= HCRX_SCTLR2EN;
+    }
+    if field(mrs!("id_aa64pfr1_el1"), 44) {
+        hcrx |= HCRX_GCSEN;
+    }
+    if field(pfr2, 32) {
+        hcrx |= HCRX_ENFPM;
+    }
+    hcrx
+}
+
 /// The physical counter.
 pub fn counter() -> u64 {
     CNTPCT_EL0.get()
