@@ -258,16 +258,11 @@ fn machine_arg(extra: &str) -> String {
     format!("{MACHINE_OPTS},virtualization=on{extra}")
 }
 
-/// QEMU's arguments for `boot`.
-///
-/// `virtualization=on` gives the CPU EL2; `-semihosting` lets el2 set QEMU's
-/// exit status; `-no-reboot` turns a guest reset into an exit; `-nic none`
-/// avoids loading network option ROMs that a minimal QEMU install lacks.
-/// Host files go in with `-device loader,...,force-raw=on` so QEMU copies
-/// them to RAM as they are; see [`host_args`].
-pub fn boot_args(boot: &Boot<'_>) -> Result<Vec<String>, String> {
-    let machine = boot.machine;
-    let mut args: Vec<String> = vec!["-machine".to_owned(), machine_arg("")];
+/// `-machine <machine_value>` and the options that size the machine (CPU
+/// model, CPU count, memory, no network): the same in every command, so a
+/// dumped device tree matches the machine el2 boots on.
+fn machine_args(machine_value: String, machine: &Machine) -> Vec<String> {
+    let mut args = vec!["-machine".to_owned(), machine_value];
     args.extend(
         [
             "-cpu",
@@ -279,12 +274,23 @@ pub fn boot_args(boot: &Boot<'_>) -> Result<Vec<String>, String> {
             "-nographic",
             "-nic",
             "none",
-            "-semihosting",
-            "-no-reboot",
-            "-kernel",
         ]
         .map(str::to_owned),
     );
+    args
+}
+
+/// QEMU's arguments for `boot`.
+///
+/// `virtualization=on` gives the CPU EL2; `-semihosting` lets el2 set QEMU's
+/// exit status; `-no-reboot` turns a guest reset into an exit; `-nic none`
+/// avoids loading network option ROMs that a minimal QEMU install lacks.
+/// Host files go in with `-device loader,...,force-raw=on` so QEMU copies
+/// them to RAM as they are; see [`host_args`].
+pub fn boot_args(boot: &Boot<'_>) -> Result<Vec<String>, String> {
+    let machine = boot.machine;
+    let mut args = machine_args(machine_arg(""), machine);
+    args.extend(["-semihosting", "-no-reboot", "-kernel"].map(str::to_owned));
     args.push(boot.kernel.display().to_string());
     args.extend(host_args(&boot.host)?);
     if let Some(append) = boot.append {
@@ -311,48 +317,18 @@ pub fn boot_command(qemu: &Path, boot: &Boot<'_>) -> Result<Command, String> {
 /// QEMU's arguments that dump its device tree for `machine` (as
 /// [`boot_args`] would build it) to `path` and exit.
 pub fn dumpdtb_args(machine: &Machine, path: &Path) -> Vec<String> {
-    let mut args = vec![
-        "-machine".to_owned(),
+    machine_args(
         machine_arg(&format!(",dumpdtb={}", path.display())),
-    ];
-    args.extend(
-        [
-            "-cpu",
-            &machine.cpu,
-            "-smp",
-            &machine.smp.to_string(),
-            "-m",
-            &machine.mem,
-            "-nographic",
-            "-nic",
-            "none",
-        ]
-        .map(str::to_owned),
-    );
-    args
+        machine,
+    )
 }
 
 /// QEMU's arguments that boot Linux directly at EL1, without el2 (no
 /// `virtualization=on`; QEMU's own loader, PSCI over HVC): the
 /// benchmark's baseline.
 pub fn direct_args(machine: &Machine, kernel: &Path, initrd: &Path, append: &str) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-machine",
-        MACHINE_OPTS,
-        "-cpu",
-        &machine.cpu,
-        "-smp",
-        &machine.smp.to_string(),
-        "-m",
-        &machine.mem,
-        "-nographic",
-        "-nic",
-        "none",
-        "-no-reboot",
-        "-kernel",
-    ]
-    .map(str::to_owned)
-    .into();
+    let mut args = machine_args(MACHINE_OPTS.to_owned(), machine);
+    args.extend(["-no-reboot", "-kernel"].map(str::to_owned));
     args.push(kernel.display().to_string());
     args.push("-initrd".to_owned());
     args.push(initrd.display().to_string());
