@@ -342,6 +342,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dumpdtb_and_direct_lines_size_the_machine_like_el2_boots() {
+        let machine = Machine::default();
+        assert_eq!(
+            dumpdtb_args(&machine, Path::new("virt.dtb")).join(" "),
+            "-machine virt,gic-version=3,its=off,virtualization=on,dumpdtb=virt.dtb \
+             -cpu cortex-a72 -smp 2 -m 1G -nographic -nic none"
+        );
+        assert_eq!(
+            direct_args(&machine, Path::new("Image"), Path::new("initrd"), "quiet").join(" "),
+            "-machine virt,gic-version=3,its=off -cpu cortex-a72 -smp 2 -m 1G -nographic \
+             -nic none -no-reboot -kernel Image -initrd initrd -append quiet"
+        );
+    }
+
+    #[test]
     fn default_boot_line() {
         let machine = Machine::default();
         let boot = Boot {
