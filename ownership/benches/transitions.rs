@@ -47,40 +47,16 @@ use ownership::{
     MemRegion, Ownership, PageEntry, Pfn,
 };
 use stage2::testing::ArenaPool;
+use stage2::tlb::record::NoopTlb;
 use stage2::{
-    Ipa, LeafAttrs, Level, PAGE_SIZE, PaRange, PageState as S2State, Perms, PhysAddr, Stage2,
-    Stage2Config, Stats, TlbMaintenance,
+    Ipa, LeafAttrs, PAGE_SIZE, PaRange, PageState as S2State, Perms, PhysAddr, Stage2,
+    Stage2Config, Stats,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Set-up.
-
-/// TLB maintenance that does nothing: recording would add allocation to
-/// the timings.
-struct NoopTlb;
-
-impl TlbMaintenance for NoopTlb {
-    #[inline]
-    fn dsb_ishst(&mut self) {}
-    #[inline]
-    fn dsb_ish(&mut self) {}
-    #[inline]
-    fn isb(&mut self) {}
-    #[inline]
-    fn tlbi_ipas2e1is(&mut self, _ipa: Ipa, _level: Option<Level>) {}
-    #[inline]
-    fn tlbi_vmalle1is(&mut self) {}
-    #[inline]
-    fn tlbi_vmalls12e1is(&mut self) {}
-    #[inline]
-    fn switch_vttbr(&mut self, vttbr: u64) -> u64 {
-        vttbr
-    }
-    #[inline]
-    fn restore_vttbr(&mut self, _previous: u64) {}
-}
 
 const RAM_BASE: u64 = 0x4000_0000;
 const RAM_PAGES: u64 = 4096;

@@ -33,9 +33,9 @@ use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{Constraints, MemoryRegion, Stage2 as Stage2Regime};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use stage2::testing::ArenaPool;
+use stage2::tlb::record::NoopTlb;
 use stage2::{
-    BlockPolicy, Ipa, LeafAttrs, Level, Op, PAGE_SIZE, PaRange, Perms, PhysAddr, Stage2,
-    Stage2Config, TlbMaintenance,
+    BlockPolicy, Ipa, LeafAttrs, Op, PAGE_SIZE, PaRange, Perms, PhysAddr, Stage2, Stage2Config,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -128,31 +128,6 @@ fn minor_faults() -> Option<u64> {
 
 // ---------------------------------------------------------------------------
 // stage2.
-
-/// TLB maintenance that does nothing: the host has no stage-2 TLB, and
-/// recording would add allocation to the timings.
-struct NoopTlb;
-
-impl TlbMaintenance for NoopTlb {
-    #[inline]
-    fn dsb_ishst(&mut self) {}
-    #[inline]
-    fn dsb_ish(&mut self) {}
-    #[inline]
-    fn isb(&mut self) {}
-    #[inline]
-    fn tlbi_ipas2e1is(&mut self, _ipa: Ipa, _level: Option<Level>) {}
-    #[inline]
-    fn tlbi_vmalle1is(&mut self) {}
-    #[inline]
-    fn tlbi_vmalls12e1is(&mut self) {}
-    #[inline]
-    fn switch_vttbr(&mut self, vttbr: u64) -> u64 {
-        vttbr
-    }
-    #[inline]
-    fn restore_vttbr(&mut self, _previous: u64) {}
-}
 
 const OURS_ATTRS: LeafAttrs = LeafAttrs::normal(Perms::RW);
 

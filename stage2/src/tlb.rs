@@ -157,6 +157,32 @@ pub mod record {
         current: u64,
     }
 
+    /// Issues nothing: for benchmarks, where recording would add
+    /// allocation to the timings (the host has no stage-2 TLB).
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct NoopTlb;
+
+    impl TlbMaintenance for NoopTlb {
+        #[inline]
+        fn dsb_ishst(&mut self) {}
+        #[inline]
+        fn dsb_ish(&mut self) {}
+        #[inline]
+        fn isb(&mut self) {}
+        #[inline]
+        fn tlbi_ipas2e1is(&mut self, _ipa: Ipa, _level: Option<Level>) {}
+        #[inline]
+        fn tlbi_vmalle1is(&mut self) {}
+        #[inline]
+        fn tlbi_vmalls12e1is(&mut self) {}
+        #[inline]
+        fn switch_vttbr(&mut self, vttbr: u64) -> u64 {
+            vttbr
+        }
+        #[inline]
+        fn restore_vttbr(&mut self, _previous: u64) {}
+    }
+
     impl RecordingTlb {
         /// An empty recorder.
         pub fn new() -> RecordingTlb {
