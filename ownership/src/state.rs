@@ -648,17 +648,28 @@ pub(crate) fn slot(
 }
 
 /// `EINVAL` unless `[pfn, pfn + n)` is RAM in one region; `EPERM` unless
-/// every page is host-owned and not shared.
-pub(crate) fn check_host_owned(table: &OwnershipTable, pfn: Pfn, n: u64) -> Result<(), Errno> {
+/// every page's entry is `expected`.
+pub(crate) fn check_entries(
+    table: &OwnershipTable,
+    pfn: Pfn,
+    n: u64,
+    expected: PageEntry,
+) -> Result<(), Errno> {
     if !table.is_ram(pfn, n) {
         return Err(Errno::Einval);
     }
     for i in 0..n {
-        if table.get(Pfn(pfn.0 + i)) != Some(PageEntry::HOST_OWNED) {
+        if table.get(Pfn(pfn.0 + i)) != Some(expected) {
             return Err(Errno::Eperm);
         }
     }
     Ok(())
+}
+
+/// `EINVAL` unless `[pfn, pfn + n)` is RAM in one region; `EPERM` unless
+/// every page is host-owned and not shared.
+pub(crate) fn check_host_owned(table: &OwnershipTable, pfn: Pfn, n: u64) -> Result<(), Errno> {
+    check_entries(table, pfn, n, PageEntry::HOST_OWNED)
 }
 
 /// Calls `f` with the state and frame of every page of `[gfn, gfn + n)`

@@ -11,8 +11,9 @@ use crate::mem::{HypMappings, PhysMem, wipe};
 use crate::memcache::MemcachePool;
 use crate::state::{
     Conversion, ConversionKind, Guest, HostMmu, MemView, Ownership, Plan, SPARE_BLOCK_SHARE,
-    check_host_owned, for_each_guest_page, guest_annotation, guest_attrs, guest_page,
-    host_annotate, host_map, hyp_annotation, poison_annotation, relinquished_annotation, slot,
+    check_entries, check_host_owned, for_each_guest_page, guest_annotation, guest_attrs,
+    guest_page, host_annotate, host_map, hyp_annotation, poison_annotation,
+    relinquished_annotation, slot,
 };
 use crate::table::{MAX_GFN, OwnershipTable, PageEntry};
 use crate::types::{BLOCK_PAGES, Extent, Gfn, GuestHandle, GuestPageState, Owner, PageState, Pfn};
@@ -275,11 +276,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
     /// Ends a secure-world share: SO/N (no guest shares) → O/N.
     pub fn host_unshare_ffa(&self, pfn: Pfn, n: u64) -> Result<(), Errno> {
         let mut host = self.host.lock();
-        check_ram(&host.table, pfn, n)?;
-        let ffa = PageEntry::host_owned(SO, N, 0, 0);
-        if (0..n).any(|i| entry(&host.table, Pfn(pfn.0 + i)) != ffa) {
-            return Err(Errno::Eperm);
-        }
+        check_entries(&host.table, pfn, n, PageEntry::host_owned(SO, N, 0, 0))?;
         for i in 0..n {
             host.table.set(Pfn(pfn.0 + i), PageEntry::HOST_OWNED);
         }
@@ -319,10 +316,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
         let h = &mut *host;
-        check_ram(&h.table, pfn, n)?;
-        if (0..n).any(|i| entry(&h.table, Pfn(pfn.0 + i)) != PageEntry::HYP_OWNED) {
-            return Err(Errno::Eperm);
-        }
+        check_entries(&h.table, pfn, n, PageEntry::HYP_OWNED)?;
         let mut plan = Plan::new();
         plan.add(&h.s2, &h.pool, host_map(pfn, n))?;
         let mut r = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
