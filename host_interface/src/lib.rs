@@ -7,6 +7,9 @@
 //! - [`hypervisor`]: the [`hypervisor::Hypervisor`] conduit (real HVC on
 //!   aarch64; `el2::sim::Machine` in process).
 //! - [`gmem`]: the guest_memfd model (attributes, folios, pins).
+//! - [`platform`]: the guest's virtual platform (IPA layout, devices)
+//!   and the test device protocol, shared with test guests.
+//! - [`guestdesc`]: how the runner tells the test host which guest to run.
 //! - [`vm`]: the VM layer (memslots, in-place conversion, the vCPU run loop)
 //!   and the crosvm-shaped VMM API ([`vm::Vm`], [`vm::Vcpu`],
 //!   [`vm::VcpuExit`]).
@@ -19,6 +22,8 @@ extern crate alloc;
 
 pub mod abi;
 pub mod gmem;
+pub mod guestdesc;
 pub mod hypervisor;
 pub mod kvm;
+pub mod platform;
 pub mod vm;
