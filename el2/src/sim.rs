@@ -54,6 +54,14 @@ pub enum GuestOp {
         /// Byte.
         byte: u8,
     },
+    /// SMC with x0 = `id`, x1..x3 = `args` (the SMCCC conduit el2 also
+    /// serves); the result is logged like an HVC's.
+    Smc {
+        /// Function id.
+        id: u64,
+        /// x1..x3.
+        args: [u64; 3],
+    },
     /// WFI.
     Wfi,
     /// An instruction the hypervisor does not handle (e.g. a trapped
@@ -145,6 +153,15 @@ pub struct SimArch {
     pub tlb: SimTlb,
     /// Pages handed to the hypervisor's allocator.
     pub allocator_pages: u64,
+    /// The vCPU loaded on this CPU (between `vcpu_load` and `vcpu_put`):
+    /// the simulation checks the core pairs them and runs only the loaded
+    /// vCPU.
+    pub loaded: Option<(u16, usize)>,
+    /// `vcpu_load` calls so far.
+    pub loads: u64,
+    /// `(pc, x0)` of each vCPU when its script first ran: where and with
+    /// what the hypervisor started it.
+    pub entries: BTreeMap<(u16, usize), (u64, u64)>,
 }
 
 /// Why a simulated translation failed, at which level.
@@ -244,6 +261,9 @@ impl SimArch {
             events: Vec::new(),
             tlb: SimTlb::default(),
             allocator_pages: 0,
+            loaded: None,
+            loads: 0,
+            entries: BTreeMap::new(),
         }
     }
 
@@ -306,11 +326,35 @@ impl Arch for SimArch {
         &mut self.tlb
     }
 
+    fn vcpu_load(&mut self, vcpu: VcpuRef, _ctx: &mut VcpuContext) {
+        assert_eq!(self.loaded, None, "vcpu_load with a vCPU already loaded");
+        self.loaded = Some((vcpu.handle.0, vcpu.index));
+        self.loads += 1;
+    }
+
+    fn vcpu_put(&mut self, vcpu: VcpuRef, _ctx: &mut VcpuContext) {
+        assert_eq!(
+            self.loaded,
+            Some((vcpu.handle.0, vcpu.index)),
+            "vcpu_put of a vCPU that is not loaded"
+        );
+        self.loaded = None;
+    }
+
     fn run_vcpu(&mut self, vcpu: VcpuRef, ctx: &mut VcpuContext) -> Trap {
+        assert_eq!(
+            self.loaded,
+            Some((vcpu.handle.0, vcpu.index)),
+            "run_vcpu of a vCPU that is not loaded"
+        );
         let mem = self.mem;
         let Some(script) = self.scripts.get_mut(&(vcpu.handle.0, vcpu.index)) else {
             return Trap::Other { esr: u64::MAX };
         };
+        if script.base.is_none() {
+            self.entries
+                .insert((vcpu.handle.0, vcpu.index), (ctx.pc, ctx.x[0]));
+        }
         let base = *script.base.get_or_insert(ctx.pc);
         // Report how the outstanding trap ended: skipped past (done) or
         // left at the same step (retried).
@@ -318,7 +362,7 @@ impl Arch for SimArch {
             && ctx.pc == base.wrapping_add(step as u64 + 1)
         {
             let event = match script.ops[step] {
-                GuestOp::Hvc { .. } => Some(SimEvent::HvcReturned {
+                GuestOp::Hvc { .. } | GuestOp::Smc { .. } => Some(SimEvent::HvcReturned {
                     vcpu: vcpu.index,
                     step,
                     x: [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]],
@@ -342,7 +386,7 @@ impl Arch for SimArch {
                 // The end of the script powers the guest off.
                 ctx.x[..4].copy_from_slice(&[0x8400_0008, 0, 0, 0]);
                 ctx.pc += 1;
-                return Trap::Hvc;
+                return Trap::Hvc { imm: 0 };
             };
             match op {
                 GuestOp::Hvc { id, args } => {
@@ -350,7 +394,15 @@ impl Arch for SimArch {
                     ctx.x[1..4].copy_from_slice(&args);
                     ctx.pc += 1;
                     script.trapped = Some(step);
-                    return Trap::Hvc;
+                    return Trap::Hvc { imm: 0 };
+                }
+                GuestOp::Smc { id, args } => {
+                    ctx.x[0] = id;
+                    ctx.x[1..4].copy_from_slice(&args);
+                    // el2 steps past a trapped SMC before reporting it.
+                    ctx.pc += 1;
+                    script.trapped = Some(step);
+                    return Trap::Smc { imm: 0 };
                 }
                 GuestOp::Store { ipa, value } => {
                     ctx.x[1] = value;
@@ -378,6 +430,8 @@ impl Arch for SimArch {
                                 isv: true,
                                 size: 8,
                                 reg: 1,
+                                sign: false,
+                                wide: true,
                             });
                         }
                     }
@@ -408,6 +462,8 @@ impl Arch for SimArch {
                             isv: true,
                             size: 8,
                             reg: 1,
+                            sign: false,
+                            wide: true,
                         });
                     }
                 },
@@ -437,6 +493,8 @@ impl Arch for SimArch {
                                 isv: false,
                                 size: 0,
                                 reg: 0,
+                                sign: false,
+                                wide: false,
                             });
                         }
                     }

@@ -73,7 +73,7 @@ fn version_unknown_ids_and_reserved_registers() {
     let r = m.raw_call([HostCall::Version.id() | SMCCC_SVE_HINT, 0, 0, 0, 0, 0]);
     assert!(r.is_ok());
     for id in [
-        HOST_CALL_BASE + 20,
+        HOST_CALL_BASE + HostCall::ALL.len() as u64,
         HOST_CALL_BASE + 0xffff,
         0x8400_0000,
         0,
@@ -473,18 +473,15 @@ fn guest_call_errors() {
         SMCCC_NOT_SUPPORTED as u64
     );
     assert_eq!(m.arch.hvc_result(0, 7).unwrap()[0], 0x1_0001, "SMCCC 1.1");
-    // PSCI CPU_ON goes to the host, which answers it.
+    // CPU_ON of a vCPU the VM does not have: refused at EL2, no exit.
     assert_eq!(
-        exit,
-        Exit::Hypercall {
-            id: 0x8400_0003,
-            args: [1, 0x1000, 0]
-        }
+        m.arch.hvc_result(0, 8).unwrap()[0],
+        (-2i64) as u64,
+        "INVALID_PARAMETERS"
     );
-    let exit = run_with(&mut m, h, (-2i64) as u64, 0);
-    assert_eq!(m.arch.hvc_result(0, 8).unwrap()[0], (-2i64) as u64);
-    // An undefined trap stops the vCPU for good.
-    assert!(matches!(exit, Exit::Unhandled { esr, .. } if esr == 0x18 << 26));
+    // An undefined trap stops the vCPU for good; the host learns the
+    // exception class only.
+    assert_eq!(exit, Exit::Stopped { ec: 0x18 });
     assert_eq!(err(m.call(HostCall::VcpuRun, &[h, 0])), errno::EINVAL);
     assert_eq!(m.hyp.vcpu_waiting(handle(h), 0), Ok(Waiting::Stopped));
     m.check();
@@ -528,9 +525,14 @@ fn vm_and_vcpu_arguments_are_checked() {
     );
     // vCPUs.
     assert_eq!(
-        err(m.call(HostCall::VcpuRun, &[h, 0])),
+        ok(m.call(HostCall::VcpuRun, &[h, 0])),
+        Exit::PoweredOff.to_regs(),
+        "not started: off"
+    );
+    assert_eq!(
+        err(m.call(HostCall::VcpuRun, &[h, 0, RUN_COMPLETE_ACCESS, 0, 0])),
         errno::EINVAL,
-        "not initialised"
+        "completing a run of a vCPU that is off"
     );
     assert_eq!(
         err(m.call(HostCall::VcpuInit, &[h, 2, 0, 0])),
@@ -751,4 +753,186 @@ fn a_share_the_host_cannot_back_fails_with_invalid_parameter() {
         err(m.call(HostCall::VcpuRun, &[h, 0, RUN_FAIL_ACCESS])),
         errno::EINVAL
     );
+}
+
+/// A VM with `vcpus` vCPUs, vCPU 0 started at entry 0.
+fn vm_n(m: &mut Machine, vcpus: u64) -> u64 {
+    let h = ok(m.call(HostCall::VmCreate, &[40, PGD, META, vcpus]))[0];
+    ok(m.call(HostCall::VcpuInit, &[h, 0, 0, 0]));
+    ok(m.call(HostCall::MemcacheTopup, &[h, MC, 16]));
+    h
+}
+
+fn run_vcpu(m: &mut Machine, h: u64, vcpu: u64, complete: Option<u64>) -> Exit {
+    let args = match complete {
+        Some(v) => vec![h, vcpu, RUN_COMPLETE_ACCESS, v, 0],
+        None => vec![h, vcpu],
+    };
+    let r = m.call(HostCall::VcpuRun, &args);
+    m.check();
+    r.exit().unwrap_or_else(|| panic!("run failed: {r:?}"))
+}
+
+const NEG: fn(i64) -> u64 = |v| v as u64;
+
+#[test]
+fn psci_discovery_is_answered_at_el2() {
+    let mut m = Machine::new();
+    let h = vm_n(&mut m, 2);
+    m.arch.script(
+        handle(h),
+        0,
+        vec![
+            hvc(0x8400_0000, [0; 3]),              // PSCI_VERSION
+            hvc(0x8400_000a, [0x8000_0000, 0, 0]), // FEATURES(SMCCC_VERSION)
+            hvc(0x8400_000a, [0xc400_0003, 0, 0]), // FEATURES(CPU_ON64)
+            hvc(0x8400_000a, [0x8400_0005, 0, 0]), // FEATURES(MIGRATE): no
+            hvc(0x8400_0006, [0; 3]),              // MIGRATE_INFO_TYPE
+            hvc(0xffff_ffff_8000_0000, [0; 3]),    // upper half ignored
+            GuestOp::Smc {
+                id: 0x8000_0000,
+                args: [0; 3],
+            }, // the SMC conduit
+            hvc(0x8000_0001, [0x8000_8000, 0, 0]), // WORKAROUND_1: not claimed
+            hvc(0x8000_0001, [0x8000_0001, 0, 0]), // ARCH_FEATURES itself
+            hvc(0x8400_0005, [0; 3]),              // MIGRATE: not supported
+            hvc(0xc400_0004, [1, 0, 0]),           // AFFINITY_INFO(1): off
+            hvc(0xc400_0004, [1, 1, 0]),           // level 1: refused
+            hvc(0xc400_0004, [9, 0, 0]),           // no such vCPU
+            hvc(0xc400_0004, [0, 0, 0]),           // itself: on
+            hvc(0xc400_0003, [0, 0x1000, 0]),      // CPU_ON itself: already on
+            hvc(0xc400_0003, [2, 0x1000, 0]),      // no vCPU 2
+            hvc(0xc400_0003, [1 << 8, 0x1000, 0]), // Aff1 set: no such vCPU
+            hvc(0xc400_0012, [1, 0, 0]),           // SYSTEM_RESET2 type 1: invalid
+            hvc(0xc400_0001, [0, 0, 0]),           // CPU_SUSPEND: a WFI
+        ],
+    );
+    let exit = run(&mut m, h);
+    assert_eq!(exit, Exit::Wfi, "CPU_SUSPEND waits like WFI");
+    let x0 = |m: &Machine, step| m.arch.hvc_result(0, step).unwrap()[0];
+    let want = [
+        0x1_0001,
+        0,
+        0,
+        NEG(-1),
+        2,
+        0x1_0001,
+        0x1_0001,
+        NEG(-1),
+        0,
+        NEG(-1),
+        1,
+        NEG(-2),
+        NEG(-2),
+        0,
+        NEG(-4),
+        NEG(-2),
+        NEG(-2),
+        NEG(-2),
+    ];
+    for (step, w) in want.into_iter().enumerate() {
+        assert_eq!(x0(&m, step), w, "step {step}");
+    }
+    // The suspend returns SUCCESS when the vCPU runs again; the end of
+    // the script powers off.
+    assert_eq!(run(&mut m, h), Exit::SystemEvent { kind: 0 });
+    assert_eq!(x0(&m, 18), 0);
+}
+
+#[test]
+fn cpu_on_is_checked_at_el2_and_decided_by_the_host() {
+    let mut m = Machine::new();
+    let h = vm_n(&mut m, 2);
+    let cpu_on = hvc(0xc400_0003, [1, 0x8000_1000, 42]);
+    m.arch.script(
+        handle(h),
+        0,
+        vec![
+            cpu_on,
+            cpu_on,
+            cpu_on,
+            hvc(0x8400_0003, [0x1_0000_0001, 0x8000_2000, 43]), // SMC32: truncated
+            hvc(0xc400_0004, [1, 0, 0]),
+            cpu_on,
+        ],
+    );
+    // Off until the guest starts it.
+    assert_eq!(run_vcpu(&mut m, h, 1, None), Exit::PoweredOff);
+    // 1. The host refuses with a PSCI error: the guest gets it.
+    let exit = run(&mut m, h);
+    assert_eq!(
+        exit,
+        Exit::Hypercall {
+            id: 0xc400_0003,
+            args: [1, 0x8000_1000, 42]
+        }
+    );
+    assert_eq!(
+        m.hyp.vcpu_power(handle(h), 1),
+        Ok(el2::hyp::vm::Power::OnPending)
+    );
+    assert_eq!(run_vcpu(&mut m, h, 1, None), Exit::PoweredOff, "pending");
+    let exit = run_vcpu(&mut m, h, 0, Some(NEG(-9)));
+    assert_eq!(m.arch.hvc_result(0, 0).unwrap()[0], NEG(-9));
+    // 2. (The next CPU_ON is pending again.) The host answers nonsense:
+    // INTERNAL_FAILURE.
+    assert!(matches!(exit, Exit::Hypercall { .. }));
+    let exit = run_vcpu(&mut m, h, 0, Some(5));
+    assert_eq!(m.arch.hvc_result(0, 1).unwrap()[0], NEG(-6));
+    // 3. The host runs the caller without answering: NOT_SUPPORTED.
+    assert!(matches!(exit, Exit::Hypercall { .. }));
+    let exit = run_vcpu(&mut m, h, 0, None);
+    assert_eq!(m.arch.hvc_result(0, 2).unwrap()[0], NEG(-1));
+    // 4. A 32-bit CPU_ON: arguments truncated; the host agrees.
+    assert_eq!(
+        exit,
+        Exit::Hypercall {
+            id: 0x8400_0003,
+            args: [1, 0x8000_2000, 43]
+        }
+    );
+    m.arch.script(
+        handle(h),
+        1,
+        vec![hvc(0x8400_0000, [0; 3]), hvc(0x8400_0002, [0; 3])],
+    );
+    let exit = run_vcpu(&mut m, h, 0, Some(0));
+    assert_eq!(m.arch.hvc_result(0, 3).unwrap()[0], 0, "CPU_ON succeeded");
+    assert_eq!(m.arch.hvc_result(0, 4).unwrap()[0], 0, "AFFINITY_INFO: on");
+    assert_eq!(m.arch.hvc_result(0, 5).unwrap()[0], NEG(-4), "ALREADY_ON");
+    assert_eq!(
+        exit,
+        Exit::SystemEvent { kind: 0 },
+        "end of vCPU 0's script"
+    );
+    // The target starts where the guest said, with its context id; it
+    // turns itself off with CPU_ON's counterpart.
+    assert_eq!(run_vcpu(&mut m, h, 1, None), Exit::PoweredOff, "CPU_OFF");
+    assert_eq!(m.arch.hvc_result(1, 0).unwrap()[0], 0x1_0001);
+    assert_eq!(m.arch.entries.get(&(h as u16, 1)), Some(&(0x8000_2000, 43)));
+    assert_eq!(m.hyp.vcpu_power(handle(h), 1), Ok(el2::hyp::vm::Power::Off));
+    assert_eq!(run_vcpu(&mut m, h, 1, None), Exit::PoweredOff, "stays off");
+    // The host's VcpuInit can no longer steer any vCPU.
+    assert_eq!(
+        err(m.call(HostCall::VcpuInit, &[h, 1, 0x6666, 0])),
+        errno::EPERM,
+        "the VM has run: only the guest starts vCPUs"
+    );
+    m.check();
+}
+
+#[test]
+fn host_stats_count_the_hosts_memory() {
+    let mut m = Machine::new();
+    let before = ok(m.call(HostCall::HostStats, &[]));
+    assert_eq!(err(m.call(HostCall::HostStats, &[1])), errno::EINVAL);
+    let h = vm(&mut m, 16);
+    let during = ok(m.call(HostCall::HostStats, &[]));
+    // PGD (2), metadata (4) and memcache (16) pages left the host.
+    assert_eq!(during[0], before[0] - 2 - VM_META_PAGES - 16);
+    assert!(during[1] > before[1], "the donations split host blocks");
+    ok(m.call(HostCall::TeardownStart, &[h]));
+    ok(m.call(HostCall::TeardownFinish, &[h]));
+    let after = ok(m.call(HostCall::HostStats, &[]));
+    assert_eq!(after, before, "everything back, blocks merged again");
 }

@@ -99,7 +99,7 @@ proptest! {
     #[test]
     fn random_host_and_guest_actions(steps in prop::collection::vec(step(), 1..40)) {
         let mut m = Machine::new();
-        for (i, (pgd, meta, mc)) in [(0x100u64, 0x102u64, 0x110u64), (0x104, 0x106, 0x130)].into_iter().enumerate() {
+        for (i, (pgd, meta, mc)) in [(0x100u64, 0x108u64, 0x110u64), (0x104, 0x10c, 0x130)].into_iter().enumerate() {
             let r = m.call(HostCall::VmCreate, &[40, RAM + pgd, RAM + meta, 1]);
             prop_assert!(r.is_ok());
             prop_assert_eq!(r.vals[0], 0x1000 + i as u64);

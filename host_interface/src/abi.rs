@@ -18,8 +18,8 @@
 //! | 0 | `Version` | – | – | – | – | – | x2 = [`ABI_VERSION`] |
 //! | 1 | `ShareHyp` | pfn | – | – | – | – | – |
 //! | 2 | `UnshareHyp` | pfn | – | – | – | – | – |
-//! | 3 | `VmCreate` | ipa_bits | pgd pfn | meta pfn | vcpus | – | x2 = handle |
-//! | 4 | `VcpuInit` | handle | vcpu | entry IPA | x0 for the vCPU | – | – |
+//! | 3 | `VmCreate` | ipa_bits | pgd pfn | meta pfn ([`VM_META_PAGES`] pages) | vcpus | – | x2 = handle |
+//! | 4 | `VcpuInit` | handle | vcpu | entry IPA | x0 for the vCPU | – | – (only before the VM's first run) |
 //! | 5 | `MemcacheTopup` | handle | pfn | pages | – | – | – |
 //! | 6 | `ShareGuest` | handle | pfn | gfn | pages (1 or 512) | – | – |
 //! | 7 | `UnshareGuest` | handle | gfn | pages (1 or 512) | – | – | – |
@@ -35,6 +35,20 @@
 //! | 17 | `GuestPageState` | handle | gfn | – | – | – | x2 = [`GuestState`], x3 = pfn or `u64::MAX` |
 //! | 18 | `Finalize` | – | – | – | – | – | init-only: seals itself and every init-only call |
 //! | 19 | `HypPoolDonate` | pfn | pages | – | – | – | init-only: pages for the hypervisor's allocator |
+//! | 20 | `HostStats` | – | – | – | – | – | x2 = host-owned pages, x3 = host stage-2 leaves, x4 = its table pages, x5 = its annotated entries |
+//!
+//! # Starting vCPUs
+//!
+//! The host sets the entry point of the vCPUs it starts itself with
+//! `VcpuInit`, which is only accepted before any vCPU of the VM has run
+//! (it cannot steer a protected guest's vCPU later). Every other vCPU is
+//! started by the guest: its PSCI `CPU_ON` names the target, the entry
+//! point and the context id; el2 checks the target (a vCPU of this VM,
+//! off, with no other `CPU_ON` pending) and asks the host with an
+//! [`Exit::Hypercall`]; if the host completes it with x0 = 0 the target is
+//! reset at the guest's entry point with the guest's context id in x0 (the
+//! host never chooses them), else the call fails with the host's x0.
+//! Running a vCPU that is off returns [`Exit::PoweredOff`] at once.
 //!
 //! # Guest calls (DESIGN §4, pKVM-compatible)
 //!
@@ -59,7 +73,12 @@ pub const HOST_CALL_BASE: u64 = 0xC600_0000;
 
 /// ABI version returned by [`HostCall::Version`]: major in bits 31:16,
 /// minor in 15:0.
-pub const ABI_VERSION: u64 = 1 << 16;
+pub const ABI_VERSION: u64 = 2 << 16;
+
+/// Pages of metadata the host donates at `VmCreate` (physically
+/// contiguous from the `meta` pfn): the VM's vCPU contexts live there,
+/// in hypervisor memory, for the VM's life.
+pub const VM_META_PAGES: u64 = 4;
 
 /// Linux errno values, returned negated in `x1`.
 pub mod errno {
@@ -129,11 +148,13 @@ pub enum HostCall {
     Finalize = 18,
     /// Give pages to the hypervisor's allocator (init only).
     HypPoolDonate = 19,
+    /// Counts of the host's memory: owned pages, stage-2 leaves and tables.
+    HostStats = 20,
 }
 
 impl HostCall {
     /// Every call, in number order.
-    pub const ALL: [HostCall; 20] = [
+    pub const ALL: [HostCall; 21] = [
         HostCall::Version,
         HostCall::ShareHyp,
         HostCall::UnshareHyp,
@@ -154,6 +175,7 @@ impl HostCall {
         HostCall::GuestPageState,
         HostCall::Finalize,
         HostCall::HypPoolDonate,
+        HostCall::HostStats,
     ];
 
     /// The SMCCC function id.
@@ -324,9 +346,12 @@ pub enum Exit {
         /// the host cannot, [`RUN_FAIL_ACCESS`] makes the call fail.
         hvc: bool,
     },
-    /// A hypercall the hypervisor does not handle (e.g. PSCI): x3 = the
-    /// function id, x4..x6 = the guest's x1..x3. The host writes the
-    /// result with the next run's registers.
+    /// A hypercall for the host: x3 = the function id, x4..x6 = the
+    /// guest's x1..x3 (32-bit calls: the low halves). The host answers
+    /// with the next run ([`RUN_COMPLETE_ACCESS`]; without it the guest
+    /// gets NOT_SUPPORTED). Today this is only PSCI `CPU_ON`, which el2
+    /// has already checked (see "Starting vCPUs" above): x0 = 0 starts the
+    /// target, anything else fails the call with that value.
     Hypercall {
         /// Function id.
         id: u64,
@@ -352,17 +377,25 @@ pub enum Exit {
         /// Pages needed.
         pages: u64,
     },
-    /// The vCPU halted (WFI): run it again when there is work.
+    /// The vCPU halted (WFI, WFE, PSCI CPU_SUSPEND): run it again when
+    /// there is work.
     Wfi,
-    /// A trap the hypervisor cannot handle or hand on (e.g. a permission
-    /// fault on a page mapped read/write/execute): x3 = ESR, x4 = PC. The
-    /// vCPU is stopped; running it again gives `-EINVAL`.
-    Unhandled {
-        /// Exception syndrome (or the simulator's code).
-        esr: u64,
-        /// Guest PC of the trapping instruction.
-        pc: u64,
+    /// A trap the hypervisor cannot handle or hand on (e.g. an SError, a
+    /// permission fault on a page mapped read/write/execute): x3 = the
+    /// exception class (ESR_EL2.EC) of the trap, and nothing else — a
+    /// protected guest's registers and syndrome stay private. The vCPU is
+    /// stopped; running it again gives `-EINVAL`.
+    Stopped {
+        /// ESR_EL2.EC of the trap (or the simulator's code).
+        ec: u64,
     },
+    /// A physical interrupt arrived while the guest ran (or el2 ended the
+    /// run to bound its time): the host takes it once it is back at EL1;
+    /// run the vCPU again when it likes.
+    Interrupted,
+    /// The vCPU is off (never started, or it called PSCI `CPU_OFF`):
+    /// nothing ran. The guest starts it again with `CPU_ON`.
+    PoweredOff,
 }
 
 /// [`HostCall::VcpuRun`] x3 flag: the host cannot map the address of the
@@ -412,7 +445,9 @@ impl Exit {
             Exit::Relinquished { gpa, size } => [6, gpa, size, 0, 0],
             Exit::MemcacheEmpty { pages } => [7, pages, 0, 0, 0],
             Exit::Wfi => [8, 0, 0, 0, 0],
-            Exit::Unhandled { esr, pc } => [9, esr, pc, 0, 0],
+            Exit::Stopped { ec } => [9, ec, 0, 0, 0],
+            Exit::Interrupted => [10, 0, 0, 0, 0],
+            Exit::PoweredOff => [11, 0, 0, 0, 0],
         }
     }
 
@@ -445,10 +480,9 @@ impl Exit {
             },
             7 => Exit::MemcacheEmpty { pages: r[1] },
             8 => Exit::Wfi,
-            9 => Exit::Unhandled {
-                esr: r[1],
-                pc: r[2],
-            },
+            9 => Exit::Stopped { ec: r[1] },
+            10 => Exit::Interrupted,
+            11 => Exit::PoweredOff,
             _ => return None,
         })
     }
@@ -466,7 +500,7 @@ mod tests {
             assert_eq!(HostCall::from_id(c.id()), Some(*c));
             assert_eq!(HostCall::from_id(c.id() | SMCCC_SVE_HINT), Some(*c));
         }
-        assert_eq!(HostCall::from_id(HOST_CALL_BASE + 20), None);
+        assert_eq!(HostCall::from_id(HOST_CALL_BASE + 21), None);
         assert_eq!(HostCall::from_id(0x8400_0000), None);
         assert_eq!(HostCall::from_id(u64::MAX), None);
         assert!(HostCall::Finalize.init_only() && !HostCall::ShareHyp.init_only());
@@ -511,10 +545,9 @@ mod tests {
                 data: 0,
                 hvc: true,
             },
-            Exit::Unhandled {
-                esr: 0x9200_004f,
-                pc: 0x8000,
-            },
+            Exit::Stopped { ec: 0x24 },
+            Exit::Interrupted,
+            Exit::PoweredOff,
             Exit::Hypercall {
                 id: 0x8400_0008,
                 args: [1, 2, 3],

@@ -69,8 +69,9 @@ pub enum VcpuExit {
         /// The data a write stores.
         data: u64,
     },
-    /// A hypercall for the VMM (PSCI and the like); answer it with
-    /// [`Vcpu::set_hypercall_result`] before running again.
+    /// A hypercall for the VMM (PSCI `CPU_ON`, already checked by the
+    /// hypervisor: answer 0 to start the target vCPU, or a PSCI error);
+    /// answer it with [`Vcpu::set_hypercall_result`] before running again.
     Hypercall {
         /// SMCCC function id.
         id: u64,
@@ -91,11 +92,15 @@ pub enum VcpuExit {
     Wfi,
     /// The hypervisor stopped the vCPU on a trap it cannot handle.
     InternalError {
-        /// Syndrome.
-        esr: u64,
-        /// Guest PC.
-        pc: u64,
+        /// The trap's exception class (ESR_EL2.EC); nothing else of a
+        /// protected guest's state is revealed.
+        ec: u64,
     },
+    /// A host interrupt ended the run (KVM would handle it in the kernel
+    /// and go on; a VMM that schedules vCPUs itself gets control back).
+    Interrupted,
+    /// The vCPU is off (not started yet, or it called PSCI `CPU_OFF`).
+    PoweredOff,
 }
 
 /// crosvm's `Vm` trait, the parts guest_memfd needs.
@@ -174,6 +179,10 @@ pub struct KvmVm<H: Hypervisor, A: HostPages> {
 /// `KVM_USER_MEM_SLOTS`: slot ids must be below it.
 pub const KVM_USER_MEM_SLOTS: u32 = 32764;
 
+/// Allocation order of a VM's metadata ([`abi::VM_META_PAGES`] pages).
+const META_ORDER: u32 = abi::VM_META_PAGES.trailing_zeros();
+const _: () = assert!(1 << META_ORDER == abi::VM_META_PAGES);
+
 /// Pages given to the memcache when the hypervisor runs out.
 pub const MEMCACHE_BATCH: u64 = 4;
 
@@ -183,7 +192,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
     pub fn new(mut hv: H, mut pages: A, vcpus: usize) -> Result<Self, i32> {
         // A 40-bit stage-2 has a 2-page concatenated root.
         let pgd = pages.alloc(1).ok_or(errno::ENOMEM)?;
-        let Some(meta) = pages.alloc(0) else {
+        let Some(meta) = pages.alloc(META_ORDER) else {
             pages.free(pgd, 1);
             return Err(errno::ENOMEM);
         };
@@ -202,7 +211,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
             }),
             Err(e) => {
                 pages.free(pgd, 1);
-                pages.free(meta, 0);
+                pages.free(meta, META_ORDER);
                 Err(call_err(e))
             }
         }
@@ -606,7 +615,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
             self.pages.free(pfn, 0);
         }
         self.pages.free(self.pgd, 1);
-        self.pages.free(self.meta, 0);
+        self.pages.free(self.meta, META_ORDER);
         Ok(self.pages)
     }
 
@@ -691,7 +700,9 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
                 }
                 Exit::MemcacheEmpty { pages } => self.topup(pages.max(1))?,
                 Exit::Wfi => return Ok(VcpuExit::Wfi),
-                Exit::Unhandled { esr, pc } => return Ok(VcpuExit::InternalError { esr, pc }),
+                Exit::Stopped { ec } => return Ok(VcpuExit::InternalError { ec }),
+                Exit::Interrupted => return Ok(VcpuExit::Interrupted),
+                Exit::PoweredOff => return Ok(VcpuExit::PoweredOff),
             }
         }
     }

@@ -166,7 +166,8 @@ impl<'m> ExampleVmm<'m> {
                 }
                 VcpuExit::SystemEvent(kind) => return Ok(kind),
                 VcpuExit::Wfi => {}
-                VcpuExit::InternalError { esr, .. } => return Err(esr as i32),
+                VcpuExit::InternalError { ec } => return Err(-(ec as i32) - 1000),
+                VcpuExit::Interrupted | VcpuExit::PoweredOff => {}
             }
         }
     }

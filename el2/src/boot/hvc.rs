@@ -39,6 +39,10 @@ impl Arch for El2Arch {
         &mut self.tlb
     }
 
+    fn vcpu_load(&mut self, _vcpu: VcpuRef, _ctx: &mut VcpuContext) {}
+
+    fn vcpu_put(&mut self, _vcpu: VcpuRef, _ctx: &mut VcpuContext) {}
+
     fn run_vcpu(&mut self, vcpu: VcpuRef, ctx: &mut VcpuContext) -> Trap {
         log::warn!(
             "VcpuRun: guest {:#x} vCPU {} at {:#x}: the vCPU world switch is not implemented at EL2 yet",

@@ -6,7 +6,7 @@
 //! NOT_SUPPORTED once the host has called `Finalize`, as do unknown ids.
 
 use super::arch::Arch;
-use super::vm::{MAX_VCPUS, META_PAGES, Outcome, VmState, Waiting};
+use super::vm::{MAX_VCPUS, META_PAGES, Outcome, Power, VmState, Waiting};
 use super::{CallResult, Hypervisor};
 use host_interface::abi::{self, HostCall, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS, encode_owner};
 use ownership::{
@@ -90,6 +90,8 @@ pub enum HostRequest {
     Finalize,
     /// Pages for the hypervisor's allocator.
     HypPoolDonate(Pfn, u64),
+    /// Counts of the host's memory.
+    HostStats,
 }
 
 /// Why a call was not decoded.
@@ -120,7 +122,7 @@ impl HostRequest {
     pub fn decode(x: &[u64; 6]) -> Result<(HostCall, HostRequest), DecodeError> {
         let call = HostCall::from_id(x[0]).ok_or(DecodeError::Unknown)?;
         let arity = match call {
-            HostCall::Version | HostCall::Finalize => 0,
+            HostCall::Version | HostCall::Finalize | HostCall::HostStats => 0,
             HostCall::ShareHyp
             | HostCall::UnshareHyp
             | HostCall::ConvertRefuse
@@ -213,6 +215,7 @@ impl HostRequest {
             HostCall::GuestPageState => HostRequest::GuestPageState(handle(a[0])?, Gfn(a[1])),
             HostCall::Finalize => HostRequest::Finalize,
             HostCall::HypPoolDonate => HostRequest::HypPoolDonate(Pfn(a[0]), a[1]),
+            HostCall::HostStats => HostRequest::HostStats,
         };
         Ok((call, req))
     }
@@ -293,11 +296,17 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
                 x0,
             } => self
                 .with_vm(handle, |vm| {
+                    // Once the guest runs, only it starts vCPUs (CPU_ON):
+                    // the host cannot steer a protected vCPU.
+                    let started = vm.started;
                     let v = vm.vcpu_mut(vcpu).ok_or(Errno::Einval)?;
-                    if v.initialized {
+                    if v.power != Power::Off {
                         return Err(Errno::Einval);
                     }
-                    v.init(entry, x0);
+                    if started {
+                        return Err(Errno::Eperm);
+                    }
+                    v.power_on(entry, x0);
                     Ok([0; 5])
                 })
                 .and_then(|r| r),
@@ -357,6 +366,24 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
             HostRequest::Finalize => {
                 self.seal();
                 Ok([0; 5])
+            }
+            HostRequest::HostStats => {
+                let owned = m.with_host(|h| {
+                    h.table()
+                        .iter()
+                        .filter(|(_, e)| {
+                            e.owner() == Owner::Host && e.host() == ownership::PageState::Owned
+                        })
+                        .count() as u64
+                });
+                let s = m.with_host(|h| h.stage2().stats(h.pool()));
+                Ok([
+                    owned,
+                    s.total_leaves() as u64,
+                    s.tables as u64,
+                    s.annotations as u64,
+                    0,
+                ])
             }
             HostRequest::HypPoolDonate(pfn, pages) => {
                 m.host_donate_hyp(arch.tlb(), pfn, pages)?;

@@ -105,6 +105,12 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
             .ok_or(Errno::Einval)
     }
 
+    /// The power state of a VM's vCPU, for tests.
+    pub fn vcpu_power(&self, handle: GuestHandle, vcpu: usize) -> Result<vm::Power, Errno> {
+        self.with_vm(handle, |vm| vm.vcpus.get(vcpu).map(|v| v.power))?
+            .ok_or(Errno::Einval)
+    }
+
     /// Runs one vCPU; see [`host_call`] for the protocol.
     pub fn run_vcpu<A: Arch>(
         &self,

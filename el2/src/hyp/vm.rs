@@ -1,14 +1,16 @@
-//! Per-VM state at EL2: the vCPUs' contexts and what each waits for. It
-//! lives in the metadata page the host donates at VM creation (pKVM does
-//! the same), not on the hypervisor's heap.
+//! Per-VM state at EL2: the vCPUs' contexts, their power state and what
+//! each waits for. It lives in the metadata pages the host donates at VM
+//! creation (pKVM does the same), not on the hypervisor's heap, so a
+//! protected guest's registers are in hypervisor memory the host cannot
+//! map.
 
-use super::arch::{PSTATE_EL1H_MASKED, VcpuContext};
+use super::arch::VcpuContext;
 use ownership::{ConversionKind, GuestHandle};
 
 /// Most vCPUs per VM.
 pub const MAX_VCPUS: usize = 8;
 /// Pages the host donates for a VM's metadata.
-pub const META_PAGES: u64 = 1;
+pub const META_PAGES: u64 = host_interface::abi::VM_META_PAGES;
 
 /// What a vCPU's last exit left pending, resolved on its next run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -41,9 +43,16 @@ pub enum Waiting {
         reg: u8,
         /// Access size in bytes.
         size: u8,
+        /// A read sign-extends the value.
+        sign: bool,
+        /// The register is 64 bits wide.
+        wide: bool,
     },
-    /// A hypercall handed to the host; its answer comes with the next run.
-    Hypercall,
+    /// The guest's PSCI CPU_ON of vCPU `target` awaits the host's answer.
+    CpuOn {
+        /// The vCPU to start.
+        target: usize,
+    },
     /// The vCPU hit a trap nobody handles: it does not run again.
     Stopped,
 }
@@ -59,18 +68,32 @@ pub enum Outcome {
     Refused,
 }
 
+/// Whether a vCPU runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Power {
+    /// Off: never started, or it called CPU_OFF.
+    #[default]
+    Off,
+    /// A CPU_ON for it awaits the host's answer.
+    OnPending,
+    /// On.
+    On,
+}
+
 /// One vCPU.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct VcpuState {
     /// Registers.
     pub ctx: VcpuContext,
-    /// `VcpuInit` was called.
-    pub initialized: bool,
+    /// Power state.
+    pub power: Power,
     /// Running on some CPU now.
     pub running: bool,
     /// What its last exit left pending.
     pub waiting: Waiting,
+    /// Entry point and context id of a pending CPU_ON of this vCPU.
+    pub boot: (u64, u64),
 }
 
 /// One VM.
@@ -81,6 +104,8 @@ pub struct VmState {
     pub handle: GuestHandle,
     /// vCPUs the VM was created with.
     pub vcpu_count: usize,
+    /// Some vCPU has run: the host may no longer set entry points.
+    pub started: bool,
     /// The vCPUs.
     pub vcpus: [VcpuState; MAX_VCPUS],
 }
@@ -88,11 +113,12 @@ pub struct VmState {
 const _: () = assert!(core::mem::size_of::<VmState>() <= (META_PAGES * 4096) as usize);
 
 impl VmState {
-    /// A VM with `vcpu_count` uninitialised vCPUs.
+    /// A VM with `vcpu_count` vCPUs, all off.
     pub fn new(handle: GuestHandle, vcpu_count: usize) -> VmState {
         VmState {
             handle,
             vcpu_count,
+            started: false,
             vcpus: [VcpuState::default(); MAX_VCPUS],
         }
     }
@@ -110,15 +136,12 @@ impl VmState {
 }
 
 impl VcpuState {
-    /// Sets the entry point and x0, as `VcpuInit` does.
-    pub fn init(&mut self, entry: u64, x0: u64) {
-        self.ctx = VcpuContext {
-            pc: entry,
-            pstate: PSTATE_EL1H_MASKED,
-            ..VcpuContext::default()
-        };
-        self.ctx.x[0] = x0;
-        self.initialized = true;
+    /// Resets the vCPU at `entry` with `x0` = `arg` and turns it on (the
+    /// host's `VcpuInit`, or the guest's CPU_ON once the host agreed).
+    pub fn power_on(&mut self, entry: u64, arg: u64) {
+        self.ctx = VcpuContext::reset(entry, arg);
+        self.power = Power::On;
         self.waiting = Waiting::Nothing;
+        self.boot = (0, 0);
     }
 }
