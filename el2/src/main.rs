@@ -36,7 +36,7 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
-mod boot;
+mod arch;
 
 #[cfg(not(target_os = "none"))]
 fn main() {

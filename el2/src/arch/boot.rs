@@ -1,56 +1,35 @@
-//! Bare-metal boot path of the `el2` binary (`target_os = "none"` only).
+//! The boot sequence of the `el2` binary: from `_start` to the host's
+//! first instruction, on the boot CPU and on secondaries.
 //!
 //! # Boot sequence (boot CPU)
 //!
-//! 1. [`entry`]: `_start` (Image header) → stack, `.bss`, vectors →
+//! 1. [`super::entry`]: `_start` (Image header) → stack, `.bss`, vectors →
 //!    [`rust_main`].
-//! 2. EL2 MMU and caches on with the early identity map ([`mmu`]), before
-//!    any lock or atomic; then the console and `log` ([`console`]).
+//! 2. EL2 MMU and caches on with the early identity map ([`super::mmu`]),
+//!    before any lock or atomic; then the console and `log`
+//!    ([`super::console`]).
 //! 3. The device tree (`x0`, or the start of RAM for an ELF boot: 2 MiB
 //!    below el2's link address) is validated, stripped of NOP tokens and
-//!    read ([`fdt`]).
-//! 4. The final EL2 identity map (RAM Normal, the console UART Device);
-//!    secondaries will load the same.
+//!    read ([`super::fdt`]).
+//! 4. The final EL2 identity map (RAM Normal, the console UART and the
+//!    GICv3 redistributors Device); secondaries will load the same.
 //! 5. The host descriptor (or the legacy raw image header at
-//!    [`layout::HOST_IMAGE_ADDR`]) is read and checked ([`hostimg`]), the
-//!    memory layout computed ([`layout`]) and the heap set up over the
-//!    carve-out ([`mem`]).
+//!    [`super::layout::HOST_IMAGE_ADDR`]) is read and checked
+//!    ([`super::hostimg`]), the memory layout computed ([`super::layout`])
+//!    and the heap set up over the carve-out ([`super::mem`]).
 //! 6. The ownership table over all RAM with el2's image and the carve-out
 //!    hypervisor-owned, and the host stage-2: identity map of RAM and the
 //!    device tree's MMIO with the largest blocks, hypervisor memory absent
 //!    (`ownership::Ownership::new`).
-//! 7. The host is made ready ([`hostimg`]): a boot image is parsed and
-//!    validated, its kernel and initrd placed and cleaned to the point of
-//!    coherency, its command lines joined. The host's device tree (a copy
-//!    of QEMU's, or of the boot image's DTB, with `no-map` reservations of
-//!    the hypervisor's memory and `/chosen` bootargs and initrd) is
-//!    written at the start of RAM and cleaned to the point of coherency.
-//! 8. The boot CPU enters the host at EL1 ([`host::enter`]); a timestamp
-//!    line reports how long 1–8 took.
-//!
-//! From then on el2 runs only in its trap handlers ([`trap`]): host calls
-//! ([`hvc`]), the PSCI relay ([`psci`]; CPU_ON brings secondaries up
-//! through [`secondary_main`]) and stage-2 faults ([`abort`]).
-
-#[cfg(not(target_arch = "aarch64"))]
-compile_error!("the el2 binary only supports aarch64 bare-metal targets (aarch64-unknown-none)");
-
-mod abort;
-mod console;
-mod entry;
-mod exit;
-mod fdt;
-mod host;
-mod hostimg;
-mod hvc;
-pub mod layout;
-mod mem;
-mod mmu;
-mod percpu;
-mod pl011;
-mod psci;
-mod sysreg;
-mod trap;
+//! 7. The host is made ready ([`super::hostimg`]): a boot image is parsed
+//!    and validated, its kernel and initrd placed and cleaned to the point
+//!    of coherency, its command lines joined. The host's device tree (a
+//!    copy of QEMU's, or of the boot image's DTB, with `no-map`
+//!    reservations of the hypervisor's memory and `/chosen` bootargs and
+//!    initrd) is written at the start of RAM and cleaned to the point of
+//!    coherency.
+//! 8. The boot CPU enters the host at EL1 ([`super::host::enter`]); a
+//!    timestamp line reports how long 1–8 took.
 
 use alloc::vec::Vec;
 use core::convert::Infallible;
@@ -64,14 +43,17 @@ use ownership::{Errno, Layout, MemRegion, Ownership, Pfn};
 use stage2::tlb::arm::ArmTlb;
 use stage2::{PaRange, PhysAddr};
 
-use entry::{SECONDARY_MMU, el2_mmu_enable};
-use exit::status;
-use fdt::{ChosenEdits, DtError, Gic, Platform, Range, Ranges};
-use hostimg::{HostError, HostImage};
-use layout::{LayoutError, MemLayout};
-use mem::{HeapPool, HypBitmap, IdentityMem};
-use mmu::{FinalMap, MapError, Memory};
-use percpu::{MPIDR_AFF_MASK, Power};
+use super::entry::{SECONDARY_MMU, el2_mmu_enable};
+use super::exit::status;
+use super::fdt::{ChosenEdits, DtError, Gic, Platform, Range, Ranges};
+use super::hostimg::{HostError, HostImage};
+use super::layout::{LayoutError, MemLayout};
+use super::mem::{HeapPool, HypBitmap, IdentityMem};
+use super::mmu::{FinalMap, MapError, Memory};
+use super::percpu::{MPIDR_AFF_MASK, Power};
+use super::{
+    console, entry, exit, fdt, gic, host, hostimg, layout, mem, mmu, percpu, pl011, sysreg,
+};
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -146,7 +128,7 @@ impl fmt::Display for BootError {
 /// Rust entry point of the boot CPU, called by `_start` with a valid stack
 /// and a zeroed `.bss`: `dtb` = `x0` at entry, `t0` = the counter at entry,
 /// `el` = the exception level.
-extern "C" fn rust_main(dtb: u64, t0: u64, el: u64) -> ! {
+pub(super) extern "C" fn rust_main(dtb: u64, t0: u64, el: u64) -> ! {
     if el != 2 {
         let mut u = console::early_uart();
         let _ = writeln!(
@@ -267,6 +249,17 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     }
     let uart_page = uart & !(PAGE - 1);
     map.map(uart_page, uart_page + PAGE, Memory::Device)?;
+    // The GICv3 redistributors of el2's CPUs (see `gic`): the EL2 timer's
+    // interrupt is enabled there around guest runs.
+    if let Gic::V3 { redist, .. } = platform.gic {
+        let base = redist.base & !(PAGE - 1);
+        let end = (redist.base + redist.size.min(gic::MAPPED)).next_multiple_of(PAGE);
+        if ram.iter().any(|r| r.base < end && base < r.end()) {
+            return Err(BootError::Other("the GICv3 redistributors overlap RAM"));
+        }
+        map.map(base, end, Memory::Device)?;
+        gic::set_redistributors(redist.base, end - redist.base);
+    }
     let config = map.config();
     // SAFETY: SECONDARY_MMU is written only here, by the boot CPU, before
     // any secondary starts; then cleaned to PoC for CPUs with the MMU off.
@@ -390,7 +383,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     drop(host_tree);
 
     // 8. Enter the host.
-    let gicv3 = matches!(platform.gic, Gic::V3 { .. });
+    let gicv3 = matches!(platform.gic, Gic::V3 { .. }) && sysreg::has_gicv3_sysregs();
     let hyp = host::HYP.call_once(|| host::Hypervisor {
         core: el2::hyp::Hypervisor::new(ownership),
         vtcr,
@@ -567,7 +560,7 @@ fn report_layout(l: &MemLayout, host: &HostImage) {
 /// Rust entry of a secondary CPU, started by the PSCI relay's CPU_ON with
 /// its index (or any CPU waking from a power-down suspend the relay
 /// intercepted); the MMU is on and SP is the CPU's own stack.
-extern "C" fn secondary_main(index: u64, t0: u64) -> ! {
+pub(super) extern "C" fn secondary_main(index: u64, t0: u64) -> ! {
     let index = index as usize;
     sysreg::set_cpu_index(index);
     let (Some(hyp), Some(cpu)) = (host::HYP.get(), percpu::get(index)) else {

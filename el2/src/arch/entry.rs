@@ -55,6 +55,8 @@ use core::cell::UnsafeCell;
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::AtomicU8;
 
+use el2::hyp::arch::{FpRegs, VcpuContext};
+
 use super::percpu::MAX_CPUS;
 
 /// Bytes of EL2 stack per CPU.
@@ -192,8 +194,16 @@ pub mod kind {
     pub const CURRENT_SYNC: u64 = 4;
     /// Synchronous exception from a lower EL in AArch64 (the host).
     pub const LOWER_SYNC: u64 = 8;
+    /// IRQ from a lower EL in AArch64.
+    pub const LOWER_IRQ: u64 = 9;
+    /// FIQ from a lower EL in AArch64.
+    pub const LOWER_FIQ: u64 = 10;
     /// Synchronous exception from a lower EL in AArch32 (the host's EL0).
     pub const LOWER_SYNC_32: u64 = 12;
+    /// IRQ from a lower EL in AArch32.
+    pub const LOWER_IRQ_32: u64 = 13;
+    /// FIQ from a lower EL in AArch32.
+    pub const LOWER_FIQ_32: u64 = 14;
 
     /// A name for a vector kind, for error messages.
     pub fn name(kind: u64) -> &'static str {
@@ -256,6 +266,29 @@ unsafe extern "C" {
 
     /// The `hlt` instruction inside [`el2_semihost_call`] (address only).
     pub fn el2_semihost_insn();
+
+    /// Enters the loaded vCPU whose registers are `ctx` (FP/SIMD, SP_EL0,
+    /// x0..x30, PC, PSTATE) and returns, once the guest takes an exception
+    /// to EL2 through the guest vectors, the vector's kind ([`kind`]) with
+    /// all of them saved back into `ctx`. Follows the C calling convention
+    /// (x19..x30, SP and D8..D15 preserved); FPCR is 0 on return.
+    pub fn el2_guest_enter(ctx: *mut el2::hyp::arch::VcpuContext) -> u64;
+
+    /// The host's exception vectors (address only).
+    fn el2_vectors();
+    /// The vectors while a vCPU is loaded (address only): current-EL
+    /// entries as the host's, lower-EL entries the guest exit path.
+    fn el2_guest_vectors();
+}
+
+/// `VBAR_EL2` while the host runs.
+pub fn host_vectors() -> u64 {
+    el2_vectors as *const () as u64
+}
+
+/// `VBAR_EL2` while a vCPU is loaded.
+pub fn guest_vectors() -> u64 {
+    el2_guest_vectors as *const () as u64
 }
 
 global_asm!(
@@ -493,6 +526,133 @@ el2_enter_lower:
     eret
     dsb     nsh
     isb
+
+    /* x0 = &VcpuContext: enter the guest; returns the exit's kind.
+       Stack while the guest runs (SP_EL2, which the guest exit finds
+       unchanged): x19..x30, d8..d15, then the context pointer. */
+    .global el2_guest_enter
+el2_guest_enter:
+    stp     x29, x30, [sp, #-16]!
+    stp     x27, x28, [sp, #-16]!
+    stp     x25, x26, [sp, #-16]!
+    stp     x23, x24, [sp, #-16]!
+    stp     x21, x22, [sp, #-16]!
+    stp     x19, x20, [sp, #-16]!
+    stp     d14, d15, [sp, #-16]!
+    stp     d12, d13, [sp, #-16]!
+    stp     d10, d11, [sp, #-16]!
+    stp     d8, d9, [sp, #-16]!
+    stp     x0, xzr, [sp, #-16]!
+    add     x1, x0, #{ctx_fp}
+    ldp     q0, q1, [x1, #({fp_q} + 0)]
+    ldp     q2, q3, [x1, #({fp_q} + 32)]
+    ldp     q4, q5, [x1, #({fp_q} + 64)]
+    ldp     q6, q7, [x1, #({fp_q} + 96)]
+    ldp     q8, q9, [x1, #({fp_q} + 128)]
+    ldp     q10, q11, [x1, #({fp_q} + 160)]
+    ldp     q12, q13, [x1, #({fp_q} + 192)]
+    ldp     q14, q15, [x1, #({fp_q} + 224)]
+    ldp     q16, q17, [x1, #({fp_q} + 256)]
+    ldp     q18, q19, [x1, #({fp_q} + 288)]
+    ldp     q20, q21, [x1, #({fp_q} + 320)]
+    ldp     q22, q23, [x1, #({fp_q} + 352)]
+    ldp     q24, q25, [x1, #({fp_q} + 384)]
+    ldp     q26, q27, [x1, #({fp_q} + 416)]
+    ldp     q28, q29, [x1, #({fp_q} + 448)]
+    ldp     q30, q31, [x1, #({fp_q} + 480)]
+    ldr     x2, [x1, #{fp_fpsr_g}]
+    msr     fpsr, x2
+    ldr     x2, [x1, #{fp_fpcr_g}]
+    msr     fpcr, x2
+    ldr     x2, [x0, #{ctx_sp_el0}]
+    msr     sp_el0, x2
+    ldr     x2, [x0, #{ctx_pc}]
+    msr     elr_el2, x2
+    ldr     x2, [x0, #{ctx_pstate}]
+    msr     spsr_el2, x2
+    ldp     x2, x3, [x0, #({ctx_x} + 16)]
+    ldp     x4, x5, [x0, #({ctx_x} + 32)]
+    ldp     x6, x7, [x0, #({ctx_x} + 48)]
+    ldp     x8, x9, [x0, #({ctx_x} + 64)]
+    ldp     x10, x11, [x0, #({ctx_x} + 80)]
+    ldp     x12, x13, [x0, #({ctx_x} + 96)]
+    ldp     x14, x15, [x0, #({ctx_x} + 112)]
+    ldp     x16, x17, [x0, #({ctx_x} + 128)]
+    ldp     x18, x19, [x0, #({ctx_x} + 144)]
+    ldp     x20, x21, [x0, #({ctx_x} + 160)]
+    ldp     x22, x23, [x0, #({ctx_x} + 176)]
+    ldp     x24, x25, [x0, #({ctx_x} + 192)]
+    ldp     x26, x27, [x0, #({ctx_x} + 208)]
+    ldp     x28, x29, [x0, #({ctx_x} + 224)]
+    ldr     x30, [x0, #({ctx_x} + 240)]
+    ldp     x0, x1, [x0, #({ctx_x} + 0)]
+    eret
+    dsb     nsh
+    isb
+
+    /* From a guest vector: x1 = kind, the guest's x0, x1 at [sp], the
+       context pointer at [sp, #16]. Saves the guest, unwinds
+       el2_guest_enter's frame and returns the kind. */
+el2_guest_exit:
+    ldr     x0, [sp, #16]
+    stp     x2, x3, [x0, #({ctx_x} + 16)]
+    stp     x4, x5, [x0, #({ctx_x} + 32)]
+    stp     x6, x7, [x0, #({ctx_x} + 48)]
+    stp     x8, x9, [x0, #({ctx_x} + 64)]
+    stp     x10, x11, [x0, #({ctx_x} + 80)]
+    stp     x12, x13, [x0, #({ctx_x} + 96)]
+    stp     x14, x15, [x0, #({ctx_x} + 112)]
+    stp     x16, x17, [x0, #({ctx_x} + 128)]
+    stp     x18, x19, [x0, #({ctx_x} + 144)]
+    stp     x20, x21, [x0, #({ctx_x} + 160)]
+    stp     x22, x23, [x0, #({ctx_x} + 176)]
+    stp     x24, x25, [x0, #({ctx_x} + 192)]
+    stp     x26, x27, [x0, #({ctx_x} + 208)]
+    stp     x28, x29, [x0, #({ctx_x} + 224)]
+    str     x30, [x0, #({ctx_x} + 240)]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x0, #({ctx_x} + 0)]
+    mrs     x2, elr_el2
+    str     x2, [x0, #{ctx_pc}]
+    mrs     x2, spsr_el2
+    str     x2, [x0, #{ctx_pstate}]
+    mrs     x2, sp_el0
+    str     x2, [x0, #{ctx_sp_el0}]
+    add     x2, x0, #{ctx_fp}
+    stp     q0, q1, [x2, #({fp_q} + 0)]
+    stp     q2, q3, [x2, #({fp_q} + 32)]
+    stp     q4, q5, [x2, #({fp_q} + 64)]
+    stp     q6, q7, [x2, #({fp_q} + 96)]
+    stp     q8, q9, [x2, #({fp_q} + 128)]
+    stp     q10, q11, [x2, #({fp_q} + 160)]
+    stp     q12, q13, [x2, #({fp_q} + 192)]
+    stp     q14, q15, [x2, #({fp_q} + 224)]
+    stp     q16, q17, [x2, #({fp_q} + 256)]
+    stp     q18, q19, [x2, #({fp_q} + 288)]
+    stp     q20, q21, [x2, #({fp_q} + 320)]
+    stp     q22, q23, [x2, #({fp_q} + 352)]
+    stp     q24, q25, [x2, #({fp_q} + 384)]
+    stp     q26, q27, [x2, #({fp_q} + 416)]
+    stp     q28, q29, [x2, #({fp_q} + 448)]
+    stp     q30, q31, [x2, #({fp_q} + 480)]
+    mrs     x3, fpsr
+    str     x3, [x2, #{fp_fpsr_g}]
+    mrs     x3, fpcr
+    str     x3, [x2, #{fp_fpcr_g}]
+    msr     fpcr, xzr           /* EL2's own FP mode */
+    mov     x0, x1
+    add     sp, sp, #16         /* the context pointer */
+    ldp     d8, d9, [sp], #16
+    ldp     d10, d11, [sp], #16
+    ldp     d12, d13, [sp], #16
+    ldp     d14, d15, [sp], #16
+    ldp     x19, x20, [sp], #16
+    ldp     x21, x22, [sp], #16
+    ldp     x23, x24, [sp], #16
+    ldp     x25, x26, [sp], #16
+    ldp     x27, x28, [sp], #16
+    ldp     x29, x30, [sp], #16
+    ret
 
     /* x0 = &SmcRegs: x0..x17 in and out. */
     .global el2_smc_forward
@@ -772,6 +932,37 @@ el2_vectors:
     EL2_VECTOR 14
     EL2_VECTOR 15
 
+    /* ---------------------------------------------------------------- */
+    /* While a vCPU is loaded: current-EL entries as above, lower-EL     */
+    /* entries leave the guest (x0, x1 pushed, x1 = the kind).           */
+    /* ---------------------------------------------------------------- */
+    .macro GUEST_EXIT kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x1, #\kind
+    b       el2_guest_exit
+    .endm
+
+    .balign 0x800
+    .global el2_guest_vectors
+el2_guest_vectors:
+    EL2_VECTOR 0
+    EL2_VECTOR 1
+    EL2_VECTOR 2
+    EL2_VECTOR 3
+    EL2_VECTOR 4
+    EL2_VECTOR 5
+    EL2_VECTOR 6
+    EL2_VECTOR 7
+    GUEST_EXIT 8
+    GUEST_EXIT 9
+    GUEST_EXIT 10
+    GUEST_EXIT 11
+    GUEST_EXIT 12
+    GUEST_EXIT 13
+    GUEST_EXIT 14
+    GUEST_EXIT 15
+
 el2_trap_return:
     ldr     x0, [sp, #{elr}]
     ldr     x1, [sp, #{spsr}]
@@ -798,8 +989,8 @@ el2_trap_return:
     dsb     nsh
     isb
 "#,
-    rust_main = sym super::rust_main,
-    secondary_main = sym super::secondary_main,
+    rust_main = sym super::boot::rust_main,
+    secondary_main = sym super::boot::secondary_main,
     trap = sym super::trap::el2_trap,
     stacks = sym STACKS,
     secondary_mmu = sym SECONDARY_MMU,
@@ -821,6 +1012,14 @@ el2_trap_return:
     fp_p = const offset_of!(FpState, p),
     fp_fpsr = const offset_of!(FpState, fpsr),
     fp_fpcr = const offset_of!(FpState, fpcr),
+    ctx_x = const offset_of!(VcpuContext, x),
+    ctx_pc = const offset_of!(VcpuContext, pc),
+    ctx_pstate = const offset_of!(VcpuContext, pstate),
+    ctx_sp_el0 = const offset_of!(VcpuContext, sp_el0),
+    ctx_fp = const offset_of!(VcpuContext, fp),
+    fp_q = const offset_of!(FpRegs, q),
+    fp_fpsr_g = const offset_of!(FpRegs, fpsr),
+    fp_fpcr_g = const offset_of!(FpRegs, fpcr),
 );
 
 /// Stops this CPU for good: waits for events forever.

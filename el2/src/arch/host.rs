@@ -43,7 +43,8 @@ pub struct Hypervisor {
     pub vttbr: u64,
     /// `HCR_EL2` while the host runs.
     pub hcr: u64,
-    /// Whether to enable the GICv3 system registers for EL1.
+    /// A GICv3 with its system-register interface: el2 enables it for
+    /// EL1 and switches a guest's virtual CPU interface state.
     pub gicv3: bool,
 }
 
@@ -76,11 +77,9 @@ const MDCR_HCCD: u64 = 1 << 23;
 /// `CPTR_EL2`: RES1 bits, no FP (TFP), SVE (TZ) or SME (TSM) trap.
 const CPTR_EL2_HOST: u64 = 0x22ff;
 
-/// Programs this CPU's EL2 controls for the host and turns its stage-2 on.
-fn configure_cpu(hyp: &Hypervisor) {
-    CNTHCTL_EL2.set(0b11);
-    CNTVOFF_EL2.set(0);
-    VMPIDR_EL2.set(MPIDR_EL1.get());
+/// `MDCR_EL2` for the host: `HPMN` = `PMCR_EL0.N` (every counter is
+/// EL1's), with the host's counters not counting at EL2.
+pub fn host_mdcr() -> u64 {
     // PMCR_EL0 exists only with a PMU (ID_AA64DFR0_EL1.PMUVer not 0 or 0xf).
     let pmuver = (mrs!("id_aa64dfr0_el1") >> 8) & 0xf;
     let has_pmu = pmuver != 0 && pmuver != 0xf;
@@ -99,13 +98,42 @@ fn configure_cpu(hyp: &Hypervisor) {
     if has_pmu && pmuver >= 6 {
         mdcr |= MDCR_HCCD;
     }
+    mdcr
+}
+
+/// Puts this CPU's host trap controls and stage-2 back after a vCPU ran:
+/// `HCR_EL2`, `MDCR_EL2`, `CPTR_EL2`, `HCRX_EL2`, `VMPIDR_EL2`, `VTCR_EL2`
+/// and `VTTBR_EL2` (VMID 0: no TLB invalidation is needed, guests have
+/// their own VMIDs).
+pub fn activate_host_traps(hyp: &Hypervisor) {
+    // SAFETY: the host's own controls and stage-2, as `configure_cpu`
+    // first set them; el2's EL2 regime does not depend on them.
+    unsafe {
+        msr!("mdcr_el2", host_mdcr());
+        msr!("cptr_el2", CPTR_EL2_HOST);
+    }
+    if sysreg::has_hcx() {
+        // SAFETY: as above; HCRX_EL2 exists (FEAT_HCX).
+        unsafe { msr!("s3_4_c1_c2_2", sysreg::host_hcrx()) };
+    }
+    VMPIDR_EL2.set(MPIDR_EL1.get());
+    VTCR_EL2.set(hyp.vtcr);
+    VTTBR_EL2.set(hyp.vttbr);
+    HCR_EL2.set(hyp.hcr);
+}
+
+/// Programs this CPU's EL2 controls for the host and turns its stage-2 on.
+fn configure_cpu(hyp: &Hypervisor) {
+    CNTHCTL_EL2.set(0b11);
+    CNTVOFF_EL2.set(0);
+    VMPIDR_EL2.set(MPIDR_EL1.get());
     // SAFETY: these EL2 controls only affect how EL1/EL0 run (identity
     // CPU ids, no coprocessor or debug traps, the PMU counters EL1 may
     // use, the EL2 timer off); nothing at EL2 depends on them.
     unsafe {
         msr!("vpidr_el2", MIDR_EL1.get());
         msr!("hstr_el2", 0u64);
-        msr!("mdcr_el2", mdcr);
+        msr!("mdcr_el2", host_mdcr());
         msr!("cnthp_ctl_el2", 0u64);
         msr!("cptr_el2", CPTR_EL2_HOST);
     }
@@ -118,10 +146,14 @@ fn configure_cpu(hyp: &Hypervisor) {
         // SAFETY: SMCR_EL2 exists (SME); as above for streaming mode.
         unsafe { msr!("s3_4_c1_c2_6", 0x1ffu64) };
     }
-    if hyp.gicv3 && sysreg::has_gicv3_sysregs() {
-        // SAFETY: ICC_SRE_EL2 exists (GICv3 system registers); SRE | Enable
-        // lets EL1 use the system-register interface.
-        unsafe { msr!("icc_sre_el2", 0b1001u64) };
+    if hyp.gicv3 {
+        // SAFETY: ICC_SRE_EL2 exists (GICv3 system registers, checked at
+        // boot); SRE | Enable lets EL1 use the system-register interface.
+        // ICH_HCR_EL2 = 0: the virtual CPU interface is off for the host.
+        unsafe {
+            msr!("icc_sre_el2", 0b1001u64);
+            msr!("ich_hcr_el2", 0u64);
+        }
     }
     if sysreg::has_hcx() {
         // SAFETY: HCRX_EL2 exists (FEAT_HCX); its reset value is UNKNOWN,
