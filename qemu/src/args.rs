@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use host_interface::guestdesc::MAX_VCPUS;
+
 /// Usage text printed by `cargo qemu help` and on argument errors.
 pub const USAGE: &str = "\
 cargo qemu: build, boot and test the el2 hypervisor under QEMU
@@ -9,9 +11,10 @@ cargo qemu: build, boot and test the el2 hypervisor under QEMU
 Usage: cargo qemu <command> [options]
 
 Commands:
-  build       Build el2 and the test host for aarch64-unknown-none
-              (release); print the paths of el2's ELF, el2.bin (raw arm64
-              Image) and testhost.bin (the default host, a raw Image).
+  build       Build el2, the test host and the test guest for
+              aarch64-unknown-none (release); print the paths of el2's ELF,
+              el2.bin (raw arm64 Image), testhost.bin (the default host, a
+              raw Image) and testguest.bin (the test guest, a raw Image).
   run         Build, then boot el2 under qemu-system-aarch64 (virt machine,
               virtualization=on, GICv3) with a host image (the test host by
               default), console on this terminal; exits with QEMU's status.
@@ -25,6 +28,12 @@ Commands:
               at EL1 (no hypervisor) and five times under el2 (the v4 boot
               image), interleaved; print the median time to user space of
               each and their ratio.
+  bench-guest Boot the test host with the test guest in its VMM
+              (--guest testguest --guest-append testguest.bench
+              --guest-mem 256M) twice, with 2 MiB folios and with
+              --guest-small-pages; print the guest's figures (null HVC,
+              MMIO exit, share/unshare, first touch of 64 MiB) in ticks and
+              ns per iteration against the host's null HVC.
   test        Run the QEMU tests, each with a timeout (the Linux host tests
               build the linux-images first when they are missing).
   test-all    The whole test suite, stopping at the first failure:
@@ -45,7 +54,30 @@ Options for `run`:
   --gdb            Start QEMU halted with a gdb server on :1234 (-s -S)
   --cpu <model>    QEMU CPU model (default: cortex-a72)
   --smp <N>        Number of CPUs (default: 2)
-  --mem <size>     Guest RAM, e.g. 1G or 512M (default: 1G)
+  --mem <size>     Machine RAM, e.g. 1G or 512M (default: 1G)
+
+  A protected guest run by the built-in test host's VMM (not with --host):
+  --guest <Image>  A raw arm64 Image (\"ARM\\x64\" at +0x38) to run as the
+                   guest; the word `testguest` means the built testguest.bin
+  --guest-initrd <file>
+                   An initrd for the guest
+  --guest-append <args>
+                   The guest's kernel command line (at most 4096 bytes);
+                   `testguest.fail` makes the test guest fail one check
+  --guest-mem <size>
+                   Guest RAM: a multiple of 2 MiB, at least 16M
+                   (default: 128M)
+  --guest-smp <N>  Number of guest vCPUs, 1 to 8 (default: 1)
+  --guest-small-pages
+                   Back guest memory with 4 KiB pages only (no 2 MiB folios)
+
+Exit statuses of `run` (QEMU's, set by el2): 0 the host powered off
+normally; 1 a test-host check failed; 2/3 the test host hit an unexpected
+exception / panicked; 4 el2 was not entered at EL2; 5 el2 could not boot;
+6 el2 took an unexpected exception; 7 el2 panicked; with --guest: 8 the
+guest reported failing checks; 9 the guest reset (PSCI SYSTEM_RESET);
+10 the guest crashed or el2 stopped it; 11 the VMM failed (bad guest
+image, a hypervisor call failed, or the teardown check failed).
 
 If qemu-system-aarch64 is missing and cargo qemu runs as root, it installs
 Debian's qemu-system-arm with apt-get; otherwise it says what to install.
@@ -56,8 +88,26 @@ Set QEMU_SYSTEM_AARCH64 to use a QEMU binary outside PATH.
 pub const DEFAULT_CPU: &str = "cortex-a72";
 /// Default number of CPUs.
 pub const DEFAULT_SMP: u32 = 2;
-/// Default guest RAM size, in QEMU's `-m` syntax.
+/// Default machine RAM size, in QEMU's `-m` syntax.
 pub const DEFAULT_MEM: &str = "1G";
+
+/// The `--guest` value that means the built test guest (`testguest.bin`)
+/// rather than a file.
+pub const BUILTIN_GUEST: &str = "testguest";
+/// Default guest RAM (`--guest-mem`), in bytes: 128 MiB.
+pub const DEFAULT_GUEST_MEM: u64 = 128 << 20;
+/// Least guest RAM (`--guest-mem`), in bytes: 16 MiB, room for a small
+/// kernel, its page tables and stacks.
+pub const MIN_GUEST_MEM: u64 = 16 << 20;
+/// Most guest RAM the guest descriptor accepts (`GuestDesc::decode`): 1 TiB.
+pub const MAX_GUEST_MEM: u64 = 1 << 40;
+/// Guest RAM is handed out in 2 MiB folios, so its size is a multiple of
+/// 2 MiB (the guest descriptor refuses anything else).
+pub const GUEST_MEM_ALIGN: u64 = 2 << 20;
+/// Default number of guest vCPUs (`--guest-smp`).
+pub const DEFAULT_GUEST_SMP: u32 = 1;
+/// Most guest vCPUs (`--guest-smp`): the guest descriptor's limit.
+pub const MAX_GUEST_SMP: u32 = MAX_VCPUS as u32;
 
 /// A parsed `cargo qemu` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +116,16 @@ pub enum Command {
     Help,
     /// Build el2 and print where the images are.
     Build,
-    /// Build el2 and boot it under QEMU.
-    Run(RunOptions),
+    /// Build el2 and boot it under QEMU (boxed: the options dwarf every
+    /// other variant).
+    Run(Box<RunOptions>),
     /// Download the Debian packages and build the Linux host images.
     LinuxImages,
     /// Benchmark Linux boot time directly at EL1 vs under el2.
     BenchBoot,
+    /// Benchmark the test guest's hypervisor paths (null HVC, MMIO exit,
+    /// share/unshare, first touch) with 2 MiB folios and 4 KiB pages.
+    BenchGuest,
     /// Run the QEMU tests.
     Test,
     /// Run the whole test suite.
@@ -96,8 +150,52 @@ pub struct RunOptions {
     pub cpu: String,
     /// Number of CPUs (`--smp`).
     pub smp: u32,
-    /// Guest RAM size in QEMU's `-m` syntax (`--mem`).
+    /// Machine RAM size in QEMU's `-m` syntax (`--mem`).
     pub mem: String,
+    /// A protected guest for the built-in test host's VMM (`--guest` and
+    /// the `--guest-*` options).
+    pub guest: Option<GuestOptions>,
+}
+
+/// The guest kernel `--guest` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestImage {
+    /// The built test guest, `testguest.bin` (`--guest testguest`).
+    Testguest,
+    /// A raw arm64 Image file.
+    File(String),
+}
+
+/// The options of a guest run by the built-in test host's VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestOptions {
+    /// The kernel Image (`--guest`).
+    pub image: GuestImage,
+    /// An initrd (`--guest-initrd`).
+    pub initrd: Option<String>,
+    /// The guest's kernel command line (`--guest-append`).
+    pub append: Option<String>,
+    /// Guest RAM in bytes (`--guest-mem`): a multiple of 2 MiB, at least
+    /// [`MIN_GUEST_MEM`].
+    pub mem: u64,
+    /// vCPUs (`--guest-smp`), 1 to [`MAX_GUEST_SMP`].
+    pub smp: u32,
+    /// Back guest memory with 4 KiB pages only (`--guest-small-pages`).
+    pub small_pages: bool,
+}
+
+impl GuestOptions {
+    /// A guest running `image` with every other option at its default.
+    pub fn new(image: GuestImage) -> Self {
+        Self {
+            image,
+            initrd: None,
+            append: None,
+            mem: DEFAULT_GUEST_MEM,
+            smp: DEFAULT_GUEST_SMP,
+            small_pages: false,
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -111,6 +209,7 @@ impl Default for RunOptions {
             cpu: DEFAULT_CPU.to_owned(),
             smp: DEFAULT_SMP,
             mem: DEFAULT_MEM.to_owned(),
+            guest: None,
         }
     }
 }
@@ -147,6 +246,22 @@ pub enum ArgError {
         /// What was expected instead.
         expected: &'static str,
     },
+    /// Two options that cannot go together.
+    Conflict {
+        /// The option given.
+        option: &'static str,
+        /// The option it cannot be combined with.
+        with: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
+    /// An option given without the option it modifies.
+    Requires {
+        /// The option given.
+        option: &'static str,
+        /// The option it needs.
+        needs: &'static str,
+    },
 }
 
 impl fmt::Display for ArgError {
@@ -169,6 +284,10 @@ impl fmt::Display for ArgError {
                 f,
                 "invalid value `{value}` for `{option}`: expected {expected}"
             ),
+            Self::Conflict { option, with, why } => {
+                write!(f, "`{option}` cannot be combined with `{with}`: {why}")
+            }
+            Self::Requires { option, needs } => write!(f, "`{option}` needs `{needs}`"),
         }
     }
 }
@@ -197,8 +316,9 @@ where
         "test" => no_arguments("test", rest).map(|()| Command::Test),
         "linux-images" => no_arguments("linux-images", rest).map(|()| Command::LinuxImages),
         "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
+        "bench-guest" => no_arguments("bench-guest", rest).map(|()| Command::BenchGuest),
         "test-all" => no_arguments("test-all", rest).map(|()| Command::TestAll),
-        "run" => parse_run(rest).map(Command::Run),
+        "run" => parse_run(rest).map(|options| Command::Run(Box::new(options))),
         other => Err(ArgError::UnknownCommand(other.to_owned())),
     }
 }
@@ -219,6 +339,12 @@ fn no_arguments(command: &'static str, rest: &[String]) -> Result<(), ArgError> 
 
 fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
     let mut options = RunOptions::default();
+    // The guest's options may come before `--guest`, so they are collected
+    // here and checked against it once the whole line is read.
+    let mut guest_image: Option<GuestImage> = None;
+    let mut guest = GuestOptions::new(GuestImage::Testguest);
+    // The first `--guest-*` option given, to name it if `--guest` is not.
+    let mut guest_only: Option<&'static str> = None;
     let mut args = rest.iter();
     while let Some(arg) = args.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -232,6 +358,15 @@ fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
                 None => args.next().cloned().ok_or(ArgError::MissingValue(option)),
             }
         };
+        let flag = |option: &'static str| -> Result<(), ArgError> {
+            match inline {
+                Some(_) => Err(ArgError::UnexpectedValue(option)),
+                None => Ok(()),
+            }
+        };
+        if let Some(option) = GUEST_ONLY.iter().copied().find(|o| *o == name) {
+            guest_only.get_or_insert(option);
+        }
         match name {
             "--host" => options.host = Some(value("--host")?),
             "--vendor-boot" => options.vendor_boot = Some(value("--vendor-boot")?),
@@ -273,10 +408,60 @@ fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
                 options.mem = mem;
             }
             "--gdb" => {
-                if inline.is_some() {
-                    return Err(ArgError::UnexpectedValue("--gdb"));
-                }
+                flag("--gdb")?;
                 options.gdb = true;
+            }
+            "--guest" => {
+                let image = value("--guest")?;
+                guest_image = Some(match image.as_str() {
+                    BUILTIN_GUEST => GuestImage::Testguest,
+                    "" => {
+                        return Err(ArgError::InvalidValue {
+                            option: "--guest",
+                            value: image,
+                            expected: "a raw arm64 Image, or `testguest` for the built test guest",
+                        });
+                    }
+                    _ => GuestImage::File(image),
+                });
+            }
+            "--guest-initrd" => guest.initrd = Some(value("--guest-initrd")?),
+            "--guest-append" => guest.append = Some(value("--guest-append")?),
+            "--guest-mem" => {
+                let mem = value("--guest-mem")?;
+                guest.mem = match memory_bytes(&mem) {
+                    Some(bytes)
+                        if bytes.is_multiple_of(GUEST_MEM_ALIGN)
+                            && (MIN_GUEST_MEM..=MAX_GUEST_MEM).contains(&bytes) =>
+                    {
+                        bytes
+                    }
+                    _ => {
+                        return Err(ArgError::InvalidValue {
+                            option: "--guest-mem",
+                            value: mem,
+                            expected: "a size such as 128M or 1G (no suffix: MiB), \
+                                       a multiple of 2 MiB from 16M to 1T",
+                        });
+                    }
+                };
+            }
+            "--guest-smp" => {
+                let smp = value("--guest-smp")?;
+                guest.smp = match smp.parse::<u32>() {
+                    Ok(n) if (1..=MAX_GUEST_SMP).contains(&n) => n,
+                    _ => {
+                        return Err(ArgError::InvalidValue {
+                            option: "--guest-smp",
+                            value: smp,
+                            expected: "a number of vCPUs from 1 to 8",
+                        });
+                    }
+                };
+            }
+            "--guest-small-pages" => {
+                flag("--guest-small-pages")?;
+                guest.small_pages = true;
             }
             other if other.starts_with('-') => {
                 return Err(ArgError::UnknownOption {
@@ -292,18 +477,63 @@ fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
             }
         }
     }
+    match guest_image {
+        Some(image) => {
+            if options.host.is_some() {
+                return Err(ArgError::Conflict {
+                    option: "--guest",
+                    with: "--host",
+                    why: "the guest runs inside the built-in test host's VMM",
+                });
+            }
+            options.guest = Some(GuestOptions { image, ..guest });
+        }
+        None => {
+            if let Some(option) = guest_only {
+                return Err(ArgError::Requires {
+                    option,
+                    needs: "--guest",
+                });
+            }
+        }
+    }
     Ok(options)
 }
 
-/// Whether `s` is a positive size QEMU's `-m` accepts: digits with an
-/// optional K, M, G or T suffix (no suffix means MiB).
+/// The options that only make sense with `--guest`.
+const GUEST_ONLY: [&str; 5] = [
+    "--guest-initrd",
+    "--guest-append",
+    "--guest-mem",
+    "--guest-smp",
+    "--guest-small-pages",
+];
+
+/// The bytes a size in QEMU's `-m` syntax stands for: digits with an
+/// optional K, M, G or T suffix (either case; no suffix means MiB).
+/// `None` when malformed, zero, or too large for a `u64`.
+pub fn memory_bytes(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        b'T' | b't' => (&s[..s.len() - 1], 40),
+        _ => (s, 20),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // `parse` alone would also take a leading `+`; the check above keeps
+    // to plain digits.
+    let n: u64 = digits.parse().ok()?;
+    let bytes = n.checked_mul(1 << shift)?;
+    (bytes != 0).then_some(bytes)
+}
+
+/// Whether `s` is a positive size QEMU's `-m` accepts (see
+/// [`memory_bytes`]).
 fn is_memory_size(s: &str) -> bool {
-    let digits = s
-        .strip_suffix(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't'])
-        .unwrap_or(s);
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && digits.bytes().any(|b| b != b'0')
+    memory_bytes(s).is_some()
 }
 
 #[cfg(test)]
@@ -314,7 +544,7 @@ mod tests {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
         match parse(all)? {
-            Command::Run(options) => Ok(options),
+            Command::Run(options) => Ok(*options),
             other => panic!("expected run, got {other:?}"),
         }
     }
@@ -339,6 +569,14 @@ mod tests {
         assert_eq!(parse(["test-all"]), Ok(Command::TestAll));
         assert_eq!(parse(["linux-images"]), Ok(Command::LinuxImages));
         assert_eq!(parse(["bench-boot"]), Ok(Command::BenchBoot));
+        assert_eq!(parse(["bench-guest"]), Ok(Command::BenchGuest));
+        assert!(matches!(
+            parse(["bench-guest", "--guest-mem=1G"]),
+            Err(ArgError::UnknownOption {
+                command: "bench-guest",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -406,6 +644,7 @@ mod tests {
                 cpu: "max".to_owned(),
                 smp: 4,
                 mem: "2G".to_owned(),
+                guest: None,
             }
         );
     }
@@ -490,9 +729,175 @@ mod tests {
         for ok in ["1G", "512M", "2048", "1g", "65536K", "1T"] {
             assert!(is_memory_size(ok), "{ok}");
         }
-        for bad in ["", "G", "0", "0M", "1.5G", "1GB", "-1G", "1 G"] {
+        for bad in ["", "G", "0", "0M", "1.5G", "1GB", "-1G", "1 G", "+1G"] {
             assert!(!is_memory_size(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn memory_bytes_follow_qemu_suffixes() {
+        assert_eq!(memory_bytes("128M"), Some(128 << 20));
+        assert_eq!(memory_bytes("128"), Some(128 << 20), "no suffix: MiB");
+        assert_eq!(memory_bytes("1g"), Some(1 << 30));
+        assert_eq!(memory_bytes("16384K"), Some(16 << 20));
+        assert_eq!(memory_bytes("2T"), Some(2 << 40));
+        // Too large for a u64: refused, not wrapped.
+        assert_eq!(memory_bytes("99999999999999999999"), None);
+        assert_eq!(memory_bytes("20000000T"), None);
+        assert_eq!(memory_bytes("0K"), None);
+    }
+
+    #[test]
+    fn run_guest_defaults() {
+        let options = run(&["--guest", "testguest"]).unwrap();
+        let guest = options.guest.unwrap();
+        assert_eq!(guest, GuestOptions::new(GuestImage::Testguest));
+        assert_eq!(guest.mem, 128 << 20);
+        assert_eq!(guest.smp, 1);
+        assert!(!guest.small_pages);
+        assert_eq!(guest.initrd, None);
+        assert_eq!(guest.append, None);
+        // Anything else is a file.
+        let options = run(&["--guest=./testguest.bin"]).unwrap();
+        assert_eq!(
+            options.guest.unwrap().image,
+            GuestImage::File("./testguest.bin".to_owned())
+        );
+        assert_eq!(run(&[]).unwrap().guest, None);
+    }
+
+    #[test]
+    fn run_guest_all_options_both_forms() {
+        let spaced = run(&[
+            "--guest-mem",
+            "256M",
+            "--guest",
+            "Image",
+            "--guest-initrd",
+            "initrd.cpio",
+            "--guest-append",
+            "console=hvc0 quiet",
+            "--guest-smp",
+            "8",
+            "--guest-small-pages",
+            "--append",
+            "testhost.fail",
+        ])
+        .unwrap();
+        let inline = run(&[
+            "--guest-mem=256M",
+            "--guest=Image",
+            "--guest-initrd=initrd.cpio",
+            "--guest-append=console=hvc0 quiet",
+            "--guest-smp=8",
+            "--guest-small-pages",
+            "--append=testhost.fail",
+        ])
+        .unwrap();
+        assert_eq!(spaced, inline);
+        assert_eq!(spaced.append.as_deref(), Some("testhost.fail"));
+        assert_eq!(
+            spaced.guest,
+            Some(GuestOptions {
+                image: GuestImage::File("Image".to_owned()),
+                initrd: Some("initrd.cpio".to_owned()),
+                append: Some("console=hvc0 quiet".to_owned()),
+                mem: 256 << 20,
+                smp: 8,
+                small_pages: true,
+            })
+        );
+    }
+
+    #[test]
+    fn run_guest_conflicts_with_host() {
+        let e = run(&["--host", "boot.img", "--guest", "testguest"]).unwrap_err();
+        assert_eq!(
+            e,
+            ArgError::Conflict {
+                option: "--guest",
+                with: "--host",
+                why: "the guest runs inside the built-in test host's VMM",
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with("`--guest` cannot be combined with `--host`")
+        );
+        // In either order.
+        assert!(matches!(
+            run(&["--guest", "testguest", "--host=Image"]),
+            Err(ArgError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn run_guest_options_need_guest() {
+        for (args, option) in [
+            (&["--guest-initrd", "x"][..], "--guest-initrd"),
+            (&["--guest-append", "x"][..], "--guest-append"),
+            (&["--guest-mem=64M"][..], "--guest-mem"),
+            (&["--guest-smp", "2"][..], "--guest-smp"),
+            (&["--guest-small-pages"][..], "--guest-small-pages"),
+            // The first one given is named.
+            (
+                &["--guest-smp", "2", "--guest-mem", "64M"][..],
+                "--guest-smp",
+            ),
+        ] {
+            let e = run(args).unwrap_err();
+            assert_eq!(
+                e,
+                ArgError::Requires {
+                    option,
+                    needs: "--guest"
+                },
+                "{args:?}"
+            );
+            assert_eq!(e.to_string(), format!("`{option}` needs `--guest`"));
+        }
+    }
+
+    #[test]
+    fn run_guest_invalid_values() {
+        let invalid = |args: &[&str], want: &str| match run(args) {
+            Err(ArgError::InvalidValue { option, .. }) => assert_eq!(option, want, "{args:?}"),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        for mem in [
+            "15M", "14M", "17M", "129M", "0", "lots", "1.5G", "2T", "1000000T",
+        ] {
+            invalid(&["--guest", "testguest", "--guest-mem", mem], "--guest-mem");
+        }
+        for smp in ["0", "9", "-1", "two", ""] {
+            invalid(&["--guest", "testguest", "--guest-smp", smp], "--guest-smp");
+        }
+        invalid(&["--guest="], "--guest");
+        // The edges are accepted.
+        for (mem, bytes) in [("16M", 16u64 << 20), ("16384K", 16 << 20), ("1T", 1 << 40)] {
+            let g = run(&["--guest", "testguest", "--guest-mem", mem])
+                .unwrap()
+                .guest
+                .unwrap();
+            assert_eq!(g.mem, bytes, "{mem}");
+        }
+        for smp in [1, 8] {
+            let n = smp.to_string();
+            let g = run(&["--guest", "testguest", "--guest-smp", &n])
+                .unwrap()
+                .guest
+                .unwrap();
+            assert_eq!(g.smp, smp);
+        }
+        assert_eq!(
+            run(&["--guest", "testguest", "--guest-small-pages=yes"]),
+            Err(ArgError::UnexpectedValue("--guest-small-pages"))
+        );
+        assert_eq!(run(&["--guest"]), Err(ArgError::MissingValue("--guest")));
+        assert_eq!(
+            run(&["--guest", "testguest", "--guest-append"]),
+            Err(ArgError::MissingValue("--guest-append"))
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! `qemu-system-aarch64`, runs the QEMU tests and the whole test suite. See
 //! [`args::USAGE`] for the commands.
 //!
-//! Its one dependency is the workspace's own `el2` library (the Android
-//! boot image packer and parser, feature `pack`): arguments are parsed by
+//! Its dependencies are the workspace's own `el2` library (the Android
+//! boot image packer and parser, feature `pack`) and `host_interface` (the
+//! guest descriptor handed to the test host's VMM): arguments are parsed by
 //! hand ([`args`]), QEMU is found or installed by [`qemu`], cargo is driven
 //! by [`workspace`], the Linux host images are built by [`linux`] (with
 //! [`cpio`]) and the commands live in [`commands`].
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Command::Run(options) => commands::run::run(&options),
         Command::LinuxImages => commands::linux_images::linux_images().map(|()| ExitCode::SUCCESS),
         Command::BenchBoot => commands::bench::bench_boot().map(|()| ExitCode::SUCCESS),
+        Command::BenchGuest => commands::bench_guest::bench_guest().map(|()| ExitCode::SUCCESS),
         Command::Test => commands::test::run_all().map(|summary| {
             // The summary line has been printed; add nothing after it.
             if summary.failed == 0 {

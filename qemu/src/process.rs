@@ -1,6 +1,8 @@
-//! Running child processes: shell-like display, exit statuses, timeouts.
+//! Running child processes: shell-like display, exit statuses, timeouts,
+//! and a temporary directory for the files a run hands QEMU.
 
 use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -229,6 +231,55 @@ fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<(ExitStatus, b
     }
 }
 
+/// A directory of the runner's own under the system's temporary
+/// directory, removed with its contents when dropped: for files QEMU loads
+/// at start-up (a guest's command line) that are of no use after the run.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<tmp>/cargo-qemu-<pid>-<n>`, with the first `n` not taken
+    /// (by a run that did not get to clean up, for instance).
+    pub fn new() -> Result<Self, Failure> {
+        let base = std::env::temp_dir();
+        let pid = std::process::id();
+        let mut last = None;
+        for n in 0..1000 {
+            let path = base.join(format!("cargo-qemu-{pid}-{n}"));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => {
+                    return Err(Failure::failed(format!(
+                        "cannot create a temporary directory {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        Err(Failure::failed(format!(
+            "cannot create a temporary directory in {}: {}",
+            base.display(),
+            last.map_or_else(|| "every name is taken".to_owned(), |e| e.to_string())
+        )))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Nothing to do about a failure here: it is only a leftover in the
+        // system's temporary directory.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +329,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(none.marker_at, None);
+    }
+
+    #[test]
+    fn temp_dirs_are_distinct_and_removed() {
+        let a = TempDir::new().unwrap();
+        let b = TempDir::new().unwrap();
+        assert_ne!(a.path(), b.path());
+        std::fs::write(a.path().join("f"), b"x").unwrap();
+        let kept = a.path().to_owned();
+        drop(a);
+        assert!(!kept.exists());
+        assert!(b.path().is_dir());
     }
 
     #[cfg(unix)]

@@ -1,9 +1,11 @@
 //! Finding (or installing) `qemu-system-aarch64` and the command line that
-//! boots el2 and its host on it.
+//! boots el2, its host and (for the built-in test host's VMM) a guest on it.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use host_interface::guestdesc::{Blob, DESC_ADDR, FILES_ADDR, FLAG_SMALL_PAGES, GuestDesc, WORDS};
 
 use crate::failure::Failure;
 use crate::process;
@@ -84,11 +86,11 @@ fn is_root() -> bool {
 
 /// Where the host image is loaded (raw): el2 looks for an arm64 Image
 /// header there when there is no host descriptor. Must match
-/// `HOST_IMAGE_ADDR` in `el2/src/boot/layout.rs` and the link address in
+/// `HOST_IMAGE_ADDR` in `el2/src/arch/layout.rs` and the link address in
 /// `tests/testhost/linker.ld`.
 pub const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
 
-/// Where the host descriptor goes (`el2/src/boot/hostimg.rs`,
+/// Where the host descriptor goes (`el2/src/arch/hostimg.rs`,
 /// `HOST_DESC_ADDR`): eight little-endian `u64`s describing what the
 /// runner loaded.
 pub const HOST_DESC_ADDR: u64 = 0x43ff_f000;
@@ -100,6 +102,17 @@ pub const DESC_RAW: u64 = 1;
 pub const DESC_ANDROID: u64 = 2;
 
 const BLOCK_2M: u64 = 2 << 20;
+
+/// Where RAM starts on QEMU's `virt` machine.
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// How much of the top of RAM the guest's files must stay clear of: el2
+/// carves its memory from the top of RAM (its heap: 32 MiB, or RAM/64 when
+/// larger), and QEMU's loader would write the files before el2 runs, under
+/// its feet. 64 MiB covers the carve-out up to 4 GiB of RAM.
+pub const EL2_TOP_RESERVE: u64 = 64 << 20;
+/// Longest guest command line the guest descriptor accepts
+/// (`GuestDesc::decode`).
+pub const MAX_GUEST_CMDLINE: u64 = 4096;
 
 /// The machine QEMU emulates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +165,25 @@ pub enum Host<'a> {
     },
 }
 
+/// A protected guest the built-in test host runs as its VMM, handed over
+/// with a guest descriptor (`host_interface::guestdesc`).
+#[derive(Debug, Clone, Copy)]
+pub struct Guest<'a> {
+    /// The guest's raw arm64 Image.
+    pub kernel: &'a Path,
+    /// An initrd.
+    pub initrd: Option<&'a Path>,
+    /// A file holding the guest's kernel command line (see
+    /// [`write_guest_cmdline`]): QEMU's loader only loads files.
+    pub cmdline: Option<&'a Path>,
+    /// Guest RAM in bytes.
+    pub mem: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Back guest memory with 4 KiB pages only.
+    pub small_pages: bool,
+}
+
 /// What QEMU boots.
 #[derive(Debug, Clone, Copy)]
 pub struct Boot<'a> {
@@ -169,6 +201,8 @@ pub struct Boot<'a> {
     pub dtb: Option<&'a Path>,
     /// The machine.
     pub machine: &'a Machine,
+    /// A guest for the built-in test host's VMM ([`Host::InPlace`] only).
+    pub guest: Option<Guest<'a>>,
 }
 
 fn file_len(path: &Path) -> Result<u64, String> {
@@ -184,11 +218,11 @@ fn raw_loader(path: &Path, addr: u64) -> [String; 2] {
     ]
 }
 
-/// The `-device loader` arguments that write the host descriptor
-/// (`el2/src/boot/hostimg.rs`): magic, kind, then (address, size) of the
-/// image and of the second file (0, 0 for none).
-pub fn descriptor_args(kind: u64, image: (u64, u64), extra: (u64, u64)) -> Vec<String> {
-    let words = [DESC_MAGIC, kind, image.0, image.1, extra.0, extra.1];
+/// The `-device loader` arguments that write `words` as little-endian
+/// `u64`s from `base` up, one loader per word: QEMU's data loader writes at
+/// most 8 bytes. Both descriptors (el2's host descriptor, the test host's
+/// guest descriptor) are written this way.
+pub fn words_args(base: u64, words: &[u64]) -> Vec<String> {
     words
         .iter()
         .enumerate()
@@ -197,11 +231,149 @@ pub fn descriptor_args(kind: u64, image: (u64, u64), extra: (u64, u64)) -> Vec<S
                 "-device".to_owned(),
                 format!(
                     "loader,addr={:#x},data={w:#x},data-len=8",
-                    HOST_DESC_ADDR + 8 * i as u64
+                    base + 8 * i as u64
                 ),
             ]
         })
         .collect()
+}
+
+/// The `-device loader` arguments that write the host descriptor
+/// (`el2/src/arch/hostimg.rs`): magic, kind, then (address, size) of the
+/// image and of the second file (0, 0 for none).
+pub fn descriptor_args(kind: u64, image: (u64, u64), extra: (u64, u64)) -> Vec<String> {
+    words_args(
+        HOST_DESC_ADDR,
+        &[DESC_MAGIC, kind, image.0, image.1, extra.0, extra.1],
+    )
+}
+
+/// Writes the guest's command line to `path` for QEMU's loader; `None`
+/// (nothing written) for an empty one, which the descriptor leaves out.
+/// Refuses a line longer than the descriptor takes.
+pub fn write_guest_cmdline(path: &Path, text: &str) -> Result<Option<PathBuf>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() as u64 > MAX_GUEST_CMDLINE {
+        return Err(format!(
+            "the guest command line is {} bytes; at most {MAX_GUEST_CMDLINE} fit the guest \
+             descriptor",
+            text.len()
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(path.to_owned()))
+}
+
+/// The guest descriptor for `guest` on a machine with `ram` bytes of RAM,
+/// and where each file goes: the kernel Image raw at [`FILES_ADDR`], the
+/// initrd and then the command line each at the next 2 MiB boundary.
+///
+/// Reads the kernel (to check its arm64 Image header) and the other files'
+/// sizes. Every file must end at most at RAM_BASE + `ram` − 64 MiB (el2
+/// takes memory from the top of RAM); the descriptor must pass the same
+/// checks the test host makes ([`GuestDesc::decode`]).
+pub fn guest_layout(guest: &Guest<'_>, ram: u64) -> Result<(GuestDesc, Vec<String>), String> {
+    let kernel = guest.kernel;
+    let data = std::fs::read(kernel).map_err(|e| format!("guest {}: {e}", kernel.display()))?;
+    let header = el2::bootimg::Arm64Image::parse(&data).map_err(|e| {
+        // el2's errors name the boot image they come from; here there is
+        // no boot image, only the Image.
+        let e = e.to_string();
+        let why = e.strip_prefix("boot image: ").unwrap_or(&e);
+        format!("guest {}: not a raw arm64 Image: {why}", kernel.display())
+    })?;
+    // The VMM copies the Image to the start of guest RAM + text_offset and
+    // the kernel uses image_size bytes from there (its BSS included).
+    let needs = header.text_offset.saturating_add(header.image_size);
+    if needs > guest.mem {
+        return Err(format!(
+            "guest {}: the Image needs {needs:#x} bytes of guest RAM (text_offset + image_size), \
+             more than the guest's {} MiB (--guest-mem)",
+            kernel.display(),
+            guest.mem >> 20
+        ));
+    }
+    let kernel_blob = Blob {
+        addr: FILES_ADDR,
+        size: data.len() as u64,
+    };
+    let mut args = raw_loader(kernel, kernel_blob.addr).to_vec();
+    let mut end = kernel_blob.end();
+    // Each further file at the next 2 MiB boundary after the one before.
+    let mut place = |path: &Path, what: &str| -> Result<Blob, String> {
+        let size = file_len(path)?;
+        if size == 0 {
+            return Err(format!("guest {what} {} is empty", path.display()));
+        }
+        let blob = Blob {
+            addr: GuestDesc::next_file_addr(end),
+            size,
+        };
+        args.extend(raw_loader(path, blob.addr));
+        end = blob.end();
+        Ok(blob)
+    };
+    let initrd = guest.initrd.map(|p| place(p, "initrd")).transpose()?;
+    let cmdline = match guest.cmdline {
+        Some(p) => {
+            let len = file_len(p)?;
+            if len > MAX_GUEST_CMDLINE {
+                return Err(format!(
+                    "guest command line {} is {len} bytes; at most {MAX_GUEST_CMDLINE} fit the \
+                     guest descriptor",
+                    p.display()
+                ));
+            }
+            // An empty command line is no command line: the descriptor has
+            // no zero-sized files.
+            if len == 0 {
+                None
+            } else {
+                Some(place(p, "command line")?)
+            }
+        }
+        None => None,
+    };
+    let limit = RAM_BASE.saturating_add(ram).saturating_sub(EL2_TOP_RESERVE);
+    if end > limit {
+        return Err(format!(
+            "the guest's files end at {end:#x}, above {limit:#x}: with {} MiB of RAM, files \
+             loaded from {FILES_ADDR:#x} must stay {} MiB clear of the top of RAM, where el2 \
+             takes its memory; give the machine more memory (--mem) or the guest smaller files",
+            ram >> 20,
+            EL2_TOP_RESERVE >> 20
+        ));
+    }
+    let desc = GuestDesc {
+        kernel: kernel_blob,
+        initrd,
+        cmdline,
+        mem: guest.mem,
+        vcpus: u64::from(guest.vcpus),
+        flags: if guest.small_pages {
+            FLAG_SMALL_PAGES
+        } else {
+            0
+        },
+    };
+    // The test host refuses what `decode` refuses; say so here, where the
+    // options that caused it are known, rather than from inside QEMU.
+    GuestDesc::decode(&desc.encode()).map_err(|e| e.to_string())?;
+    Ok((desc, args))
+}
+
+/// The arguments that load `guest` and write its descriptor at
+/// [`DESC_ADDR`] ([`guest_layout`]).
+pub fn guest_args(guest: &Guest<'_>, ram: u64) -> Result<Vec<String>, String> {
+    let (desc, mut args) = guest_layout(guest, ram)?;
+    let words: [u64; WORDS] = desc.encode();
+    args.extend(words_args(DESC_ADDR, &words));
+    Ok(args)
 }
 
 /// The arguments that load `host` (module docs of `hostimg.rs` in el2 for
@@ -286,13 +458,25 @@ fn machine_args(machine_value: String, machine: &Machine) -> Vec<String> {
 /// exit status; `-no-reboot` turns a guest reset into an exit; `-nic none`
 /// avoids loading network option ROMs that a minimal QEMU install lacks.
 /// Host files go in with `-device loader,...,force-raw=on` so QEMU copies
-/// them to RAM as they are; see [`host_args`].
+/// them to RAM as they are; see [`host_args`]. A guest's files and its
+/// descriptor go in the same way, after the host's; see [`guest_args`].
 pub fn boot_args(boot: &Boot<'_>) -> Result<Vec<String>, String> {
     let machine = boot.machine;
     let mut args = machine_args(machine_arg(""), machine);
     args.extend(["-semihosting", "-no-reboot", "-kernel"].map(str::to_owned));
     args.push(boot.kernel.display().to_string());
     args.extend(host_args(&boot.host)?);
+    if let Some(guest) = &boot.guest {
+        if !matches!(boot.host, Host::InPlace(_)) {
+            return Err(
+                "a guest runs inside the built-in test host's VMM; it cannot go with another host"
+                    .to_owned(),
+            );
+        }
+        let ram = crate::args::memory_bytes(&machine.mem)
+            .ok_or_else(|| format!("machine memory {:?} is not a QEMU size", machine.mem))?;
+        args.extend(guest_args(guest, ram)?);
+    }
     if let Some(append) = boot.append {
         args.push("-append".to_owned());
         args.push(append.to_owned());
@@ -365,6 +549,7 @@ mod tests {
             append: None,
             dtb: None,
             machine: &machine,
+            guest: None,
         };
         assert_eq!(
             boot_args(&boot).unwrap().join(" "),
@@ -388,6 +573,7 @@ mod tests {
             append: Some("testhost.fail"),
             dtb: Some(Path::new("t.dtb")),
             machine: &machine,
+            guest: None,
         };
         let args = boot_args(&boot).unwrap();
         assert!(
@@ -465,16 +651,350 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A scratch directory of a test's own.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("qemu-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A guest with the default options (128 MiB, 1 vCPU).
+    fn guest<'a>(kernel: &'a Path) -> Guest<'a> {
+        Guest {
+            kernel,
+            initrd: None,
+            cmdline: None,
+            mem: 128 << 20,
+            vcpus: 1,
+            small_pages: false,
+        }
+    }
+
+    /// The `-device loader` argument writing `value` to `addr`.
+    fn word(addr: u64, value: u64) -> String {
+        format!("loader,addr={addr:#x},data={value:#x},data-len=8")
+    }
+
+    #[test]
+    fn words_are_written_eight_bytes_apart() {
+        assert_eq!(
+            words_args(0x1000, &[7, u64::MAX]),
+            [
+                "-device",
+                "loader,addr=0x1000,data=0x7,data-len=8",
+                "-device",
+                "loader,addr=0x1008,data=0xffffffffffffffff,data-len=8",
+            ]
+        );
+        assert!(words_args(0x1000, &[]).is_empty());
+    }
+
+    #[test]
+    fn guest_files_and_descriptor() {
+        let dir = scratch("guest-files");
+        let kernel = dir.join("Image");
+        // 3 MiB + 5 bytes of file: the initrd goes at the 4 MiB boundary.
+        let image = el2::bootimg::pack::arm64_image(&vec![1; (3 << 20) + 5 - 64], 8 << 20);
+        std::fs::write(&kernel, &image).unwrap();
+        let initrd = dir.join("initrd");
+        std::fs::write(&initrd, vec![2u8; (2 << 20) + 1]).unwrap();
+        let cmdline = write_guest_cmdline(&dir.join("cmdline"), "testguest.fail x=1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&cmdline).unwrap(),
+            "testguest.fail x=1"
+        );
+        let g = Guest {
+            initrd: Some(&initrd),
+            cmdline: Some(&cmdline),
+            mem: 256 << 20,
+            vcpus: 2,
+            small_pages: true,
+            ..guest(&kernel)
+        };
+        let (desc, _) = guest_layout(&g, 1 << 30).unwrap();
+        let k = image.len() as u64;
+        assert_eq!(
+            desc.kernel,
+            Blob {
+                addr: 0x4800_0000,
+                size: k
+            }
+        );
+        assert_eq!(
+            desc.initrd,
+            Some(Blob {
+                addr: 0x4840_0000,
+                size: (2 << 20) + 1
+            })
+        );
+        // The command line at the next 2 MiB boundary after the initrd.
+        assert_eq!(
+            desc.cmdline,
+            Some(Blob {
+                addr: 0x4880_0000,
+                size: 18
+            })
+        );
+        let args = guest_args(&g, 1 << 30).unwrap();
+        let joined = args.join(" ");
+        for (file, addr) in [
+            (&kernel, "0x48000000"),
+            (&initrd, "0x48400000"),
+            (&cmdline, "0x48800000"),
+        ] {
+            assert!(
+                joined.contains(&format!(
+                    "-device loader,file={},addr={addr},force-raw=on",
+                    file.display()
+                )),
+                "{file:?}: {joined}"
+            );
+        }
+        // The descriptor, word by word, from 0x43ff_e000.
+        let magic = u64::from_le_bytes(*b"PKVMGUES");
+        let want = [
+            magic,
+            1,
+            0x4800_0000,
+            k,
+            0x4840_0000,
+            (2 << 20) + 1,
+            0x4880_0000,
+            18,
+            256 << 20,
+            2,
+            FLAG_SMALL_PAGES,
+        ];
+        assert_eq!(want.len(), WORDS);
+        for (i, w) in want.iter().enumerate() {
+            let arg = word(0x43ff_e000 + 8 * i as u64, *w);
+            assert!(args.contains(&arg), "word {i}: {arg}");
+        }
+        assert!(args.contains(&word(0x43ff_e000, 0x5345_5547_4d56_4b50)));
+        // The words decode as the test host will decode them.
+        assert_eq!(GuestDesc::decode(&desc.encode()), Ok(desc));
+        // 3 files and 11 words, each `-device <spec>`.
+        assert_eq!(args.len(), 2 * (3 + WORDS));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guest_without_initrd_or_cmdline() {
+        let dir = scratch("guest-bare");
+        let kernel = dir.join("Image");
+        std::fs::write(&kernel, el2::bootimg::pack::arm64_image(&[1; 100], 1 << 20)).unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        // An empty command line file is no command line.
+        for g in [
+            guest(&kernel),
+            Guest {
+                cmdline: Some(&empty),
+                ..guest(&kernel)
+            },
+        ] {
+            let (desc, files) = guest_layout(&g, 1 << 30).unwrap();
+            assert_eq!(desc.initrd, None);
+            assert_eq!(desc.cmdline, None);
+            assert_eq!(desc.flags, 0);
+            assert_eq!(desc.vcpus, 1);
+            assert_eq!(desc.mem, 128 << 20);
+            assert_eq!(files.len(), 2, "the kernel alone: {files:?}");
+            let args = guest_args(&g, 1 << 30).unwrap();
+            for i in 4..8 {
+                assert!(args.contains(&word(0x43ff_e000 + 8 * i, 0)), "word {i}");
+            }
+        }
+        assert_eq!(write_guest_cmdline(&dir.join("none"), ""), Ok(None));
+        assert!(!dir.join("none").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guest_errors_are_clear() {
+        let dir = scratch("guest-errors");
+        let kernel = dir.join("Image");
+        std::fs::write(&kernel, el2::bootimg::pack::arm64_image(&[1; 100], 1 << 20)).unwrap();
+        let not_image = dir.join("not-image");
+        std::fs::write(&not_image, vec![0u8; 4096]).unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let long = dir.join("long");
+        std::fs::write(&long, vec![b'x'; 4097]).unwrap();
+        let err = |g: Guest<'_>, ram: u64| guest_args(&g, ram).unwrap_err();
+
+        let e = err(guest(&not_image), 1 << 30);
+        assert!(e.contains("not a raw arm64 Image"), "{e}");
+        let e = err(guest(&dir.join("missing")), 1 << 30);
+        assert!(e.contains("missing"), "{e}");
+        let big = dir.join("big");
+        std::fs::write(&big, el2::bootimg::pack::arm64_image(&[1; 100], 129 << 20)).unwrap();
+        let e = err(guest(&big), 1 << 30);
+        assert!(
+            e.contains("needs 0x8100000 bytes of guest RAM") && e.contains("128 MiB"),
+            "{e}"
+        );
+        assert!(
+            guest_args(
+                &Guest {
+                    mem: 130 << 20,
+                    ..guest(&big)
+                },
+                1 << 30
+            )
+            .is_ok()
+        );
+        let e = err(
+            Guest {
+                initrd: Some(&empty),
+                ..guest(&kernel)
+            },
+            1 << 30,
+        );
+        assert!(e.contains("initrd") && e.contains("is empty"), "{e}");
+        let e = err(
+            Guest {
+                cmdline: Some(&long),
+                ..guest(&kernel)
+            },
+            1 << 30,
+        );
+        assert!(e.contains("4097 bytes; at most 4096"), "{e}");
+        let e = write_guest_cmdline(&dir.join("c"), &"y".repeat(4097)).unwrap_err();
+        assert!(e.contains("4097 bytes; at most 4096"), "{e}");
+        assert!(write_guest_cmdline(&dir.join("c"), &"y".repeat(4096)).is_ok());
+        // What the test host would refuse is refused here.
+        let e = err(
+            Guest {
+                mem: 3 << 20,
+                ..guest(&kernel)
+            },
+            1 << 30,
+        );
+        assert_eq!(e, "guest descriptor: bad memory size");
+        let e = err(
+            Guest {
+                vcpus: 9,
+                ..guest(&kernel)
+            },
+            1 << 30,
+        );
+        assert_eq!(e, "guest descriptor: bad vCPU count");
+        // 128 MiB of RAM ends at 0x4800_0000: nothing fits below el2's
+        // 64 MiB at the top.
+        let e = err(guest(&kernel), 128 << 20);
+        assert!(e.contains("above 0x44000000") && e.contains("--mem"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guest_files_end_at_most_64m_below_the_top_of_ram() {
+        let dir = scratch("guest-limit");
+        let kernel = dir.join("Image");
+        std::fs::write(&kernel, el2::bootimg::pack::arm64_image(&[1; 100], 1 << 20)).unwrap();
+        // 256 MiB of RAM: files must end by 0x4c00_0000; the initrd
+        // starts at 0x4820_0000.
+        let initrd = dir.join("initrd");
+        let file = std::fs::File::create(&initrd).unwrap();
+        file.set_len(0x4c00_0000 - 0x4820_0000).unwrap();
+        let g = Guest {
+            initrd: Some(&initrd),
+            ..guest(&kernel)
+        };
+        assert!(guest_args(&g, 256 << 20).is_ok());
+        file.set_len(0x4c00_0000 - 0x4820_0000 + 1).unwrap();
+        let e = guest_args(&g, 256 << 20).unwrap_err();
+        assert!(e.contains("end at 0x4c000001, above 0x4c000000"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn boot_line_with_a_guest() {
+        let dir = scratch("guest-boot");
+        let kernel = dir.join("Image");
+        std::fs::write(&kernel, el2::bootimg::pack::arm64_image(&[1; 100], 1 << 20)).unwrap();
+        let machine = Machine::default();
+        let boot = Boot {
+            kernel: Path::new("el2"),
+            host: Host::InPlace(Path::new("testhost.bin")),
+            append: None,
+            dtb: None,
+            machine: &machine,
+            guest: Some(guest(&kernel)),
+        };
+        let line = boot_args(&boot).unwrap().join(" ");
+        // The test host first, then the guest's files and descriptor.
+        let host = line
+            .find("loader,file=testhost.bin,addr=0x44000000,force-raw=on")
+            .unwrap();
+        let guest_file = line
+            .find(&format!(
+                "loader,file={},addr=0x48000000,force-raw=on",
+                kernel.display()
+            ))
+            .unwrap();
+        assert!(host < guest_file);
+        assert!(line.contains(&word(0x43ff_e000, u64::from_le_bytes(*b"PKVMGUES"))));
+        assert!(line.contains(&word(0x43ff_e000 + 8 * 10, 0)));
+        // Without a guest, no guest descriptor.
+        let plain = boot_args(&Boot {
+            guest: None,
+            ..boot
+        })
+        .unwrap()
+        .join(" ");
+        assert!(!plain.contains("0x43ffe000"));
+        // A guest goes with the built-in test host only.
+        for host in [
+            Host::None,
+            Host::Raw {
+                kernel: &kernel,
+                initrd: None,
+            },
+        ] {
+            let e = boot_args(&Boot { host, ..boot }).unwrap_err();
+            assert!(e.contains("built-in test host"), "{e}");
+        }
+        // The machine's memory sizes the limit: 1G fits, 128M does not.
+        let small = Machine {
+            mem: "128M".to_owned(),
+            ..Machine::default()
+        };
+        assert!(
+            boot_args(&Boot {
+                machine: &small,
+                ..boot
+            })
+            .unwrap_err()
+            .contains("el2 takes its memory")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The guest descriptor sits below el2's host descriptor and the
+    /// guest's files above the test host's image, as host_interface says.
+    #[test]
+    fn guest_descriptor_layout() {
+        const {
+            assert!(DESC_ADDR == 0x43ff_e000);
+            assert!(FILES_ADDR == 0x4800_0000);
+            assert!(DESC_ADDR + 8 * WORDS as u64 <= HOST_DESC_ADDR);
+            assert!(FILES_ADDR >= HOST_IMAGE_ADDR + (64 << 20));
+        }
+    }
+
     /// The load address is written in three places; keep them equal.
     #[test]
     fn host_image_address_matches_el2_and_testhost() {
         let root = crate::workspace::root();
-        let layout = std::fs::read_to_string(root.join("el2/src/boot/layout.rs")).unwrap();
+        let layout = std::fs::read_to_string(root.join("el2/src/arch/layout.rs")).unwrap();
         assert!(layout.contains("pub const HOST_IMAGE_ADDR: u64 = 0x4400_0000;"));
         let ld = std::fs::read_to_string(root.join("tests/testhost/linker.ld")).unwrap();
         assert!(ld.contains(". = 0x44000000;"));
         assert_eq!(HOST_IMAGE_ADDR, 0x4400_0000);
-        let hostimg = std::fs::read_to_string(root.join("el2/src/boot/hostimg.rs")).unwrap();
+        let hostimg = std::fs::read_to_string(root.join("el2/src/arch/hostimg.rs")).unwrap();
         assert!(hostimg.contains("pub const HOST_DESC_ADDR: u64 = 0x43ff_f000;"));
         assert!(hostimg.contains("pub const DESC_RAW: u64 = 1;"));
         assert!(hostimg.contains("pub const DESC_ANDROID: u64 = 2;"));

@@ -1,5 +1,5 @@
-//! The workspace: where it is, running cargo in it, and building el2 and
-//! the test host.
+//! The workspace: where it is, running cargo in it, and building el2, the
+//! test host and the test guest.
 
 use std::env;
 use std::ffi::OsString;
@@ -9,7 +9,8 @@ use std::process::Command;
 use crate::failure::Failure;
 use crate::process;
 
-/// The bare-metal target el2 and the test host are built for.
+/// The bare-metal target el2, the test host and the test guest are built
+/// for.
 pub const EL2_TARGET: &str = "aarch64-unknown-none";
 
 /// Root of the workspace (the parent of this package's directory).
@@ -102,24 +103,30 @@ pub struct Images {
     /// The test host as a raw arm64 Image (`testhost.bin`): the default
     /// host image.
     pub testhost: PathBuf,
+    /// The test guest as a raw arm64 Image (`testguest.bin`): the guest
+    /// `--guest testguest` runs in the test host's VMM.
+    pub testguest: PathBuf,
 }
 
-/// The cargo arguments that build el2 and the test host, as shown to the
-/// user.
-pub const BUILD_IMAGES: [&str; 8] = [
+/// The cargo arguments that build el2, the test host and the test guest,
+/// as shown to the user.
+pub const BUILD_IMAGES: [&str; 10] = [
     "build",
     "-p",
     "el2",
     "-p",
     "testhost",
+    "-p",
+    "testguest",
     "--target",
     EL2_TARGET,
     "--release",
 ];
 
-/// Builds el2 and the test host for `aarch64-unknown-none` (release) and
-/// makes their raw binaries (the test host's is required: it is loaded as
-/// a raw Image).
+/// Builds el2, the test host and the test guest for
+/// `aarch64-unknown-none` (release) and makes their raw binaries (the test
+/// host's and the test guest's are required: both are loaded as raw
+/// Images).
 ///
 /// Cargo's human-readable output goes to stderr as usual; its JSON messages
 /// on stdout give the exact paths of the ELFs, whatever the target
@@ -128,8 +135,11 @@ pub fn build_images() -> Result<Images, Failure> {
     eprintln!("==> cargo {}", BUILD_IMAGES.join(" "));
     let mut cmd = cargo(BUILD_IMAGES);
     cmd.arg("--message-format=json-render-diagnostics");
-    let messages = process::stdout_of(&mut cmd)
-        .map_err(|f| Failure::failed(format!("building el2 and the test host failed: {f}")))?;
+    let messages = process::stdout_of(&mut cmd).map_err(|f| {
+        Failure::failed(format!(
+            "building el2, the test host and the test guest failed: {f}"
+        ))
+    })?;
     let elf = |name: &str| -> Result<PathBuf, Failure> {
         let path = find_executable(&messages, name).unwrap_or_else(|| {
             root()
@@ -149,18 +159,24 @@ pub fn build_images() -> Result<Images, Failure> {
     };
     let el2 = elf("el2")?;
     let testhost_elf = elf("testhost")?;
+    let testguest_elf = elf("testguest")?;
     let el2_raw = make_raw_binary(&el2).ok();
-    let testhost = make_raw_binary(&testhost_elf).map_err(|tried| {
-        Failure::unavailable(format!(
-            "cannot make the test host's raw Image: rust-objcopy (rustup component \
-             llvm-tools, which rust-toolchain.toml asks for) or llvm-objcopy is needed.\n{}",
-            tried.join("\n")
-        ))
-    })?;
+    let required_raw = |elf: &Path, what: &str| {
+        make_raw_binary(elf).map_err(|tried| {
+            Failure::unavailable(format!(
+                "cannot make {what}'s raw Image: rust-objcopy (rustup component \
+                 llvm-tools, which rust-toolchain.toml asks for) or llvm-objcopy is needed.\n{}",
+                tried.join("\n")
+            ))
+        })
+    };
+    let testhost = required_raw(&testhost_elf, "the test host")?;
+    let testguest = required_raw(&testguest_elf, "the test guest")?;
     Ok(Images {
         el2,
         el2_raw,
         testhost,
+        testguest,
     })
 }
 
@@ -302,6 +318,15 @@ mod tests {
         );
         assert_eq!(find_executable(MESSAGES, "other"), None);
         assert_eq!(find_executable(MESSAGES, "testhost"), None);
+        assert_eq!(find_executable(MESSAGES, "testguest"), None);
+    }
+
+    #[test]
+    fn the_build_names_every_image() {
+        assert_eq!(
+            BUILD_IMAGES.join(" "),
+            "build -p el2 -p testhost -p testguest --target aarch64-unknown-none --release"
+        );
     }
 
     #[test]

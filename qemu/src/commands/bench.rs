@@ -14,6 +14,7 @@
 //! [`MARKER`] line on the console. Every run must also end with exit
 //! status 0 (init powers off).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::failure::Failure;
@@ -37,6 +38,15 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The first line of `qemu --version` (e.g. `QEMU emulator version
+/// 7.2.22 (Debian ...)`), for a benchmark's heading; empty if QEMU cannot
+/// say.
+pub fn qemu_version(qemu_bin: &Path) -> String {
+    process::stdout_of(std::process::Command::new(qemu_bin).arg("--version"))
+        .map(|v| v.lines().next().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
 /// A number after `key` in `output` (e.g. el2's `boot took 28000 us`).
 fn number_after(output: &str, key: &str) -> Option<u64> {
     let at = output.find(key)? + key.len();
@@ -55,9 +65,7 @@ pub fn bench_boot() -> Result<(), Failure> {
     let images = workspace::build_images()?;
     let l = linux::ensure()?;
     let machine = Machine::default();
-    let version = process::stdout_of(std::process::Command::new(&qemu_bin).arg("--version"))
-        .map(|v| v.lines().next().unwrap_or("").to_owned())
-        .unwrap_or_default();
+    let version = qemu_version(&qemu_bin);
     println!(
         "bench-boot: {} ({}), -cpu {} -smp {} -m {}, {RUNS} runs each, interleaved; \
          time = QEMU spawn to {MARKER:?} on the console",
@@ -78,6 +86,7 @@ pub fn bench_boot() -> Result<(), Failure> {
         append: None,
         dtb: None,
         machine: &machine,
+        guest: None,
     };
     let el2_args = qemu::boot_args(&el2_boot).map_err(Failure::failed)?;
     let mut direct = Vec::new();

@@ -1,10 +1,11 @@
-//! `cargo qemu build`: build el2 and the test host and say where the images
-//! are.
+//! `cargo qemu build`: build el2, the test host and the test guest and say
+//! where the images are.
 
 use crate::failure::Failure;
 use crate::workspace;
 
-/// Builds el2 and the test host and prints their paths on stdout.
+/// Builds el2, the test host and the test guest and prints their paths on
+/// stdout.
 pub fn build() -> Result<(), Failure> {
     let images = workspace::build_images()?;
     println!("el2 ELF: {}", workspace::shown(&images.el2));
@@ -15,6 +16,10 @@ pub fn build() -> Result<(), Failure> {
     println!(
         "test host (raw arm64 Image, the default host): {}",
         workspace::shown(&images.testhost)
+    );
+    println!(
+        "test guest (raw arm64 Image, run with --guest testguest): {}",
+        workspace::shown(&images.testguest)
     );
     Ok(())
 }

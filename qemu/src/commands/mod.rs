@@ -1,6 +1,7 @@
 //! The `cargo qemu` commands.
 
 pub mod bench;
+pub mod bench_guest;
 pub mod build;
 pub mod linux_images;
 pub mod run;

@@ -1,18 +1,19 @@
-//! `cargo qemu run`: build el2 and the test host, boot them under QEMU.
+//! `cargo qemu run`: build el2 and the test host, boot them under QEMU
+//! (with a guest for the test host's VMM when `--guest` is given).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::args::RunOptions;
+use crate::args::{GuestImage, GuestOptions, RunOptions};
 use crate::failure::Failure;
-use crate::process;
-use crate::qemu::{self, Boot, Host, Machine};
-use crate::workspace;
+use crate::process::{self, TempDir};
+use crate::qemu::{self, Boot, Guest, Host, Machine};
+use crate::workspace::{self, Images};
 
-/// el2's exit statuses (`el2/src/boot/exit.rs`, `status`), for messages.
-/// A host's own SYSTEM_OFF status (the test host: 1 = a check failed)
-/// passes through as it is.
+/// el2's exit statuses (`el2/src/arch/exit.rs`, `status`), for messages.
+/// A host's own SYSTEM_OFF status (the test host: 1 = a check failed;
+/// as the VMM of a `--guest`, 8 to 11) passes through as it is.
 pub fn describe_exit(code: i32) -> Option<&'static str> {
     Some(match code {
         0 => return None,
@@ -23,6 +24,13 @@ pub fn describe_exit(code: i32) -> Option<&'static str> {
         5 => "el2 could not boot (see its error above)",
         6 => "el2 took an unexpected exception (see its FATAL line above)",
         7 => "el2 panicked",
+        8 => "the guest reported failing checks",
+        9 => "the guest reset (PSCI SYSTEM_RESET)",
+        10 => "the guest crashed or el2 stopped it",
+        11 => {
+            "the VMM failed (bad guest image, a hypervisor call failed, or the teardown check \
+             failed)"
+        }
         _ => return None,
     })
 }
@@ -102,6 +110,57 @@ pub fn host_of<'a>(
     }
 }
 
+/// What can be checked of the guest's options before anything is built:
+/// a `--guest` Image file (not the built test guest) and `--guest-initrd`
+/// exist, and `--guest-append` fits the guest descriptor. The rest (the
+/// Image header, where the files go) is checked once the test guest is
+/// built, by [`qemu::guest_layout`].
+fn check_guest_options(guest: &GuestOptions) -> Result<(), Failure> {
+    if let Some(append) = &guest.append
+        && append.len() as u64 > qemu::MAX_GUEST_CMDLINE
+    {
+        return Err(Failure::unavailable(format!(
+            "--guest-append is {} bytes; the guest descriptor takes at most {}",
+            append.len(),
+            qemu::MAX_GUEST_CMDLINE
+        )));
+    }
+    let image = match &guest.image {
+        GuestImage::File(f) => Some(("--guest", f)),
+        GuestImage::Testguest => None,
+    };
+    let initrd = guest.initrd.as_ref().map(|f| ("--guest-initrd", f));
+    for (option, file) in image.into_iter().chain(initrd) {
+        if !Path::new(file).is_file() {
+            return Err(Failure::unavailable(format!(
+                "{option} {file}: no such file"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The [`Guest`] for `--guest` and its options: `testguest` is the built
+/// `testguest.bin`; `cmdline` is the file holding `--guest-append` (see
+/// [`qemu::write_guest_cmdline`]).
+pub fn guest_of<'a>(
+    guest: &'a GuestOptions,
+    images: &'a Images,
+    cmdline: Option<&'a Path>,
+) -> Guest<'a> {
+    Guest {
+        kernel: match &guest.image {
+            GuestImage::Testguest => &images.testguest,
+            GuestImage::File(f) => Path::new(f),
+        },
+        initrd: guest.initrd.as_deref().map(Path::new),
+        cmdline,
+        mem: guest.mem,
+        vcpus: guest.smp,
+        small_pages: guest.small_pages,
+    }
+}
+
 /// Builds el2 and the test host, boots el2 with the chosen host and the
 /// console on this terminal, and passes QEMU's exit status through. Prints
 /// how long QEMU ran (the build excluded).
@@ -117,6 +176,9 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, Failure> {
     if let Some(h) = &host_arg {
         host_of(h, vendor.as_deref(), initrd.as_deref())?;
     }
+    if let Some(guest) = &options.guest {
+        check_guest_options(guest)?;
+    }
     let qemu = qemu::ensure()?;
     let images = workspace::build_images()?;
     let machine = Machine {
@@ -129,12 +191,29 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, Failure> {
         Some(h) => host_of(h, vendor.as_deref(), initrd.as_deref())?,
         None => Host::InPlace(&images.testhost),
     };
+    // QEMU's loader reads the command line file when QEMU starts; the
+    // directory holding it is removed when `scratch` is dropped, after QEMU
+    // has exited.
+    let guest_append = options.guest.as_ref().and_then(|g| g.append.as_deref());
+    let scratch = guest_append.map(|_| TempDir::new()).transpose()?;
+    let cmdline = match (guest_append, &scratch) {
+        (Some(text), Some(dir)) => {
+            qemu::write_guest_cmdline(&dir.path().join("guest-cmdline"), text)
+                .map_err(Failure::unavailable)?
+        }
+        _ => None,
+    };
+    let guest = options
+        .guest
+        .as_ref()
+        .map(|g| guest_of(g, &images, cmdline.as_deref()));
     let boot = Boot {
         kernel: &images.el2,
         host,
         append: options.append.as_deref(),
         dtb: None,
         machine: &machine,
+        guest,
     };
     let mut cmd = qemu::boot_command(&qemu, &boot).map_err(Failure::unavailable)?;
     eprintln!("==> {}", process::display(&cmd));
@@ -177,7 +256,87 @@ mod tests {
         assert_eq!(describe_exit(0), None);
         assert!(describe_exit(1).unwrap().contains("check failed"));
         assert!(describe_exit(5).unwrap().contains("could not boot"));
+        assert!(
+            describe_exit(8)
+                .unwrap()
+                .contains("guest reported failing checks")
+        );
+        assert!(describe_exit(9).unwrap().contains("SYSTEM_RESET"));
+        assert!(
+            describe_exit(10)
+                .unwrap()
+                .contains("crashed or el2 stopped it")
+        );
+        assert!(describe_exit(11).unwrap().contains("teardown check failed"));
+        for code in 1..=11 {
+            assert!(describe_exit(code).is_some(), "{code}");
+        }
+        assert_eq!(describe_exit(12), None);
         assert_eq!(describe_exit(42), None);
+    }
+
+    #[test]
+    fn guest_options_are_checked_before_the_build() {
+        let dir = std::env::temp_dir().join(format!("qemu-run-guest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("Image");
+        std::fs::write(&image, b"x").unwrap();
+        let path = |p: &Path| p.display().to_string();
+        // The built test guest needs no file yet.
+        assert!(check_guest_options(&GuestOptions::new(GuestImage::Testguest)).is_ok());
+        let file = GuestOptions::new(GuestImage::File(path(&image)));
+        assert!(check_guest_options(&file).is_ok());
+        let missing = GuestOptions::new(GuestImage::File(path(&dir.join("missing"))));
+        let e = check_guest_options(&missing).unwrap_err();
+        assert!(e.message.starts_with("--guest ") && e.message.ends_with("no such file"));
+        let e = check_guest_options(&GuestOptions {
+            initrd: Some(path(&dir.join("missing"))),
+            ..file.clone()
+        })
+        .unwrap_err();
+        assert!(e.message.starts_with("--guest-initrd "), "{}", e.message);
+        let e = check_guest_options(&GuestOptions {
+            append: Some("a".repeat(4097)),
+            ..file.clone()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("4097 bytes"), "{}", e.message);
+        assert!(
+            check_guest_options(&GuestOptions {
+                append: Some("a".repeat(4096)),
+                ..file
+            })
+            .is_ok()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guest_options_become_a_guest() {
+        let images = Images {
+            el2: PathBuf::from("el2"),
+            el2_raw: None,
+            testhost: PathBuf::from("testhost.bin"),
+            testguest: PathBuf::from("t/testguest.bin"),
+        };
+        let options = GuestOptions {
+            initrd: Some("initrd".to_owned()),
+            append: Some("ignored: the file says".to_owned()),
+            mem: 256 << 20,
+            smp: 3,
+            small_pages: true,
+            ..GuestOptions::new(GuestImage::Testguest)
+        };
+        let g = guest_of(&options, &images, Some(Path::new("cmdline")));
+        assert_eq!(g.kernel, Path::new("t/testguest.bin"));
+        assert_eq!(g.initrd, Some(Path::new("initrd")));
+        assert_eq!(g.cmdline, Some(Path::new("cmdline")));
+        assert_eq!((g.mem, g.vcpus, g.small_pages), (256 << 20, 3, true));
+        let file = GuestOptions::new(GuestImage::File("my/Image".to_owned()));
+        let g = guest_of(&file, &images, None);
+        assert_eq!(g.kernel, Path::new("my/Image"));
+        assert_eq!((g.initrd, g.cmdline), (None, None));
+        assert_eq!((g.mem, g.vcpus, g.small_pages), (128 << 20, 1, false));
     }
 
     #[test]

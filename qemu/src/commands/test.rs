@@ -4,9 +4,11 @@
 //! SYSTEM_OFF status, or el2's own error statuses), plus strings the
 //! console must show; for runs of the test host its closing
 //! `testhost: N passed, M failed, K skipped` line is parsed and checked
-//! too (so a test host that silently ran nothing cannot pass).
+//! too (so a test host that silently ran nothing cannot pass). Runs with a
+//! guest (the test host as its VMM) are judged on the VMM's
+//! `vmm: guest reported P passed, F failed` line instead.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::commands::run::describe_exit;
@@ -14,7 +16,7 @@ use crate::dtb;
 use crate::failure::Failure;
 use crate::linux::LinuxImages;
 use crate::process;
-use crate::qemu::{self, Boot, Host, Machine};
+use crate::qemu::{self, Boot, Guest, Host, Machine};
 use crate::workspace::{self, Images};
 
 /// Which el2 image QEMU boots.
@@ -60,8 +62,53 @@ pub struct QemuTest {
     pub output: &'static [&'static str],
     /// Strings it must not contain.
     pub absent: &'static [&'static str],
-    /// The test host's summary, when it runs.
+    /// The test host's summary, when it runs its own suite.
     pub summary: Option<Expected>,
+    /// A guest the test host runs as its VMM (with [`TestHost::Builtin`]);
+    /// the test host then reports the guest's results instead of running
+    /// its suite.
+    pub guest: Option<TestGuest>,
+}
+
+/// The guest of a QEMU test.
+#[derive(Debug, Clone, Copy)]
+pub struct TestGuest {
+    /// The guest's kernel.
+    pub kernel: GuestKernel,
+    /// The guest's kernel command line.
+    pub append: Option<&'static str>,
+    /// Guest RAM in bytes.
+    pub mem: u64,
+    /// vCPUs.
+    pub smp: u32,
+    /// Back guest memory with 4 KiB pages only.
+    pub small_pages: bool,
+    /// What the VMM's `vmm: guest reported P passed, F failed` line must
+    /// say.
+    pub report: GuestExpected,
+}
+
+/// A test guest's kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// The built `testguest.bin`.
+    Testguest,
+    /// A raw arm64 Image file.
+    #[allow(
+        dead_code,
+        reason = "every guest test runs the test guest today; tests of other guest Images name \
+                  their file here"
+    )]
+    File(&'static str),
+}
+
+/// What the VMM's report of the guest's checks must say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestExpected {
+    /// Exactly this many failed checks.
+    pub failed: u32,
+    /// At least this many passed checks.
+    pub min_passed: u32,
 }
 
 /// The host a test boots.
@@ -129,6 +176,48 @@ pub const LINUX_ABSENT: &[&str] = &[
 /// Checks the full suite has: fewer passing means checks went missing.
 const FULL_SUITE: u32 = 60;
 
+/// A guest run: the test host boots, builds the VM, runs the guest's suite
+/// and tears the VM down, all under TCG; a minute leaves room.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Checks the test guest's full suite has, at least.
+const GUEST_SUITE: u32 = 40;
+
+/// What every guest run must show: the guest started, powered off
+/// through the VMM, and the VMM checked after tearing the VM down that
+/// every page came back to the host.
+pub const GUEST_OUTPUT: &[&str] = &[
+    "guest: testguest: started",
+    "vmm: guest powered off",
+    "vmm: teardown verified",
+];
+
+/// What no guest run may show.
+pub const GUEST_ABSENT: &[&str] = &[
+    "TEARDOWN-CHECK-FAILED",
+    "vmm: error",
+    "FATAL",
+    "testguest: unexpected exception",
+];
+
+/// The VMM's report line, before `<P> passed, <F> failed`.
+pub const GUEST_REPORT: &str = "vmm: guest reported ";
+
+/// The test guest with `smp` vCPUs on 128 MiB, the whole suite passing.
+const fn testguest(smp: u32) -> TestGuest {
+    TestGuest {
+        kernel: GuestKernel::Testguest,
+        append: None,
+        mem: crate::args::DEFAULT_GUEST_MEM,
+        smp,
+        small_pages: false,
+        report: GuestExpected {
+            failed: 0,
+            min_passed: GUEST_SUITE,
+        },
+    }
+}
+
 fn machine_smp1() -> Machine {
     Machine {
         smp: 1,
@@ -177,6 +266,7 @@ pub const TESTS: &[QemuTest] = &[
             min_passed: FULL_SUITE,
             skipped: 0,
         }),
+        guest: None,
     },
     QemuTest {
         // Failures are detected: `testhost.fail` adds one failing check,
@@ -200,6 +290,7 @@ pub const TESTS: &[QemuTest] = &[
             min_passed: FULL_SUITE,
             skipped: 0,
         }),
+        guest: None,
     },
     QemuTest {
         // One CPU: everything but the secondary-CPU checks.
@@ -218,6 +309,7 @@ pub const TESTS: &[QemuTest] = &[
             min_passed: 45,
             skipped: 3,
         }),
+        guest: None,
     },
     QemuTest {
         // el2 as a raw arm64 Image (QEMU's Image loader puts the device
@@ -237,6 +329,7 @@ pub const TESTS: &[QemuTest] = &[
             min_passed: FULL_SUITE,
             skipped: 0,
         }),
+        guest: None,
     },
     QemuTest {
         // `-cpu max` (pointer authentication, SVE, SME, PAN, SSBS: the
@@ -256,6 +349,7 @@ pub const TESTS: &[QemuTest] = &[
             min_passed: FULL_SUITE,
             skipped: 0,
         }),
+        guest: None,
     },
     QemuTest {
         // No host image: a clear boot error and el2's status 5, not a hang.
@@ -270,6 +364,7 @@ pub const TESTS: &[QemuTest] = &[
         output: &["boot failed: no arm64 Image"],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // A device tree of our own, which QEMU edits with libfdt (its
@@ -290,6 +385,7 @@ pub const TESTS: &[QemuTest] = &[
             min_passed: 45,
             skipped: 3,
         }),
+        guest: None,
     },
     QemuTest {
         // A tree nested deeper than el2 accepts (the reader would index
@@ -309,6 +405,7 @@ pub const TESTS: &[QemuTest] = &[
         ],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // Debian's kernel from a header v2 boot image (its DTB: QEMU's
@@ -330,6 +427,7 @@ pub const TESTS: &[QemuTest] = &[
         ],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // The same from a header v4 boot image: no DTB in the image, so
@@ -350,6 +448,7 @@ pub const TESTS: &[QemuTest] = &[
         ],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // A v4 boot image with a vendor boot v4 image: vendor ramdisk
@@ -374,6 +473,7 @@ pub const TESTS: &[QemuTest] = &[
         ],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // The raw kernel Image with the initramfs as --initrd, command line
@@ -389,6 +489,7 @@ pub const TESTS: &[QemuTest] = &[
         output: &["host: raw arm64 Image at 0x44000000", "image raw"],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // A boot image whose kernel_size runs past its end: refused with
@@ -404,6 +505,7 @@ pub const TESTS: &[QemuTest] = &[
         output: &["boot failed: boot image: kernel_size runs past the end of the image"],
         absent: &[],
         summary: None,
+        guest: None,
     },
     QemuTest {
         // A vendor boot image with a wrong header_size.
@@ -418,6 +520,80 @@ pub const TESTS: &[QemuTest] = &[
         output: &["boot failed: boot image: vendor header_size invalid"],
         absent: &[],
         summary: None,
+        guest: None,
+    },
+    QemuTest {
+        // `cargo qemu run --guest testguest`: the test host runs the test
+        // guest as a protected VM with one vCPU; the guest's checks pass,
+        // it powers off, the VMM tears the VM down and verifies it.
+        name: "guest_suite_1vcpu",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: GUEST_TIMEOUT,
+        exit_code: 0,
+        output: &[],
+        absent: &[],
+        summary: None,
+        guest: Some(testguest(1)),
+    },
+    QemuTest {
+        // The same with two vCPUs (`--guest-smp 2`).
+        name: "guest_suite_2vcpus",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: GUEST_TIMEOUT,
+        exit_code: 0,
+        output: &[],
+        absent: &[],
+        summary: None,
+        guest: Some(testguest(2)),
+    },
+    QemuTest {
+        // Guest memory backed by 4 KiB pages only (`--guest-small-pages`).
+        name: "guest_small_pages",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: GUEST_TIMEOUT,
+        exit_code: 0,
+        output: &[],
+        absent: &[],
+        summary: None,
+        guest: Some(TestGuest {
+            small_pages: true,
+            ..testguest(1)
+        }),
+    },
+    QemuTest {
+        // `--guest-append testguest.fail`: one failing guest check reaches
+        // QEMU's exit status (guest -> VMM -> SYSTEM_OFF x1 = 8 -> el2).
+        name: "guest_failing_check_is_detected",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: GUEST_TIMEOUT,
+        exit_code: 8,
+        output: &[],
+        absent: &[],
+        summary: None,
+        guest: Some(TestGuest {
+            append: Some("testguest.fail"),
+            report: GuestExpected {
+                failed: 1,
+                min_passed: GUEST_SUITE,
+            },
+            ..testguest(1)
+        }),
     },
 ];
 
@@ -466,9 +642,9 @@ fn kernel_of<'a>(test: &QemuTest, images: &'a Images) -> Result<&'a Path, String
     }
 }
 
-/// Builds el2 and the test host, makes sure QEMU is there, runs every test
-/// in [`TESTS`] and prints one result line per test and a closing
-/// `N passed, M failed` line. The Linux images are built (or found in the
+/// Builds el2, the test host and the test guest, makes sure QEMU is there,
+/// runs every test in [`TESTS`] and prints one result line per test and a
+/// closing `N passed, M failed` line. The Linux images are built (or found in the
 /// cache) before the first Linux test.
 pub fn run_all() -> Result<Summary, Failure> {
     let qemu = qemu::ensure()?;
@@ -524,12 +700,21 @@ pub fn run_all() -> Result<Summary, Failure> {
                     linux_host(l, which)
                 }
             };
+            let cmdline = match test.guest.and_then(|g| g.append) {
+                Some(text) => qemu::write_guest_cmdline(&test_file(test.name, "cmdline")?, text)?,
+                None => None,
+            };
+            let guest = test
+                .guest
+                .as_ref()
+                .map(|g| guest_of(g, &images, cmdline.as_deref()));
             let boot = Boot {
                 kernel,
                 host,
                 append: test.append,
                 dtb: dtb_path.as_deref(),
                 machine: &machine,
+                guest,
             };
             let mut cmd = qemu::boot_command(&qemu, &boot)?;
             println!("--- {} ({} s timeout)", test.name, test.timeout.as_secs());
@@ -578,12 +763,34 @@ pub fn linux_host(l: &LinuxImages, which: LinuxHost) -> Host<'_> {
     }
 }
 
-/// Writes a test's file (device tree, boot image) under
-/// `target/qemu-tests/`.
-fn write_file(name: &str, ext: &str, blob: &[u8]) -> Result<std::path::PathBuf, String> {
+/// The [`Guest`] of a guest test: `cmdline` is the file holding its
+/// command line.
+pub fn guest_of<'a>(g: &TestGuest, images: &'a Images, cmdline: Option<&'a Path>) -> Guest<'a> {
+    Guest {
+        kernel: match g.kernel {
+            GuestKernel::Testguest => &images.testguest,
+            GuestKernel::File(f) => Path::new(f),
+        },
+        initrd: None,
+        cmdline,
+        mem: g.mem,
+        vcpus: g.smp,
+        small_pages: g.small_pages,
+    }
+}
+
+/// Where a test's file `<name>.<ext>` goes: `target/qemu-tests/` (created),
+/// kept after the run for a look at what QEMU was given.
+fn test_file(name: &str, ext: &str) -> Result<PathBuf, String> {
     let dir = workspace::root().join("target").join("qemu-tests");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join(format!("{name}.{ext}"));
+    Ok(dir.join(format!("{name}.{ext}")))
+}
+
+/// Writes a test's file (device tree, boot image) under
+/// `target/qemu-tests/`.
+fn write_file(name: &str, ext: &str, blob: &[u8]) -> Result<PathBuf, String> {
+    let path = test_file(name, ext)?;
     std::fs::write(&path, blob).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
@@ -609,6 +816,23 @@ pub fn parse_summary(output: &str) -> Option<(u32, u32, u32)> {
     })
 }
 
+/// The last `vmm: guest reported <P> passed, <F> failed` line of `output`
+/// (anywhere in the line, so a prefix such as `testhost: ` does not
+/// matter; anything after `failed` is ignored).
+pub fn parse_guest_report(output: &str) -> Option<(u32, u32)> {
+    output.lines().rev().find_map(|line| {
+        let at = line.find(GUEST_REPORT)? + GUEST_REPORT.len();
+        let mut words = line[at..].split_whitespace();
+        let passed = words.next()?.parse::<u32>().ok()?;
+        if words.next()? != "passed," {
+            return None;
+        }
+        let failed = words.next()?.parse::<u32>().ok()?;
+        let word = words.next()?;
+        (word == "failed" || word.starts_with("failed,")).then_some((passed, failed))
+    })
+}
+
 /// Whether a run of `test` that ended with `code` (`None`: killed by a
 /// signal) and printed `output` passed; if not, why.
 fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> Result<(), String> {
@@ -631,6 +855,8 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
     let linux = matches!(test.host, TestHost::Linux(_));
     let (more, forbidden): (&[&str], &[&str]) = if linux {
         (LINUX_OUTPUT, LINUX_ABSENT)
+    } else if test.guest.is_some() {
+        (GUEST_OUTPUT, GUEST_ABSENT)
     } else {
         (&[], &[])
     };
@@ -659,6 +885,19 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
                 "test host: {passed} passed, {failed} failed, {skipped} skipped; expected \
                  {} failed, {} skipped and at least {} passed",
                 want.failed, want.skipped, want.min_passed
+            ));
+        }
+    }
+    if let Some(guest) = test.guest {
+        let want = guest.report;
+        let Some((passed, failed)) = parse_guest_report(output) else {
+            return Err(format!("no `{GUEST_REPORT}<P> passed, <F> failed` line"));
+        };
+        if failed != want.failed || passed < want.min_passed {
+            return Err(format!(
+                "guest: {passed} passed, {failed} failed; expected {} failed and at least {} \
+                 passed",
+                want.failed, want.min_passed
             ));
         }
     }
@@ -758,6 +997,151 @@ mod tests {
         assert!(judge(t, Some(0), false, &panic).is_err());
     }
 
+    /// A guest run as the VMM and guest are asked to print it.
+    const GOOD_GUEST: &str = "el2[0]: entering the host at EL1\r\n\
+        testhost: started at EL1\r\nvmm: running guest testguest.bin, 1 vCPU(s)\r\n\
+        guest: testguest: started\r\nguest: testguest: ok hvc_null\r\n\
+        vmm: guest powered off\r\nvmm: guest reported 42 passed, 0 failed\r\n\
+        vmm: teardown verified\r\nel2[0]: host requested SYSTEM_OFF\r\n";
+
+    #[test]
+    fn guest_reports_parse() {
+        assert_eq!(parse_guest_report(GOOD_GUEST), Some((42, 0)));
+        assert_eq!(
+            parse_guest_report("testhost: vmm: guest reported 40 passed, 1 failed\n"),
+            Some((40, 1)),
+            "a prefix is allowed"
+        );
+        assert_eq!(
+            parse_guest_report("vmm: guest reported 40 passed, 1 failed, 2 skipped"),
+            Some((40, 1)),
+            "anything after `failed` is ignored"
+        );
+        // The last report counts.
+        assert_eq!(
+            parse_guest_report(
+                "vmm: guest reported 1 passed, 0 failed\nvmm: guest reported 2 passed, 3 failed\n"
+            ),
+            Some((2, 3))
+        );
+        for bad in [
+            "vmm: guest reported",
+            "vmm: guest reported 40 passed",
+            "vmm: guest reported 40 passed 0 failed",
+            "vmm: guest reported forty passed, 0 failed",
+            "vmm: guest reported 40 passed, -1 failed",
+            "vmm: guest reported 40 passed, 0 failures",
+            "testhost: 40 passed, 0 failed, 0 skipped",
+        ] {
+            assert_eq!(parse_guest_report(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn guest_runs_are_judged_on_markers_report_and_status() {
+        let t = test_named("guest_suite_1vcpu");
+        assert_eq!(judge(t, Some(0), false, GOOD_GUEST), Ok(()));
+        // No test host summary is asked for: the test host ran the VMM.
+        assert_eq!(t.summary, None);
+        assert!(
+            judge(t, Some(11), false, GOOD_GUEST)
+                .unwrap_err()
+                .contains("the VMM failed")
+        );
+        for marker in GUEST_OUTPUT {
+            let without = GOOD_GUEST.replace(marker, "");
+            assert!(
+                judge(t, Some(0), false, &without)
+                    .unwrap_err()
+                    .contains("lacks"),
+                "{marker}"
+            );
+        }
+        for bad in GUEST_ABSENT {
+            let with = format!("{GOOD_GUEST}{bad}\n");
+            assert!(
+                judge(t, Some(0), false, &with)
+                    .unwrap_err()
+                    .contains("shows"),
+                "{bad}"
+            );
+        }
+        let few = GOOD_GUEST.replace("42 passed", "39 passed");
+        assert!(
+            judge(t, Some(0), false, &few)
+                .unwrap_err()
+                .contains("at least 40 passed")
+        );
+        let failed = GOOD_GUEST.replace("0 failed", "1 failed");
+        assert!(judge(t, Some(0), false, &failed).is_err());
+        let no_report = GOOD_GUEST.replace("guest reported", "guest said");
+        assert!(
+            judge(t, Some(0), false, &no_report)
+                .unwrap_err()
+                .contains("no `vmm: guest reported")
+        );
+        // The failing-check test wants exactly one failure and status 8.
+        let f = test_named("guest_failing_check_is_detected");
+        assert_eq!(judge(f, Some(8), false, &failed), Ok(()));
+        assert!(judge(f, Some(8), false, GOOD_GUEST).is_err());
+        assert!(
+            judge(f, Some(0), false, &failed)
+                .unwrap_err()
+                .contains("expected 8")
+        );
+    }
+
+    #[test]
+    fn guest_tests_are_the_documented_ones() {
+        let guest = |name| test_named(name).guest.unwrap();
+        for name in [
+            "guest_suite_1vcpu",
+            "guest_suite_2vcpus",
+            "guest_small_pages",
+            "guest_failing_check_is_detected",
+        ] {
+            let t = test_named(name);
+            let g = guest(name);
+            assert!(matches!(t.host, TestHost::Builtin), "{name}");
+            assert_eq!(t.timeout, GUEST_TIMEOUT, "{name}");
+            assert_eq!(t.summary, None, "{name}");
+            assert_eq!(g.kernel, GuestKernel::Testguest, "{name}");
+            assert_eq!(g.mem, 128 << 20, "{name}");
+            assert_eq!(g.report.min_passed, 40, "{name}");
+        }
+        assert_eq!(guest("guest_suite_1vcpu").smp, 1);
+        assert_eq!(guest("guest_suite_2vcpus").smp, 2);
+        assert!(guest("guest_small_pages").small_pages);
+        assert!(!guest("guest_suite_2vcpus").small_pages);
+        let fail = guest("guest_failing_check_is_detected");
+        assert_eq!(fail.append, Some("testguest.fail"));
+        assert_eq!(fail.report.failed, 1);
+        assert_eq!(test_named("guest_failing_check_is_detected").exit_code, 8);
+        // Every other test runs no guest.
+        assert_eq!(TESTS.iter().filter(|t| t.guest.is_some()).count(), 4);
+    }
+
+    #[test]
+    fn test_guests_become_guests() {
+        let images = Images {
+            el2: "el2".into(),
+            el2_raw: None,
+            testhost: "testhost.bin".into(),
+            testguest: "t/testguest.bin".into(),
+        };
+        let t = test_named("guest_small_pages").guest.unwrap();
+        let g = guest_of(&t, &images, None);
+        assert_eq!(g.kernel, Path::new("t/testguest.bin"));
+        assert_eq!((g.mem, g.vcpus, g.small_pages), (128 << 20, 1, true));
+        let other = TestGuest {
+            kernel: GuestKernel::File("other/Image"),
+            ..t
+        };
+        let g = guest_of(&other, &images, Some(Path::new("c")));
+        assert_eq!(g.kernel, Path::new("other/Image"));
+        assert_eq!(g.cmdline, Some(Path::new("c")));
+    }
+
     #[test]
     fn made_images_are_refused_for_the_named_field() {
         let (img, _) = truncated_boot_image();
@@ -776,6 +1160,8 @@ mod tests {
         for t in TESTS {
             let limit = if matches!(t.host, TestHost::Linux(_)) {
                 LINUX_TIMEOUT
+            } else if t.guest.is_some() {
+                GUEST_TIMEOUT
             } else {
                 TIMEOUT
             };

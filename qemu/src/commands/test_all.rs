@@ -53,6 +53,8 @@ fn steps() -> Vec<Step> {
             "el2",
             "-p",
             "testhost",
+            "-p",
+            "testguest",
             "--target",
             EL2_TARGET,
             "--",
@@ -148,8 +150,9 @@ mod tests {
                 "cargo fmt --all --check",
                 "cargo clippy --workspace --all-targets -- -D warnings",
                 "cargo clippy -p stage2 -p ownership -p host_interface -p el2 -p testhost \
-                 --target aarch64-unknown-none -- -D warnings",
-                "cargo build -p el2 -p testhost --target aarch64-unknown-none --release",
+                 -p testguest --target aarch64-unknown-none -- -D warnings",
+                "cargo build -p el2 -p testhost -p testguest --target aarch64-unknown-none \
+                 --release",
                 "cargo test --workspace",
                 "QEMU tests (cargo qemu test)",
             ]
