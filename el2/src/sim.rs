@@ -41,6 +41,14 @@ pub enum GuestOp {
         /// Value.
         value: u64,
     },
+    /// 4-byte store of `value` (from w1) at `ipa` (the width of most
+    /// device registers).
+    Store32 {
+        /// Guest address.
+        ipa: u64,
+        /// Value.
+        value: u32,
+    },
     /// 8-byte load from `ipa` into x1; the value is logged.
     Load {
         /// Guest address.
@@ -64,6 +72,11 @@ pub enum GuestOp {
     },
     /// WFI.
     Wfi,
+    /// A write of `value` to `ICC_SGI1R_EL1` (trapped to el2).
+    Sgi {
+        /// The value.
+        value: u64,
+    },
     /// An instruction the hypervisor does not handle (e.g. a trapped
     /// system register access) with this syndrome.
     Undefined {
@@ -162,6 +175,10 @@ pub struct SimArch {
     /// `(pc, x0)` of each vCPU when its script first ran: where and with
     /// what the hypervisor started it.
     pub entries: BTreeMap<(u16, usize), (u64, u64)>,
+    /// The virtual timer output the loaded vCPU's timer shows.
+    pub timer: bool,
+    /// The list registers each vCPU was last entered with.
+    pub lrs: BTreeMap<(u16, usize), crate::hyp::vgic::ListRegs>,
 }
 
 /// Why a simulated translation failed, at which level.
@@ -264,6 +281,8 @@ impl SimArch {
             loaded: None,
             loads: 0,
             entries: BTreeMap::new(),
+            timer: false,
+            lrs: BTreeMap::new(),
         }
     }
 
@@ -348,6 +367,7 @@ impl Arch for SimArch {
             "run_vcpu of a vCPU that is not loaded"
         );
         let mem = self.mem;
+        self.lrs.insert((vcpu.handle.0, vcpu.index), ctx.gic.lrs);
         let Some(script) = self.scripts.get_mut(&(vcpu.handle.0, vcpu.index)) else {
             return Trap::Other { esr: u64::MAX };
         };
@@ -372,10 +392,12 @@ impl Arch for SimArch {
                     step,
                     value: ctx.x[1],
                 }),
-                GuestOp::Store { .. } | GuestOp::Fill { .. } => Some(SimEvent::Stored {
-                    vcpu: vcpu.index,
-                    step,
-                }),
+                GuestOp::Store { .. } | GuestOp::Store32 { .. } | GuestOp::Fill { .. } => {
+                    Some(SimEvent::Stored {
+                        vcpu: vcpu.index,
+                        step,
+                    })
+                }
                 _ => None,
             };
             self.events.extend(event);
@@ -432,6 +454,38 @@ impl Arch for SimArch {
                                 reg: 1,
                                 sign: false,
                                 wide: true,
+                            });
+                        }
+                    }
+                }
+                GuestOp::Store32 { ipa, value } => {
+                    ctx.x[1] = u64::from(value);
+                    match translate(mem, vcpu.vttbr, vcpu.vtcr, ipa, true) {
+                        Ok(pa) => {
+                            let page = mem.page_ptr(PhysAddr(pa & !(PAGE_SIZE - 1)));
+                            // SAFETY: a RAM page the guest maps writable.
+                            unsafe {
+                                page.as_ptr()
+                                    .add((pa % PAGE_SIZE) as usize)
+                                    .cast::<u32>()
+                                    .write_unaligned(value)
+                            };
+                            self.events.push(SimEvent::Stored {
+                                vcpu: vcpu.index,
+                                step,
+                            });
+                            ctx.pc += 1;
+                        }
+                        Err(_) => {
+                            script.trapped = Some(step);
+                            return Trap::DataAbort(Abort {
+                                ipa,
+                                write: true,
+                                isv: true,
+                                size: 4,
+                                reg: 1,
+                                sign: false,
+                                wide: false,
                             });
                         }
                     }
@@ -503,9 +557,22 @@ impl Arch for SimArch {
                     ctx.pc += 1;
                     return Trap::Wfi;
                 }
+                GuestOp::Sgi { value } => {
+                    ctx.pc += 1;
+                    return Trap::Sgi { value };
+                }
                 GuestOp::Undefined { esr } => return Trap::Other { esr },
             }
         }
+    }
+
+    fn nr_lrs(&self) -> usize {
+        // QEMU's CPU interface.
+        4
+    }
+
+    fn timer_line(&mut self) -> bool {
+        self.timer
     }
 
     fn add_to_allocator(&mut self, _pa: PhysAddr, pages: u64) {

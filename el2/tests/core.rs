@@ -936,3 +936,135 @@ fn host_stats_count_the_hosts_memory() {
     let after = ok(m.call(HostCall::HostStats, &[]));
     assert_eq!(after, before, "everything back, blocks merged again");
 }
+
+#[test]
+fn the_virtual_gic_is_emulated_at_el2() {
+    let mut m = Machine::new();
+    let h = vm_n(&mut m, 2);
+    let gicd = host_interface::platform::GIC_DIST;
+    let gicr1 = host_interface::platform::GIC_REDIST + 0x2_0000;
+    m.arch.script(
+        handle(h),
+        0,
+        vec![
+            // Distributor and redistributor accesses never reach the host.
+            GuestOp::Load { ipa: gicd + 0x4 },
+            GuestOp::Store {
+                ipa: gicd,
+                value: 2,
+            },
+            GuestOp::Store32 {
+                ipa: gicr1 + 0x1_0100,
+                value: 0xffff,
+            },
+            // SGI 3 to vCPU 1.
+            GuestOp::Sgi {
+                value: (3 << 24) | 0b10,
+            },
+            GuestOp::Wfi,
+        ],
+    );
+    assert_eq!(run_vcpu(&mut m, h, 0, None), Exit::Wfi);
+    assert_eq!(
+        m.arch.loaded(0, 0),
+        Some((2 << 0) | (9 << 19)),
+        "GICD_TYPER"
+    );
+    // vCPU 1 (started with CPU_ON's help) is entered with SGI 3 pending.
+    let v1 = ownership::GuestHandle(h as u16);
+    m.arch.script(v1, 1, vec![GuestOp::Wfi]);
+    m.arch
+        .script(handle(h), 0, vec![hvc(0xc400_0003, [1, 0x8000_0000, 0])]);
+    assert!(matches!(
+        run_vcpu(&mut m, h, 0, None),
+        Exit::Hypercall { .. }
+    ));
+    run_vcpu(&mut m, h, 0, Some(0));
+    // Its WFI does not wait: an interrupt is pending; the script's end
+    // powers it off... through SYSTEM_OFF.
+    assert_eq!(run_vcpu(&mut m, h, 1, None), Exit::SystemEvent { kind: 0 });
+    let lrs = m.arch.lrs[&(h as u16, 1)];
+    assert_eq!(lrs.used, 1);
+    assert_eq!(lrs.lr[0] & 0xffff_ffff, 3, "SGI 3 in a list register");
+    assert_eq!(lrs.lr[0] >> 62, 1, "pending");
+    m.check();
+}
+
+#[test]
+fn a_timer_interrupt_that_ends_a_run_is_taken_back_to_the_guest() {
+    let mut m = Machine::new();
+    let h = vm(&mut m, 16);
+    let gicr = host_interface::platform::GIC_REDIST;
+    m.arch.script(
+        handle(h),
+        0,
+        vec![
+            GuestOp::Store {
+                ipa: host_interface::platform::GIC_DIST,
+                value: 2,
+            },
+            GuestOp::Store32 {
+                ipa: gicr + 0x1_0100,
+                value: 1 << 27,
+            },
+            GuestOp::Wfi,
+        ],
+    );
+    // The line is low: the WFI waits (exits).
+    assert_eq!(run(&mut m, h), Exit::Wfi);
+    // The timer fires: the next entry has PPI 27 as a hardware interrupt,
+    // and the WFI... (script end) powers off without another exit.
+    m.arch.timer = true;
+    m.arch.script(handle(h), 0, vec![GuestOp::Wfi]);
+    assert_eq!(run(&mut m, h), Exit::SystemEvent { kind: 0 });
+    let lrs = m.arch.lrs[&(h as u16, 0)];
+    assert_eq!(lrs.lr[0] & 0xffff_ffff, 27);
+    assert_eq!(lrs.lr[0] >> 61 & 1, 1, "HW");
+    assert_eq!(lrs.timer_hw_active, 1);
+}
+
+#[test]
+fn the_host_drives_spi_lines_of_its_devices() {
+    let mut m = Machine::new();
+    let h = vm(&mut m, 16);
+    assert_eq!(
+        err(m.call(HostCall::IrqLine, &[h, 31, 1])),
+        errno::EINVAL,
+        "a PPI"
+    );
+    assert_eq!(
+        err(m.call(HostCall::IrqLine, &[h, 96, 1])),
+        errno::EINVAL,
+        "no such SPI"
+    );
+    assert_eq!(
+        err(m.call(HostCall::IrqLine, &[h, 33, 2])),
+        errno::EINVAL,
+        "level"
+    );
+    assert_eq!(
+        err(m.call(HostCall::IrqLine, &[h + 1, 33, 1])),
+        errno::EINVAL,
+        "VM"
+    );
+    ok(m.call(HostCall::IrqLine, &[h, 33, 1]));
+    let gicd = host_interface::platform::GIC_DIST;
+    m.arch.script(
+        handle(h),
+        0,
+        vec![
+            GuestOp::Store32 {
+                ipa: gicd,
+                value: 2,
+            },
+            GuestOp::Store32 {
+                ipa: gicd + 0x104,
+                value: 1 << 1,
+            },
+            GuestOp::Wfi,
+        ],
+    );
+    // The line is high and the SPI enabled: the WFI does not wait.
+    assert_eq!(run(&mut m, h), Exit::SystemEvent { kind: 0 });
+    assert_eq!(m.arch.lrs[&(h as u16, 0)].lr[0] & 0xffff_ffff, 33);
+}

@@ -36,6 +36,7 @@
 //! | 18 | `Finalize` | – | – | – | – | – | init-only: seals itself and every init-only call |
 //! | 19 | `HypPoolDonate` | pfn | pages | – | – | – | init-only: pages for the hypervisor's allocator |
 //! | 20 | `HostStats` | – | – | – | – | – | x2 = host-owned pages, x3 = host stage-2 leaves, x4 = its table pages, x5 = its annotated entries |
+//! | 21 | `IrqLine` | handle | INTID (an SPI, 32..96) | level (0 or 1) | – | – | – (drives the line of a device the host emulates into the VM's virtual GIC) |
 //!
 //! # Starting vCPUs
 //!
@@ -150,11 +151,13 @@ pub enum HostCall {
     HypPoolDonate = 19,
     /// Counts of the host's memory: owned pages, stage-2 leaves and tables.
     HostStats = 20,
+    /// Drive an SPI line of a VM's virtual GIC.
+    IrqLine = 21,
 }
 
 impl HostCall {
     /// Every call, in number order.
-    pub const ALL: [HostCall; 21] = [
+    pub const ALL: [HostCall; 22] = [
         HostCall::Version,
         HostCall::ShareHyp,
         HostCall::UnshareHyp,
@@ -176,6 +179,7 @@ impl HostCall {
         HostCall::Finalize,
         HostCall::HypPoolDonate,
         HostCall::HostStats,
+        HostCall::IrqLine,
     ];
 
     /// The SMCCC function id.
@@ -500,7 +504,7 @@ mod tests {
             assert_eq!(HostCall::from_id(c.id()), Some(*c));
             assert_eq!(HostCall::from_id(c.id() | SMCCC_SVE_HINT), Some(*c));
         }
-        assert_eq!(HostCall::from_id(HOST_CALL_BASE + 21), None);
+        assert_eq!(HostCall::from_id(HOST_CALL_BASE + 22), None);
         assert_eq!(HostCall::from_id(0x8400_0000), None);
         assert_eq!(HostCall::from_id(u64::MAX), None);
         assert!(HostCall::Finalize.init_only() && !HostCall::ShareHyp.init_only());

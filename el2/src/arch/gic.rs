@@ -13,13 +13,17 @@
 //!
 //! The guest's `ICH_VMCR_EL2` and active-priority registers are loaded and
 //! saved with the vCPU, so one guest never sees another's virtual CPU
-//! interface state. Virtual interrupt delivery (list registers) is not
-//! done yet: `ICH_HCR_EL2` stays 0 (the virtual CPU interface signals
-//! nothing), and a guest's ICC accesses reach only its own ICV state.
+//! interface state; its list registers and `ICH_HCR_EL2` are written
+//! before every entry from what the core's virtual GIC prepared
+//! (`el2::hyp::vgic`) and read back after every exit, and cleared when the
+//! vCPU is put. While the guest's timer interrupt is with the guest, the
+//! physical PPI 27 is kept active here ([`set_timer_active`]); the GIC
+//! maintenance interrupt (PPI 25) is enabled with PPI 26.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use el2::hyp::arch::GicCpuRegs;
+use el2::hyp::vgic::ListRegs;
 
 use super::percpu::{self, MAX_CPUS};
 use super::sysreg::{self, mrs, msr};
@@ -36,6 +40,10 @@ pub const MAPPED: u64 = 2 << 20;
 
 /// INTID of the EL2 physical timer (CNTHP).
 pub const HYP_TIMER_PPI: u32 = 26;
+/// INTID of the GIC maintenance interrupt.
+pub const MAINTENANCE_PPI: u32 = 25;
+/// INTID of the EL1 virtual timer.
+pub const VTIMER_PPI: u32 = 27;
 
 const GICR_TYPER: u64 = 0x8;
 const GICR_TYPER_VLPIS: u64 = 1 << 1;
@@ -43,6 +51,8 @@ const GICR_TYPER_LAST: u64 = 1 << 4;
 const SGI_BASE_OFFSET: u64 = 0x1_0000;
 const GICR_IGROUPR0: u64 = 0x80;
 const GICR_ISENABLER0: u64 = 0x100;
+const GICR_ISACTIVER0: u64 = 0x300;
+const GICR_ICACTIVER0: u64 = 0x380;
 
 /// Records the redistributor region (boot CPU, at boot, after it is
 /// mapped).
@@ -102,20 +112,98 @@ fn sgi_base() -> Option<u64> {
     (found != 1).then_some(found)
 }
 
-/// Makes sure this CPU's EL2 physical timer interrupt (PPI 26) is group 1
-/// and enabled, so the host's deadline can end a guest run. Returns
-/// whether it could (a GICv3 with this CPU's redistributor mapped).
-pub fn enable_hyp_timer_ppi() -> bool {
+/// Makes sure this CPU's EL2 physical timer interrupt (PPI 26) and the
+/// GIC maintenance interrupt (PPI 25) are group 1 and enabled, so the
+/// host's deadline and the virtual CPU interface can end a guest run.
+/// Returns whether it could (a GICv3 with this CPU's redistributor
+/// mapped).
+pub fn enable_el2_ppis() -> bool {
     let Some(sgi) = sgi_base() else {
         return false;
     };
-    let bit = 1u32 << HYP_TIMER_PPI;
+    let bit = (1u32 << HYP_TIMER_PPI) | (1u32 << MAINTENANCE_PPI);
     let group = read32(sgi + GICR_IGROUPR0);
-    if group & bit == 0 {
+    if group & bit != bit {
         write32(sgi + GICR_IGROUPR0, group | bit);
     }
     write32(sgi + GICR_ISENABLER0, bit);
     true
+}
+
+/// Makes the physical virtual-timer PPI active (`true`) or not, in this
+/// CPU's redistributor: active while the guest's timer interrupt is with
+/// the guest (a hardware-mapped list register), so it does not fire at
+/// el2 again. Returns whether it could.
+pub fn set_timer_active(active: bool) -> bool {
+    let Some(sgi) = sgi_base() else {
+        return false;
+    };
+    let reg = if active {
+        GICR_ISACTIVER0
+    } else {
+        GICR_ICACTIVER0
+    };
+    write32(sgi + reg, 1 << VTIMER_PPI);
+    true
+}
+
+/// List registers of this CPU's virtual CPU interface
+/// (`ICH_VTR_EL2.ListRegs` + 1).
+pub fn nr_lrs() -> usize {
+    ((mrs!("ich_vtr_el2") & 0x1f) + 1) as usize
+}
+
+/// Writes `ICH_LR<n>_EL2`.
+fn write_lr(n: usize, v: u64) {
+    macro_rules! lr {
+        ($($i:literal => $r:literal),*) => {
+            match n {
+                // SAFETY: list register `n` exists (n < ICH_VTR_EL2's
+                // count, checked by the callers); it only shapes what the
+                // guest's virtual CPU interface shows.
+                $($i => unsafe { msr!($r, v) },)*
+                _ => {}
+            }
+        };
+    }
+    lr!(0 => "ich_lr0_el2", 1 => "ich_lr1_el2", 2 => "ich_lr2_el2", 3 => "ich_lr3_el2",
+        4 => "ich_lr4_el2", 5 => "ich_lr5_el2", 6 => "ich_lr6_el2", 7 => "ich_lr7_el2",
+        8 => "ich_lr8_el2", 9 => "ich_lr9_el2", 10 => "ich_lr10_el2", 11 => "ich_lr11_el2",
+        12 => "ich_lr12_el2", 13 => "ich_lr13_el2", 14 => "ich_lr14_el2", 15 => "ich_lr15_el2");
+}
+
+/// Reads `ICH_LR<n>_EL2`.
+fn read_lr(n: usize) -> u64 {
+    macro_rules! lr {
+        ($($i:literal => $r:literal),*) => {
+            match n {
+                $($i => mrs!($r),)*
+                _ => 0,
+            }
+        };
+    }
+    lr!(0 => "ich_lr0_el2", 1 => "ich_lr1_el2", 2 => "ich_lr2_el2", 3 => "ich_lr3_el2",
+        4 => "ich_lr4_el2", 5 => "ich_lr5_el2", 6 => "ich_lr6_el2", 7 => "ich_lr7_el2",
+        8 => "ich_lr8_el2", 9 => "ich_lr9_el2", 10 => "ich_lr10_el2", 11 => "ich_lr11_el2",
+        12 => "ich_lr12_el2", 13 => "ich_lr13_el2", 14 => "ich_lr14_el2", 15 => "ich_lr15_el2")
+}
+
+/// Loads the list registers and `ICH_HCR_EL2` the core prepared, clearing
+/// the unused ones (`nr` = the CPU's list registers).
+pub fn write_lrs(regs: &ListRegs, nr: usize) {
+    let used = (regs.used as usize).min(nr);
+    for n in 0..nr {
+        write_lr(n, if n < used { regs.lr[n] } else { 0 });
+    }
+    // SAFETY: as `write_lr`: the guest's virtual CPU interface control.
+    unsafe { msr!("ich_hcr_el2", regs.hcr) };
+}
+
+/// Reads back the list registers in use after an exit.
+pub fn read_lrs(regs: &mut ListRegs) {
+    for n in 0..(regs.used as usize).min(regs.lr.len()) {
+        regs.lr[n] = read_lr(n);
+    }
 }
 
 /// Loads a vCPU's virtual CPU interface state.
@@ -132,11 +220,14 @@ pub fn load(regs: &GicCpuRegs) {
 }
 
 /// Saves a vCPU's virtual CPU interface state and leaves the interface
-/// disabled for the host.
+/// disabled, its list registers empty, for the host.
 pub fn save(regs: &mut GicCpuRegs) {
     regs.vmcr = mrs!("ich_vmcr_el2");
     regs.ap0r0 = mrs!("ich_ap0r0_el2");
     regs.ap1r0 = mrs!("ich_ap1r0_el2");
+    for n in 0..nr_lrs().min(regs.lrs.lr.len()) {
+        write_lr(n, 0);
+    }
     // SAFETY: as in `load`; zero disables the virtual CPU interface.
     unsafe {
         msr!("ich_hcr_el2", 0u64);

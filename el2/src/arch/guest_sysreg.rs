@@ -29,8 +29,9 @@
 //! virtual register kept in the vCPU (hardware debug stays off while a
 //! guest runs), `OSLSR_EL1` reads "OS lock implemented, unlocked", the
 //! rest read as zero and ignore writes (the guest sees no debug features
-//! to program). `ICC_SGI*R_EL1` writes (trapped with `HCR_EL2.IMO`) are
-//! dropped until the virtual GIC delivers SGIs. Everything else — PMU
+//! to program). `ICC_SGI1R_EL1` writes (trapped with `HCR_EL2.IMO`) go to
+//! the virtual GIC; `ICC_SGI0R_EL1`/`ICC_ASGI1R_EL1` (group 0 and
+//! other-security SGIs, which it does not have) are dropped. Everything else — PMU
 //! registers, the physical timer, LOR, AMU, trace, unknown and
 //! IMPLEMENTATION DEFINED registers, and any write to an ID register —
 //! makes the guest take an UNDEFINED exception.
@@ -46,6 +47,9 @@ pub enum Action {
     Done,
     /// The guest takes an UNDEFINED exception.
     Undef,
+    /// A write of `ICC_SGI1R_EL1` for the virtual GIC (the caller steps
+    /// the PC).
+    Sgi(u64),
 }
 
 /// A system register by its encoding (op0, op1, CRn, CRm, op2).
@@ -206,7 +210,9 @@ pub fn handle(ctx: &mut VcpuContext, esr: u64) -> Action {
         }
         // OSLM = 0b10 (bit 3): an OS lock is implemented; OSLK clear.
         OSLSR_EL1 if a.read => set(ctx, 0b1000),
-        ICC_SGI1R_EL1 | ICC_ASGI1R_EL1 | ICC_SGI0R_EL1 if !a.read => {}
+        ICC_SGI1R_EL1 if !a.read => return Action::Sgi(value),
+        // Group 0 and other-security SGIs: this GIC has neither.
+        ICC_ASGI1R_EL1 | ICC_SGI0R_EL1 if !a.read => {}
         // The rest of the debug space: read as zero, writes ignored.
         Encoding { op0: 2, .. } => {
             if a.read {

@@ -17,18 +17,20 @@
 //! loaded with the vCPU and saved with it (`CNTV_CTL_EL0` is then cleared
 //! so the guest's timer cannot fire at the host). `CNTHCTL_EL2` lets the
 //! guest read the physical counter but traps its physical timer
-//! registers (`EL1PCEN` clear). Delivering the guest's own timer
-//! interrupt needs the virtual GIC (not done yet).
+//! registers (`EL1PCEN` clear). The guest's timer interrupt reaches it
+//! through the virtual GIC as PPI 27 ([`guest_line`] is sampled before
+//! every entry; see `el2::hyp::vgic` and [`super::gic`]).
 
 use el2::hyp::arch::TimerRegs;
 
-use super::gic;
 use super::sysreg::{mrs, msr};
 
 /// `CNTx_CTL.ENABLE`.
 const CTL_ENABLE: u64 = 1 << 0;
 /// `CNTx_CTL.IMASK`.
 const CTL_IMASK: u64 = 1 << 1;
+/// `CNTx_CTL.ISTATUS`.
+const CTL_ISTATUS: u64 = 1 << 2;
 /// `CNTHCTL_EL2` (E2H = 0): EL1PCTEN | EL1PCEN, the host's.
 const CNTHCTL_HOST: u64 = 0b11;
 /// `CNTHCTL_EL2` for a guest: EL1PCTEN only.
@@ -42,14 +44,15 @@ pub struct HostTimer {
 }
 
 /// Saves the host's virtual timer, carries its deadline on the EL2
-/// physical timer, and loads the guest's.
-pub fn load(guest: &TimerRegs) -> HostTimer {
+/// physical timer (when `ppis`: its interrupt is enabled in this CPU's
+/// redistributor, [`super::gic::enable_el2_ppis`]), and loads the guest's.
+pub fn load(guest: &TimerRegs, ppis: bool) -> HostTimer {
     let host = HostTimer {
         ctl: mrs!("cntv_ctl_el0"),
         cval: mrs!("cntv_cval_el0"),
     };
     let armed = host.ctl & CTL_ENABLE != 0 && host.ctl & CTL_IMASK == 0;
-    if armed && gic::enable_hyp_timer_ppi() {
+    if armed && ppis {
         // SAFETY: the EL2 physical timer is el2's own; its interrupt only
         // ends the guest run (HCR_EL2.IMO while the guest runs).
         unsafe {
@@ -68,6 +71,13 @@ pub fn load(guest: &TimerRegs) -> HostTimer {
         msr!("cntv_ctl_el0", guest.ctl & (CTL_ENABLE | CTL_IMASK));
     }
     host
+}
+
+/// The loaded guest's timer output: enabled, not masked, condition met
+/// (`CNTV_CTL_EL0.ISTATUS`).
+pub fn guest_line() -> bool {
+    let ctl = mrs!("cntv_ctl_el0");
+    ctl & CTL_ENABLE != 0 && ctl & CTL_IMASK == 0 && ctl & CTL_ISTATUS != 0
 }
 
 /// Saves the guest's virtual timer and gives the host its own back.

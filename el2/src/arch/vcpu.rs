@@ -182,6 +182,11 @@ struct HostState {
 pub struct El2Arch {
     tlb: ArmTlb,
     host: Option<HostState>,
+    /// List registers of this CPU's virtual CPU interface (0 without a
+    /// GICv3), known once a vCPU is loaded.
+    lrs: usize,
+    /// Whether the physical timer PPI is active now (el2 set it).
+    timer_active: bool,
 }
 
 /// Saves or loads every [`SysRegs`] field with its register (`mdscr`
@@ -258,13 +263,20 @@ impl El2Arch {
                 ctx.pc = ctx.pc.wrapping_add(4);
                 Some(Trap::Wfi)
             }
-            EC_SYS64 => {
-                match guest_sysreg::handle(ctx, esr) {
-                    Action::Done => ctx.pc = ctx.pc.wrapping_add(4),
-                    Action::Undef => inject::undef(&mut ctx.pc, &mut ctx.pstate, esr),
+            EC_SYS64 => match guest_sysreg::handle(ctx, esr) {
+                Action::Done => {
+                    ctx.pc = ctx.pc.wrapping_add(4);
+                    None
                 }
-                None
-            }
+                Action::Sgi(value) => {
+                    ctx.pc = ctx.pc.wrapping_add(4);
+                    Some(Trap::Sgi { value })
+                }
+                Action::Undef => {
+                    inject::undef(&mut ctx.pc, &mut ctx.pstate, esr);
+                    None
+                }
+            },
             EC_IABT_LOW | EC_DABT_LOW => {
                 let far = FAR_EL2.get();
                 if fsc_class(esr) > 0b0011 {
@@ -319,10 +331,13 @@ impl Arch for El2Arch {
         // single step of the host's applies while the guest runs.
         unsafe { msr!("mdscr_el1", 0u64) };
         load_el1(&ctx.sys);
-        host.timer = timer::load(&ctx.timer);
+        let ppis = gicv3 && gic::enable_el2_ppis();
+        host.timer = timer::load(&ctx.timer, ppis);
         if gicv3 {
             gic::load(&ctx.gic);
+            self.lrs = gic::nr_lrs();
         }
+        self.timer_active = false;
         let vmid = (vcpu.vttbr >> 48) as usize & 0xff;
         // SAFETY: the guest's stage-2 and trap controls, for the EL1&0
         // regime about to run the guest; el2's own EL2 regime does not
@@ -362,32 +377,18 @@ impl Arch for El2Arch {
     }
 
     fn run_vcpu(&mut self, _vcpu: VcpuRef, ctx: &mut VcpuContext) -> Trap {
-        for _ in 0..INNER_BUDGET {
-            // SAFETY: the vCPU is loaded on this CPU (`vcpu_load`): its
-            // stage-2, traps and guest vectors are live, so every exception
-            // it takes returns here through the guest vectors with `ctx`
-            // updated. `ctx` is a valid, exclusively borrowed context.
-            let exit = unsafe { el2_guest_enter(ctx) };
-            let trap = match exit {
-                kind::LOWER_SYNC | kind::LOWER_SYNC_32 => {
-                    let esr = ESR_EL2.get();
-                    self.sync_exit(ctx, esr)
-                }
-                kind::LOWER_IRQ | kind::LOWER_FIQ | kind::LOWER_IRQ_32 | kind::LOWER_FIQ_32 => {
-                    Some(Trap::Interrupt)
-                }
-                _ => {
-                    log::warn!("guest vCPU {}: SError: stopping it", _vcpu.index);
-                    Some(Trap::Other {
-                        esr: EC_SERROR << 26,
-                    })
-                }
-            };
-            if let Some(t) = trap {
-                return t;
+        if self.lrs > 0 {
+            gic::write_lrs(&ctx.gic.lrs, self.lrs);
+            let want = ctx.gic.lrs.timer_hw_active != 0;
+            if want != self.timer_active && gic::set_timer_active(want) {
+                self.timer_active = want;
             }
         }
-        Trap::Interrupt
+        let trap = self.run_loaded(ctx);
+        if self.lrs > 0 {
+            gic::read_lrs(&mut ctx.gic.lrs);
+        }
+        trap
     }
 
     fn vcpu_put(&mut self, _vcpu: VcpuRef, ctx: &mut VcpuContext) {
@@ -399,6 +400,11 @@ impl Arch for El2Arch {
         timer::put(&mut ctx.timer, host.timer);
         if hyp.is_some_and(|h| h.gicv3) {
             gic::save(&mut ctx.gic);
+            if self.timer_active {
+                // The host's timer uses the same PPI: leave it inactive.
+                gic::set_timer_active(false);
+                self.timer_active = false;
+            }
         }
         if let Some(hyp) = hyp {
             host::activate_host_traps(hyp);
@@ -415,10 +421,50 @@ impl Arch for El2Arch {
         isb();
     }
 
+    fn nr_lrs(&self) -> usize {
+        self.lrs
+    }
+
+    fn timer_line(&mut self) -> bool {
+        timer::guest_line()
+    }
+
     fn add_to_allocator(&mut self, pa: PhysAddr, pages: u64) {
         // SAFETY: the core calls this only after `host_donate_hyp` made the
         // pages the hypervisor's (absent from the host stage-2, identity
         // mapped at EL2, used by nothing else), for good.
         unsafe { super::mem::add_to_heap(pa.get(), pages * stage2::PAGE_SIZE) };
+    }
+}
+
+impl El2Arch {
+    /// Enters the loaded vCPU until a trap the core must see.
+    fn run_loaded(&mut self, ctx: &mut VcpuContext) -> Trap {
+        for _ in 0..INNER_BUDGET {
+            // SAFETY: the vCPU is loaded on this CPU (`vcpu_load`): its
+            // stage-2, traps and guest vectors are live, so every exception
+            // it takes returns here through the guest vectors with `ctx`
+            // updated. `ctx` is a valid, exclusively borrowed context.
+            let exit = unsafe { el2_guest_enter(ctx) };
+            let trap = match exit {
+                kind::LOWER_SYNC | kind::LOWER_SYNC_32 => {
+                    let esr = ESR_EL2.get();
+                    self.sync_exit(ctx, esr)
+                }
+                kind::LOWER_IRQ | kind::LOWER_FIQ | kind::LOWER_IRQ_32 | kind::LOWER_FIQ_32 => {
+                    Some(Trap::Interrupt)
+                }
+                _ => {
+                    log::warn!("guest vCPU: SError: stopping it");
+                    Some(Trap::Other {
+                        esr: EC_SERROR << 26,
+                    })
+                }
+            };
+            if let Some(t) = trap {
+                return t;
+            }
+        }
+        Trap::Interrupt
     }
 }

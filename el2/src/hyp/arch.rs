@@ -103,6 +103,10 @@ pub struct GicCpuRegs {
     pub ap0r0: u64,
     /// `ICH_AP1R0_EL2`.
     pub ap1r0: u64,
+    /// The list registers and `ICH_HCR_EL2` the core's virtual GIC fills
+    /// before each entry ([`crate::hyp::vgic::Vgic::flush`]) and the world
+    /// switch saves after each exit.
+    pub lrs: crate::hyp::vgic::ListRegs,
 }
 
 /// A vCPU's registers: general purpose, PC and PSTATE (which the core
@@ -197,8 +201,15 @@ pub enum Trap {
     /// WFI or WFE (or a PSCI CPU_SUSPEND); the PC is past it.
     Wfi,
     /// A physical interrupt (or the end of the arch's own trap budget)
-    /// took the CPU back: the host should run, and take the interrupt.
+    /// took the CPU back: the host should run, and take the interrupt —
+    /// unless it was the guest's own (its timer, a GIC maintenance
+    /// interrupt), which the core handles.
     Interrupt,
+    /// The guest wrote `ICC_SGI1R_EL1` (`value`); the PC is past it.
+    Sgi {
+        /// The value written.
+        value: u64,
+    },
     /// A trap nobody handles (an SError, a syndrome the arch cannot
     /// decode): the vCPU cannot go on. `esr` is its syndrome (the
     /// simulator's code in tests).
@@ -244,6 +255,13 @@ pub trait Arch {
     /// Undoes [`Arch::vcpu_load`]: saves the vCPU's state into `ctx` and
     /// gives the CPU back to the host.
     fn vcpu_put(&mut self, vcpu: VcpuRef, ctx: &mut VcpuContext);
+
+    /// List registers the virtual CPU interface has (0: no virtual GIC).
+    fn nr_lrs(&self) -> usize;
+
+    /// The loaded vCPU's virtual timer output: enabled, not masked, and
+    /// its compare value reached.
+    fn timer_line(&mut self) -> bool;
 
     /// Gives `pages` pages at `pa`, now the hypervisor's, to its allocator.
     fn add_to_allocator(&mut self, pa: PhysAddr, pages: u64);

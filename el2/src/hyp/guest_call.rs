@@ -46,6 +46,7 @@
 //! runs unbounded.
 
 use super::arch::{Abort, Arch, Trap, VcpuContext, VcpuRef};
+use super::vgic::{ICH_HCR_UIE, ListRegs};
 use super::vm::{Outcome, Power, Waiting};
 use super::{Completion, Hypervisor};
 use host_interface::abi::{
@@ -290,8 +291,20 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
             }
         }
     }
+    let nr_lrs = arch.nr_lrs();
     for _ in 0..TRAP_BUDGET {
-        let next = match arch.run_vcpu(vref, ctx) {
+        // The virtual GIC: what the vCPU should see goes into its list
+        // registers, and comes back from them after the exit.
+        let timer = arch.timer_line();
+        let _ = hyp.with_vm(vref.handle, |vm| {
+            let mut vgic = vm.vgic();
+            vgic.set_timer_line(vref.index, timer);
+            vgic.flush(vref.index, nr_lrs, &mut ctx.gic.lrs);
+        });
+        let trap = arch.run_vcpu(vref, ctx);
+        let exited = ctx.gic.lrs;
+        let _ = hyp.with_vm(vref.handle, |vm| vm.vgic().fold(vref.index, &exited));
+        let next = match trap {
             Trap::Hvc { imm } | Trap::Smc { imm } => {
                 if imm != 0 {
                     ret(ctx, [SMCCC_NOT_SUPPORTED, 0]);
@@ -300,7 +313,13 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
                     guest_call(hyp, arch, vref, ctx)
                 }
             }
-            Trap::DataAbort(abort) => stage2_fault(hyp, vref.handle, ctx, abort, false),
+            Trap::DataAbort(abort) => {
+                if vgic_mmio::<_, _, _, A>(hyp, vref, ctx, abort) {
+                    Next::Resume
+                } else {
+                    stage2_fault(hyp, vref.handle, ctx, abort, false)
+                }
+            }
             Trap::InstructionAbort { ipa } => {
                 let abort = Abort {
                     ipa,
@@ -308,8 +327,32 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
                 };
                 stage2_fault(hyp, vref.handle, ctx, abort, true)
             }
-            Trap::Wfi => Next::Exit(Ok(Exit::Wfi), Waiting::Nothing),
-            Trap::Interrupt => Next::Exit(Ok(Exit::Interrupted), Waiting::Nothing),
+            Trap::Wfi => {
+                // A WFI with an interrupt waiting for the vCPU returns at
+                // once, as on hardware.
+                let timer = arch.timer_line();
+                let pending = hyp.with_vm(vref.handle, |vm| {
+                    let mut vgic = vm.vgic();
+                    vgic.set_timer_line(vref.index, timer);
+                    vgic.has_pending(vref.index)
+                });
+                if pending == Ok(true) {
+                    Next::Resume
+                } else {
+                    Next::Exit(Ok(Exit::Wfi), Waiting::Nothing)
+                }
+            }
+            Trap::Interrupt => {
+                if guest_interrupt(arch.timer_line(), &exited) {
+                    Next::Resume
+                } else {
+                    Next::Exit(Ok(Exit::Interrupted), Waiting::Nothing)
+                }
+            }
+            Trap::Sgi { value } => {
+                let _ = hyp.with_vm(vref.handle, |vm| vm.vgic().sgi(vref.index, value));
+                Next::Resume
+            }
             Trap::Other { esr } => Next::Exit(
                 Ok(Exit::Stopped {
                     ec: (esr >> 26) & 0x3f,
@@ -323,6 +366,53 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
     }
     // The guest kept EL2 busy: let the host decide when to run it again.
     (Ok(Exit::Interrupted), Waiting::Nothing)
+}
+
+/// Whether a physical interrupt that ended a run was the guest's own:
+/// its virtual timer fired while el2 had not yet taken its line over (the
+/// next flush injects it and quiets the physical PPI), or the virtual CPU
+/// interface asked for more list registers (underflow maintenance). Either
+/// way the core resumes the guest; anything else is the host's.
+fn guest_interrupt(timer: bool, exited: &ListRegs) -> bool {
+    let valid = exited
+        .lr
+        .iter()
+        .take(exited.used as usize)
+        .filter(|lr| *lr >> 62 != 0)
+        .count();
+    (timer && exited.timer_hw_active == 0) || (exited.hcr & ICH_HCR_UIE != 0 && valid <= 1)
+}
+
+/// A data abort on the virtual GIC's registers: emulated here (the PC
+/// steps past it). `false` if the IPA is not the GIC's or the access
+/// cannot be emulated (no valid syndrome).
+fn vgic_mmio<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
+    hyp: &Hypervisor<M, P, H>,
+    vref: VcpuRef,
+    ctx: &mut VcpuContext,
+    abort: Abort,
+) -> bool {
+    if !abort.isv {
+        return false;
+    }
+    let write = abort.write.then(|| {
+        if abort.reg < 31 {
+            ctx.x[abort.reg as usize]
+        } else {
+            0
+        }
+    });
+    let done = hyp.with_vm(vref.handle, |vm| {
+        vm.vgic().mmio(abort.ipa, abort.size, write)
+    });
+    let Ok(Some(value)) = done else {
+        return false;
+    };
+    if !abort.write {
+        complete_read(ctx, value, abort.reg, abort.size, abort.sign, abort.wide);
+    }
+    ctx.pc = ctx.pc.wrapping_add(A::INSN_SIZE);
+    true
 }
 
 fn memory_fault(kind: ConversionKind, gfn: u64, pages: u64) -> Exit {

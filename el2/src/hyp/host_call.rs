@@ -92,6 +92,15 @@ pub enum HostRequest {
     HypPoolDonate(Pfn, u64),
     /// Counts of the host's memory.
     HostStats,
+    /// Drive an SPI line of a VM's virtual GIC.
+    IrqLine {
+        /// VM.
+        handle: GuestHandle,
+        /// INTID.
+        intid: u32,
+        /// Line level.
+        level: bool,
+    },
 }
 
 /// Why a call was not decoded.
@@ -131,7 +140,10 @@ impl HostRequest {
             | HostCall::TeardownFinish
             | HostCall::PageState => 1,
             HostCall::GuestPageState | HostCall::HypPoolDonate => 2,
-            HostCall::UnshareGuest | HostCall::MemcacheTopup | HostCall::Reclaim => 3,
+            HostCall::UnshareGuest
+            | HostCall::MemcacheTopup
+            | HostCall::Reclaim
+            | HostCall::IrqLine => 3,
             HostCall::VmCreate
             | HostCall::VcpuInit
             | HostCall::ShareGuest
@@ -216,6 +228,15 @@ impl HostRequest {
             HostCall::Finalize => HostRequest::Finalize,
             HostCall::HypPoolDonate => HostRequest::HypPoolDonate(Pfn(a[0]), a[1]),
             HostCall::HostStats => HostRequest::HostStats,
+            HostCall::IrqLine => HostRequest::IrqLine {
+                handle: handle(a[0])?,
+                intid: u32::try_from(a[1]).map_err(|_| DecodeError::Invalid(Errno::Einval))?,
+                level: match a[2] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid(Errno::Einval)),
+                },
+            },
         };
         Ok((call, req))
     }
@@ -366,6 +387,17 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
             HostRequest::Finalize => {
                 self.seal();
                 Ok([0; 5])
+            }
+            HostRequest::IrqLine {
+                handle,
+                intid,
+                level,
+            } => {
+                if self.with_vm(handle, |vm| vm.vgic().set_spi_line(intid, level))? {
+                    Ok([0; 5])
+                } else {
+                    Err(Errno::Einval)
+                }
             }
             HostRequest::HostStats => {
                 let owned = m.with_host(|h| {

@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod guest_call;
 pub mod host_call;
+pub mod vgic;
 pub mod vm;
 
 use arch::Arch;

@@ -5,6 +5,7 @@
 //! map.
 
 use super::arch::VcpuContext;
+use super::vgic::{Vgic, VgicCpu, VgicDist};
 use ownership::{ConversionKind, GuestHandle};
 
 /// Most vCPUs per VM.
@@ -108,6 +109,10 @@ pub struct VmState {
     pub started: bool,
     /// The vCPUs.
     pub vcpus: [VcpuState; MAX_VCPUS],
+    /// The virtual GIC's distributor.
+    pub vgic_dist: VgicDist,
+    /// The virtual GIC's redistributors, one per vCPU.
+    pub vgic_cpus: [VgicCpu; MAX_VCPUS],
 }
 
 const _: () = assert!(core::mem::size_of::<VmState>() <= (META_PAGES * 4096) as usize);
@@ -120,6 +125,17 @@ impl VmState {
             vcpu_count,
             started: false,
             vcpus: [VcpuState::default(); MAX_VCPUS],
+            vgic_dist: VgicDist::default(),
+            vgic_cpus: [VgicCpu::default(); MAX_VCPUS],
+        }
+    }
+
+    /// The VM's virtual GIC.
+    pub fn vgic(&mut self) -> Vgic<'_> {
+        let n = self.vcpu_count.min(MAX_VCPUS);
+        Vgic {
+            dist: &mut self.vgic_dist,
+            cpus: &mut self.vgic_cpus[..n],
         }
     }
 
