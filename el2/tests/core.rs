@@ -464,10 +464,7 @@ fn guest_call_errors() {
         inval,
         "outside the IPA space"
     );
-    assert_eq!(
-        m.arch.hvc_result(0, 5).unwrap()[0],
-        SMCCC_NOT_SUPPORTED as u64
-    );
+    assert_eq!(m.arch.hvc_result(0, 5).unwrap()[0], 0, "MMIO_GUARD");
     assert_eq!(
         m.arch.hvc_result(0, 6).unwrap()[0],
         SMCCC_NOT_SUPPORTED as u64
@@ -967,7 +964,7 @@ fn the_virtual_gic_is_emulated_at_el2() {
     assert_eq!(run_vcpu(&mut m, h, 0, None), Exit::Wfi);
     assert_eq!(
         m.arch.loaded(0, 0),
-        Some((2 << 0) | (9 << 19)),
+        Some(2 | (9 << 19)),
         "GICD_TYPER"
     );
     // vCPU 1 (started with CPU_ON's help) is entered with SGI 3 pending.
@@ -1067,4 +1064,74 @@ fn the_host_drives_spi_lines_of_its_devices() {
     // The line is high and the SPI enabled: the WFI does not wait.
     assert_eq!(run(&mut m, h), Exit::SystemEvent { kind: 0 });
     assert_eq!(m.arch.lrs[&(h as u16, 0)].lr[0] & 0xffff_ffff, 33);
+}
+
+#[test]
+fn once_the_guest_guards_mmio_only_guarded_granules_are_emulatable() {
+    let mut m = Machine::new();
+    let h = vm(&mut m, 16);
+    ok(m.call(HostCall::DonateGuest, &[h, RAM + 0x40, GPA >> 12, 1]));
+    let uart = host_interface::platform::UART;
+    let other = 0x0c00_0000;
+    m.arch.script(
+        handle(h),
+        0,
+        vec![
+            // Unguarded: an emulatable access, before the guard is on.
+            GuestOp::Store {
+                ipa: other,
+                value: 1,
+            },
+            hvc(GuestCall::MmioGuard.id(), [GPA, 0, 0]), // its RAM: refused
+            hvc(GuestCall::MmioGuard.id(), [uart + 4, 0, 0]), // unaligned
+            hvc(GuestCall::MmioGuard.id(), [uart, 1, 0]), // reserved
+            hvc(GuestCall::MmioGuard.id(), [uart, 0, 0]),
+            GuestOp::Store {
+                ipa: uart,
+                value: b'x' as u64,
+            },
+            GuestOp::Store {
+                ipa: other,
+                value: 2,
+            },
+        ],
+    );
+    assert!(matches!(
+        run(&mut m, h),
+        Exit::Stage2Fault {
+            isv: true,
+            data: 1,
+            ..
+        }
+    ));
+    let exit = run_with(&mut m, h, 0, 0);
+    let inval = SMCCC_INVALID_PARAMETER as u64;
+    for step in [1, 2, 3] {
+        assert_eq!(m.arch.hvc_result(0, step).unwrap()[0], inval, "step {step}");
+    }
+    assert_eq!(m.arch.hvc_result(0, 4).unwrap()[0], 0, "guarded");
+    assert_eq!(GUEST_FEATURES & (1 << 7), 1 << 7, "advertised");
+    assert!(
+        matches!(exit, Exit::Stage2Fault { gpa, isv: true, data: 0x78, .. } if gpa == uart),
+        "{exit:x?}"
+    );
+    // Not guarded: the host gets the address only, and cannot emulate it.
+    let exit = run_with(&mut m, h, 0, 0);
+    assert_eq!(
+        exit,
+        Exit::Stage2Fault {
+            gpa: other,
+            write: true,
+            exec: false,
+            isv: false,
+            size: 0,
+            reg: 0,
+            data: 0,
+            hvc: false
+        }
+    );
+    assert_eq!(
+        err(m.call(HostCall::VcpuRun, &[h, 0, RUN_COMPLETE_ACCESS, 0, 0])),
+        errno::EINVAL
+    );
 }

@@ -304,8 +304,8 @@ impl GuestCall {
 pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
 
 /// FEATURES bits: FEATURES (0), HYP_MEMINFO (2), MEM_SHARE (3),
-/// MEM_UNSHARE (4), MEM_RELINQUISH (9).
-pub const GUEST_FEATURES: u64 = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 9);
+/// MEM_UNSHARE (4), MMIO_GUARD (7), MEM_RELINQUISH (9).
+pub const GUEST_FEATURES: u64 = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 9);
 
 /// Why [`HostCall::VcpuRun`] returned: x2, with data in x3..x6.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -518,7 +518,7 @@ mod tests {
             Some(GuestCall::MemRelinquish)
         );
         assert_eq!(GuestCall::from_id(0xC600_0005), None);
-        assert_eq!(GUEST_FEATURES, 0x21d);
+        assert_eq!(GUEST_FEATURES, 0x29d);
     }
 
     #[test]

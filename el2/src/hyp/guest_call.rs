@@ -444,6 +444,23 @@ fn stage2_fault<M: PhysMem, P: TablePool, H: HypMappings>(
     match state {
         Ok(GuestPageState::Poisoned) => Next::Exit(Err(Errno::Ehwpoison), Waiting::Nothing),
         Ok(GuestPageState::NoPage | GuestPageState::Relinquished) | Err(_) => {
+            // With the MMIO guard on, only guarded granules reach the host
+            // as emulatable accesses; elsewhere the host learns just the
+            // address, to map memory there if it is the guest's RAM.
+            let guarded = hyp
+                .with_vm(handle, |vm| {
+                    !vm.mmio_guard.active() || vm.mmio_guard.contains(abort.ipa / PAGE_SIZE)
+                })
+                .unwrap_or(false);
+            let abort = if guarded {
+                abort
+            } else {
+                Abort {
+                    ipa: abort.ipa,
+                    write: abort.write,
+                    ..Abort::default()
+                }
+            };
             let data = if abort.write && abort.isv && abort.reg < 31 {
                 let v = ctx.x[abort.reg as usize];
                 match abort.size {
@@ -525,9 +542,19 @@ fn guest_call<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
             return conversion(hyp, arch, handle, ctx, ConversionKind::Unshare, args);
         }
         Some(GuestCall::MemRelinquish) => return relinquish(hyp, arch, handle, ctx, args),
-        // Not advertised in FEATURES until MMIO guarding lands.
         Some(GuestCall::MmioGuard) => {
-            ret(ctx, [SMCCC_NOT_SUPPORTED, 0]);
+            let ok = mmio_guard(hyp, handle, args);
+            ret(
+                ctx,
+                [
+                    if ok {
+                        SMCCC_SUCCESS
+                    } else {
+                        SMCCC_INVALID_PARAMETER
+                    },
+                    0,
+                ],
+            );
             return Next::Resume;
         }
         None => {}
@@ -669,6 +696,28 @@ fn affinity_info<M: PhysMem, P: TablePool, H: HypMappings>(
         },
     })
     .unwrap_or(smccc::INTERNAL_FAILURE)
+}
+
+/// MMIO_GUARD(IPA): guards the granule at a page-aligned IPA where the
+/// guest has no memory (x2, x3 zero).
+fn mmio_guard<M: PhysMem, P: TablePool, H: HypMappings>(
+    hyp: &Hypervisor<M, P, H>,
+    handle: GuestHandle,
+    args: [u64; 3],
+) -> bool {
+    let [ipa, a2, a3] = args;
+    if a2 != 0 || a3 != 0 || !ipa.is_multiple_of(PAGE_SIZE) {
+        return false;
+    }
+    let gfn = Gfn(ipa / PAGE_SIZE);
+    if !matches!(
+        hyp.mem.guest_state(handle, gfn),
+        Ok((GuestPageState::NoPage, _))
+    ) {
+        return false;
+    }
+    hyp.with_vm(handle, |vm| vm.mmio_guard.insert(gfn.0))
+        .unwrap_or(false)
 }
 
 /// Decodes `(IPA, pages, reserved)`: the first gfn and the page count for

@@ -113,6 +113,76 @@ pub struct VmState {
     pub vgic_dist: VgicDist,
     /// The virtual GIC's redistributors, one per vCPU.
     pub vgic_cpus: [VgicCpu; MAX_VCPUS],
+    /// The MMIO granules the guest guarded.
+    pub mmio_guard: MmioGuard,
+}
+
+/// Most disjoint runs of guarded MMIO pages a VM can have (neighbouring
+/// pages merge into one run: a Linux guest needs a handful).
+pub const MMIO_GUARD_RUNS: usize = 64;
+
+/// The guest's MMIO guard (DESIGN §4, pKVM's MMIO_GUARD): once it has
+/// guarded one granule, a stage-2 fault elsewhere outside its memory no
+/// longer reaches the host as an emulatable MMIO access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct MmioGuard {
+    /// Guarded runs `[first gfn, end gfn)`, `count` of them used.
+    pub runs: [(u64, u64); MMIO_GUARD_RUNS],
+    /// Runs in use.
+    pub count: usize,
+}
+
+impl Default for MmioGuard {
+    fn default() -> MmioGuard {
+        MmioGuard {
+            runs: [(0, 0); MMIO_GUARD_RUNS],
+            count: 0,
+        }
+    }
+}
+
+impl MmioGuard {
+    /// Whether the guest has guarded anything (the guard is on).
+    pub fn active(&self) -> bool {
+        self.count > 0
+    }
+
+    /// Whether `gfn` is guarded.
+    pub fn contains(&self, gfn: u64) -> bool {
+        self.runs[..self.count]
+            .iter()
+            .any(|&(s, e)| s <= gfn && gfn < e)
+    }
+
+    /// Guards `gfn`; `false` when the runs are all used.
+    pub fn insert(&mut self, gfn: u64) -> bool {
+        if self.contains(gfn) {
+            return true;
+        }
+        let n = self.count;
+        let end = gfn + 1;
+        if let Some(i) = self.runs[..n].iter().position(|r| r.1 == gfn) {
+            self.runs[i].1 = end;
+            // It may now touch the next run.
+            if let Some(j) = self.runs[..n].iter().position(|r| r.0 == end) {
+                self.runs[i].1 = self.runs[j].1;
+                self.runs[j] = self.runs[n - 1];
+                self.count -= 1;
+            }
+            return true;
+        }
+        if let Some(i) = self.runs[..n].iter().position(|r| r.0 == end) {
+            self.runs[i].0 = gfn;
+            return true;
+        }
+        if n == MMIO_GUARD_RUNS {
+            return false;
+        }
+        self.runs[n] = (gfn, end);
+        self.count += 1;
+        true
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<VmState>() <= (META_PAGES * 4096) as usize);
@@ -127,6 +197,7 @@ impl VmState {
             vcpus: [VcpuState::default(); MAX_VCPUS],
             vgic_dist: VgicDist::default(),
             vgic_cpus: [VgicCpu::default(); MAX_VCPUS],
+            mmio_guard: MmioGuard::default(),
         }
     }
 
@@ -159,5 +230,33 @@ impl VcpuState {
         self.power = Power::On;
         self.waiting = Waiting::Nothing;
         self.boot = (0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarded_granules_merge_into_runs() {
+        let mut g = MmioGuard::default();
+        assert!(!g.active());
+        for gfn in [10, 12, 11, 20, 9] {
+            assert!(g.insert(gfn));
+        }
+        assert_eq!(g.count, 2, "9..13 and 20");
+        assert!(g.contains(9) && g.contains(12) && g.contains(20));
+        assert!(!g.contains(13) && !g.contains(8) && !g.contains(19));
+        assert!(g.insert(12), "again: nothing changes");
+        assert_eq!(g.count, 2);
+        // Every run used: another disjoint granule is refused.
+        let mut g = MmioGuard::default();
+        for i in 0..MMIO_GUARD_RUNS as u64 {
+            assert!(g.insert(100 + 2 * i));
+        }
+        assert!(!g.insert(1000));
+        assert!(g.insert(101), "joining two runs still fits");
+        assert_eq!(g.count, MMIO_GUARD_RUNS - 1);
+        assert!(g.insert(1000));
     }
 }
