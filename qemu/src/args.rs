@@ -24,6 +24,15 @@ Commands:
               busybox initramfs and pack Android boot images from them
               (header v2, header v4, and a v4 boot + vendor boot pair);
               print their paths.
+  guest-kernel
+              Build a small arm64 Linux guest kernel with the upstream pKVM
+              guest driver (CONFIG_ARM_PKVM_GUEST) from Debian trixie's
+              linux-source-6.12 (apt-get download, cached outside the
+              repository; configured with allnoconfig plus
+              qemu/src/linux/pkvm-guest.config) and a busybox initramfs whose
+              /init prints GUEST-* lines; print both paths. Installs the
+              cross compiler and build tools with apt-get when root and
+              missing, otherwise says what to install.
   bench-boot  Boot the same Debian kernel and initramfs five times directly
               at EL1 (no hypervisor) and five times under el2 (the v4 boot
               image), interleaved; print the median time to user space of
@@ -121,6 +130,8 @@ pub enum Command {
     Run(Box<RunOptions>),
     /// Download the Debian packages and build the Linux host images.
     LinuxImages,
+    /// Build the pKVM guest kernel and its initramfs.
+    GuestKernel,
     /// Benchmark Linux boot time directly at EL1 vs under el2.
     BenchBoot,
     /// Benchmark the test guest's hypervisor paths (null HVC, MMIO exit,
@@ -315,6 +326,7 @@ where
         "build" => no_arguments("build", rest).map(|()| Command::Build),
         "test" => no_arguments("test", rest).map(|()| Command::Test),
         "linux-images" => no_arguments("linux-images", rest).map(|()| Command::LinuxImages),
+        "guest-kernel" => no_arguments("guest-kernel", rest).map(|()| Command::GuestKernel),
         "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
         "bench-guest" => no_arguments("bench-guest", rest).map(|()| Command::BenchGuest),
         "test-all" => no_arguments("test-all", rest).map(|()| Command::TestAll),
@@ -577,6 +589,32 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn guest_kernel_command() {
+        assert_eq!(parse(["guest-kernel"]), Ok(Command::GuestKernel));
+        assert_eq!(parse(["guest-kernel", "--help"]), Ok(Command::Help));
+        assert_eq!(
+            parse(["guest-kernel", "--rebuild"]),
+            Err(ArgError::UnknownOption {
+                command: "guest-kernel",
+                option: "--rebuild".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(["guest-kernel", "Image"]),
+            Err(ArgError::UnexpectedArgument {
+                command: "guest-kernel",
+                argument: "Image".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(["guest_kernel"]),
+            Err(ArgError::UnknownCommand("guest_kernel".to_owned()))
+        );
+        assert!(USAGE.contains("\n  guest-kernel\n"));
+        assert!(USAGE.contains("linux-source-6.12"));
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn ensure() -> Result<PathBuf, Failure> {
 
 /// Whether this process runs as root (uid 0), asked of `id -u`, with
 /// `$USER` as a fallback.
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     match process::stdout_of(Command::new("id").arg("-u")) {
         Ok(uid) => uid.trim() == "0",
         Err(_) => env::var("USER").is_ok_and(|user| user == "root"),

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_guest;
 pub mod build;
+pub mod guest_kernel;
 pub mod linux_images;
 pub mod run;
 pub mod test;

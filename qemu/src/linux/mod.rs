@@ -19,8 +19,12 @@
 //!    image). Each is parsed back with `el2::bootimg` before use.
 //!
 //! Everything lives outside the repository; nothing here is committed.
+//!
+//! The pKVM guest kernel and its initramfs (`cargo qemu guest-kernel`) are
+//! built by [`guest_kernel`].
 
 pub mod apt;
+pub mod guest_kernel;
 
 use std::env;
 use std::fs;
