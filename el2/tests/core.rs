@@ -962,11 +962,7 @@ fn the_virtual_gic_is_emulated_at_el2() {
         ],
     );
     assert_eq!(run_vcpu(&mut m, h, 0, None), Exit::Wfi);
-    assert_eq!(
-        m.arch.loaded(0, 0),
-        Some(2 | (9 << 19)),
-        "GICD_TYPER"
-    );
+    assert_eq!(m.arch.loaded(0, 0), Some(2 | (9 << 19)), "GICD_TYPER");
     // vCPU 1 (started with CPU_ON's help) is entered with SGI 3 pending.
     let v1 = ownership::GuestHandle(h as u16);
     m.arch.script(v1, 1, vec![GuestOp::Wfi]);

@@ -23,6 +23,17 @@ pub unsafe trait PhysMem: Copy {
     /// Cleans `[pa, pa + len)` to the point of coherency, so a reader with
     /// caches off (or through another mapping) sees what was written.
     fn clean_to_poc(self, pa: PhysAddr, len: u64);
+
+    /// Makes `[pa, pa + len)`, about to be mapped into a guest, what the
+    /// guest sees even with its MMU and caches off and when it executes
+    /// it: cleaned to the point of coherency, and no stale instructions
+    /// for it in the instruction caches (KVM does the same when it maps a
+    /// page into a stage-2 without FWB). Defaults to [`clean_to_poc`].
+    ///
+    /// [`clean_to_poc`]: PhysMem::clean_to_poc
+    fn sync_for_guest(self, pa: PhysAddr, len: u64) {
+        self.clean_to_poc(pa, len);
+    }
 }
 
 /// Zeroes `n` pages from `pfn` and cleans them to the point of coherency

@@ -360,6 +360,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             }
         }
         check_guest_empty(&g, self.mem, gfn, n)?;
+        let mem = self.mem;
         let attrs = guest_attrs(S2State::SharedBorrowed, ext == Extent::Block);
         let mut gp = Plan::new();
         let op = Op::Map {
@@ -370,6 +371,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             policy: BlockPolicy::Largest,
         };
         gp.add(&g.s2, &MemView(self.mem), op)?;
+        // What the host wrote is what the guest reads, caches on or off.
         commit_plans(
             h,
             &mut g,
@@ -377,8 +379,8 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             Plan::new(),
             gp,
             tlb,
-            First::Guest,
-            || {},
+            First::Host,
+            || mem.sync_for_guest(pa(pfn), n * PAGE_SIZE),
         )?;
         for i in 0..n {
             let p = Pfn(pfn.0 + i);
@@ -497,7 +499,12 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             policy: BlockPolicy::Largest,
         };
         gp.add(&g.s2, &MemView(self.mem), op)?;
-        commit_plans(h, &mut g, self.mem, hp, gp, tlb, First::Host, || {})?;
+        // Once the host can no longer write it, and before the guest can
+        // see it: what the host wrote reaches the point of coherency.
+        let mem = self.mem;
+        commit_plans(h, &mut g, self.mem, hp, gp, tlb, First::Host, || {
+            mem.sync_for_guest(pa(pfn), n * PAGE_SIZE)
+        })?;
         for i in 0..n {
             h.table.set(
                 Pfn(pfn.0 + i),

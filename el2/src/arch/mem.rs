@@ -71,6 +71,11 @@ unsafe impl PhysMem for IdentityMem {
     fn clean_to_poc(self, pa: PhysAddr, len: u64) {
         sysreg::clean_inval_to_poc(pa.get(), len);
     }
+
+    fn sync_for_guest(self, pa: PhysAddr, len: u64) {
+        sysreg::clean_inval_to_poc(pa.get(), len);
+        sysreg::invalidate_icache();
+    }
 }
 
 /// Page-table pages for the host stage-2, from the heap.
