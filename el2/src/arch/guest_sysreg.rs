@@ -31,8 +31,11 @@
 //! rest read as zero and ignore writes (the guest sees no debug features
 //! to program). `ICC_SGI1R_EL1` writes (trapped with `HCR_EL2.IMO`) go to
 //! the virtual GIC; `ICC_SGI0R_EL1`/`ICC_ASGI1R_EL1` (group 0 and
-//! other-security SGIs, which it does not have) are dropped. Everything else — PMU
-//! registers, the physical timer, LOR, AMU, trace, unknown and
+//! other-security SGIs, which it does not have) are dropped. The EL1
+//! physical timer (`CNTP_*`, trapped by `CNTHCTL_EL2.EL1PCEN`) reads as
+//! zero and ignores writes: it is the host's, and guests use the virtual
+//! timer. Everything else — PMU
+//! registers, LOR, AMU, trace, unknown and
 //! IMPLEMENTATION DEFINED registers, and any write to an ID register —
 //! makes the guest take an UNDEFINED exception.
 
@@ -84,6 +87,9 @@ const AIDR_EL1: Encoding = enc(3, 1, 0, 0, 7);
 const ICC_SGI1R_EL1: Encoding = enc(3, 0, 12, 11, 5);
 const ICC_ASGI1R_EL1: Encoding = enc(3, 1, 12, 11, 6);
 const ICC_SGI0R_EL1: Encoding = enc(3, 2, 12, 11, 7);
+const CNTP_TVAL_EL0: Encoding = enc(3, 3, 14, 2, 0);
+const CNTP_CTL_EL0: Encoding = enc(3, 3, 14, 2, 1);
+const CNTP_CVAL_EL0: Encoding = enc(3, 3, 14, 2, 2);
 
 /// A trapped access decoded from the syndrome's ISS.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -213,6 +219,13 @@ pub fn handle(ctx: &mut VcpuContext, esr: u64) -> Action {
         ICC_SGI1R_EL1 if !a.read => return Action::Sgi(value),
         // Group 0 and other-security SGIs: this GIC has neither.
         ICC_ASGI1R_EL1 | ICC_SGI0R_EL1 if !a.read => {}
+        // The EL1 physical timer stays the host's: a guest (which uses the
+        // virtual timer) reads it as disabled and cannot program it.
+        CNTP_TVAL_EL0 | CNTP_CTL_EL0 | CNTP_CVAL_EL0 => {
+            if a.read {
+                set(ctx, 0);
+            }
+        }
         // The rest of the debug space: read as zero, writes ignored.
         Encoding { op0: 2, .. } => {
             if a.read {
