@@ -716,8 +716,18 @@ fn mmio_guard<M: PhysMem, P: TablePool, H: HypMappings>(
     ) {
         return false;
     }
-    hyp.with_vm(handle, |vm| vm.mmio_guard.insert(gfn.0))
-        .unwrap_or(false)
+    hyp.with_vm(handle, |vm| {
+        let first = !vm.mmio_guard.active();
+        let ok = vm.mmio_guard.insert(gfn.0);
+        if ok && first {
+            log::info!(
+                "VM {:#x}: MMIO guard on (first granule {ipa:#x}): only guarded MMIO reaches the host",
+                handle.0
+            );
+        }
+        ok
+    })
+    .unwrap_or(false)
 }
 
 /// Decodes `(IPA, pages, reserved)`: the first gfn and the page count for
