@@ -13,6 +13,9 @@
 //! - [`vm`]: the VM layer (memslots, in-place conversion, the vCPU run loop)
 //!   and the crosvm-shaped VMM API ([`vm::Vm`], [`vm::Vcpu`],
 //!   [`vm::VcpuExit`]).
+//! - [`vmm`]: a small VMM over that API that runs one protected guest
+//!   (loading, device tree, PL011, test device, PSCI `CPU_ON`, verified
+//!   teardown), for the built-in test host today and Linux userspace later.
 //!
 //! `no_std` + `alloc`; this crate does not depend on `el2`.
 #![no_std]
@@ -27,3 +30,4 @@ pub mod hypervisor;
 pub mod kvm;
 pub mod platform;
 pub mod vm;
+pub mod vmm;

@@ -174,6 +174,38 @@ pub struct KvmVm<H: Hypervisor, A: HostPages> {
     request: Option<(usize, Request)>,
     /// Pages the host gave the hypervisor for this VM's tables.
     memcache: Vec<u64>,
+    /// Back guest memory with 2 MiB folios where possible (on by default).
+    huge_folios: bool,
+    /// The last guest access a run could not resolve or emulate.
+    unhandled: Option<UnhandledAccess>,
+}
+
+/// A guest access outside every memslot that cannot be emulated as MMIO
+/// (no valid syndrome: a load/store pair, a write-back addressing mode, an
+/// instruction fetch): the run that met it failed with `EFAULT`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UnhandledAccess {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// A write.
+    pub write: bool,
+    /// An instruction fetch.
+    pub exec: bool,
+}
+
+/// A page that belonged to the guest when its VM was torn down, handed to
+/// [`KvmVm::destroy_checked`]'s callback after `TeardownFinish` and
+/// before the page is freed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ReclaimedPage {
+    /// The guest frame it was mapped at.
+    pub gfn: u64,
+    /// The host frame.
+    pub pfn: u64,
+    /// It was private to the guest (donated, its guest_memfd attribute
+    /// private): the hypervisor must have zeroed it. Pages the guest
+    /// shared back and pages the host lent keep their contents.
+    pub private: bool,
 }
 
 /// `KVM_USER_MEM_SLOTS`: slot ids must be below it.
@@ -208,6 +240,8 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
                 vcpus: alloc::vec![VcpuSlot::default(); vcpus],
                 request: None,
                 memcache: Vec::new(),
+                huge_folios: true,
+                unhandled: None,
             }),
             Err(e) => {
                 pages.free(pgd, 1);
@@ -225,6 +259,25 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
     /// The conduit (for tests and debugging).
     pub fn hypervisor(&mut self) -> &mut H {
         &mut self.hv
+    }
+
+    /// Whether guest memory may be backed by 2 MiB folios (and mapped
+    /// into the guest as 2 MiB blocks). On by default; off, every folio is
+    /// one 4 KiB page ("small pages"). Set it before the guest touches
+    /// memory: folios already allocated keep their size.
+    pub fn set_huge_folios(&mut self, on: bool) {
+        self.huge_folios = on;
+    }
+
+    /// Whether 2 MiB folios are allowed ([`KvmVm::set_huge_folios`]).
+    pub fn huge_folios(&self) -> bool {
+        self.huge_folios
+    }
+
+    /// The access that made the last failed run fail with `EFAULT`, if
+    /// that is why it failed.
+    pub fn unhandled_access(&self) -> Option<UnhandledAccess> {
+        self.unhandled
     }
 
     /// The guest_memfd `id`.
@@ -284,10 +337,10 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
     /// Zeroes a freshly allocated folio through the host's mapping (KVM
     /// zeroes a page once, when it is first handed out).
     fn zero(&mut self, pfn: u64, pages: u64) -> Result<(), i32> {
-        let zeros = [0u8; PAGE as usize];
+        static ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
         for i in 0..pages {
             self.hv
-                .write((pfn + i) * PAGE, &zeros)
+                .write((pfn + i) * PAGE, &ZEROS)
                 .map_err(|_| errno::EFAULT)?;
         }
         Ok(())
@@ -342,6 +395,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
     /// Resolves a guest stage-2 fault at `gpa` inside `slot`.
     fn fault_in(&mut self, slot: Memslot, page: u64, gpa: u64) -> Result<(), i32> {
         let gfn = gpa / PAGE;
+        let huge_folios = self.huge_folios;
         let g = self.gmem_mut(slot.gmem)?;
         if g.guest.contains_key(&page) {
             return Ok(());
@@ -354,7 +408,8 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         let ghead = gfn - gfn % HUGE_PAGES;
         let slot_first = slot.offset / PAGE;
         let slot_end = slot_first + slot.size / PAGE;
-        let block_ok = gfn % HUGE_PAGES == page % HUGE_PAGES
+        let block_ok = huge_folios
+            && gfn % HUGE_PAGES == page % HUGE_PAGES
             && head >= slot_first
             && head + HUGE_PAGES <= slot_end
             && g.attrs.uniform(head, head + HUGE_PAGES).is_some()
@@ -488,6 +543,50 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         Ok(())
     }
 
+    /// `fallocate(mode 0)`: allocates (and zeroes, once) backing for every
+    /// page of `[offset, offset + len)` that has none, without touching
+    /// the pages' attributes or contents. With 2 MiB folios allowed
+    /// ([`KvmVm::set_huge_folios`]), each 2 MiB-aligned stretch of the
+    /// range with no backing yet gets one 2 MiB folio (split into pages at
+    /// once if its attributes are mixed, so a later conversion can merge
+    /// it back); the rest gets 4 KiB pages. A VMM calls it before loading
+    /// an image so the loaded range ends up in 2 MiB folios, which the
+    /// guest then gets as 2 MiB blocks. `EINVAL` for an unaligned or empty
+    /// range or one past the end of the file; `ENOMEM` when the host has no
+    /// pages left (what was allocated stays allocated, as in KVM).
+    pub fn gmem_allocate(&mut self, id: GmemId, offset: u64, len: u64) -> Result<(), i32> {
+        let g = self.gmem(id).ok_or(errno::EBADF)?;
+        let end = offset.checked_add(len).ok_or(errno::EINVAL)?;
+        if !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 || end > g.size() {
+            return Err(errno::EINVAL);
+        }
+        let (first, last) = (offset / PAGE, end / PAGE);
+        let mut page = first;
+        while page < last {
+            let g = self.gmem(id).ok_or(errno::EBADF)?;
+            let whole_block = page.is_multiple_of(HUGE_PAGES)
+                && page + HUGE_PAGES <= last
+                && g.folios.range(page..page + HUGE_PAGES).next().is_none();
+            if self.huge_folios && whole_block {
+                self.back(id, page, true)?;
+                let g = self.gmem_mut(id)?;
+                if g.frame(page).is_some_and(|(_, f)| f.order == 9) {
+                    if g.attrs.uniform(page, page + HUGE_PAGES).is_none() {
+                        g.split(page);
+                    }
+                    page += HUGE_PAGES;
+                    continue;
+                }
+                // No 2 MiB run left: this page got a 4 KiB folio.
+                page += 1;
+                continue;
+            }
+            self.back(id, page, false)?;
+            page += 1;
+        }
+        Ok(())
+    }
+
     /// `fallocate(KEEP_SIZE | PUNCH_HOLE)`: frees the backing of
     /// `[offset, offset + len)` (attributes are kept; a later access gets a
     /// fresh zeroed page). Pages the host lent the guest are taken back
@@ -575,7 +674,20 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
 
     /// Tears the VM down: every guest page reclaimed (guest-private pages
     /// come back zeroed), the VM's pages returned, the backing freed.
-    pub fn destroy(mut self) -> Result<A, i32> {
+    pub fn destroy(self) -> Result<A, i32> {
+        self.destroy_checked(|_, _| {}).map(|(_, pages)| pages)
+    }
+
+    /// [`KvmVm::destroy`], handing every page that was the guest's to
+    /// `check` (with the conduit, to read it) after `TeardownFinish` made
+    /// it the host's again and before anything is freed; returns the
+    /// conduit and the page allocator, every page this VM allocated back in
+    /// it. A VMM uses it to verify that the hypervisor zeroed the guest's
+    /// private pages ([`ReclaimedPage::private`]).
+    pub fn destroy_checked(
+        mut self,
+        mut check: impl FnMut(&mut H, ReclaimedPage),
+    ) -> Result<(H, A), i32> {
         self.hv
             .call(HostCall::TeardownStart, &[self.handle])
             .map_err(call_err)?;
@@ -602,6 +714,16 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         self.hv
             .call(HostCall::TeardownFinish, &[self.handle])
             .map_err(call_err)?;
+        for g in self.gmems.iter().flatten() {
+            for (&page, m) in &g.guest {
+                let (GuestMapping::Donated { gfn, .. } | GuestMapping::Lent { gfn, .. }) = *m;
+                let Some(pfn) = g.pfn(page) else {
+                    continue;
+                };
+                let private = matches!(m, GuestMapping::Donated { .. }) && g.is_private(page);
+                check(&mut self.hv, ReclaimedPage { gfn, pfn, private });
+            }
+        }
         // Destroying the VM drops the host's pins with its guest_memfds.
         for g in self.gmems.iter().flatten() {
             for f in g.folios.values() {
@@ -616,7 +738,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         }
         self.pages.free(self.pgd, 1);
         self.pages.free(self.meta, META_ORDER);
-        Ok(self.pages)
+        Ok((self.hv, self.pages))
     }
 
     fn run_vcpu(&mut self, index: usize) -> Result<VcpuExit, i32> {
@@ -632,6 +754,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
         let mut complete = slot.complete.filter(|_| slot.completable);
         let mut fail_access = false;
         self.vcpus[index] = VcpuSlot::default();
+        self.unhandled = None;
         loop {
             let args = match (complete.take(), core::mem::take(&mut fail_access)) {
                 (_, true) => [self.handle, index as u64, abi::RUN_FAIL_ACCESS, 0, 0],
@@ -648,6 +771,7 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
                 Exit::Stage2Fault {
                     gpa,
                     write,
+                    exec,
                     isv,
                     size,
                     data,
@@ -667,7 +791,12 @@ impl<H: Hypervisor, A: HostPages> KvmVm<H, A> {
                             data,
                         });
                     }
-                    None => return Err(errno::EFAULT),
+                    // KVM fails the run here too (`ENOSYS` on arm64: no
+                    // syndrome to emulate the access with).
+                    None => {
+                        self.unhandled = Some(UnhandledAccess { gpa, write, exec });
+                        return Err(errno::EFAULT);
+                    }
                 },
                 Exit::MemoryFault { gpa, size, flags } => {
                     let to_private = flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0;

@@ -1,23 +1,35 @@
 //! Conformance tests and a small example VMM for the hypervisor.
 //!
-//! [`ExampleVmm`] is what a crosvm-style VMM does with the host interface:
-//! it creates a protected VM whose RAM is one guest_memfd (private by
-//! default, host-mappable), loads a guest image into shared pages and
-//! converts them to private in place before the first run (the guest then
-//! sees the image: no copy), and serves the exits: conversions the guest
-//! asks for, relinquished memory (punched), MMIO to a tiny console, and
-//! PSCI calls. It runs on the simulated machine (`el2::sim`), through the
-//! same hypervisor core that runs at EL2.
+//! [`ExampleVmm`] is what a crosvm-style VMM does with the host interface,
+//! step by step, recording what it saw ([`Event`]): it creates a protected
+//! VM whose RAM is one guest_memfd (private by default, host-mappable),
+//! loads a guest image into shared pages and converts them to private in
+//! place before the first run (the guest then sees the image: no copy),
+//! and serves the exits of a scripted guest: conversions the guest asks
+//! for (or refuses them), relinquished memory (punched), MMIO to the
+//! console, and PSCI calls. The memory steps and the console are the VMM
+//! library's (`host_interface::vmm`: [`memory::load_in_place`],
+//! [`memory::convert`], [`Pl011`]); the whole library (device tree, test
+//! device, `CPU_ON`, verified teardown) is exercised in `tests/vmm_lib.rs`
+//! with [`RecordingHost`]. Everything runs on the simulated machine
+//! (`el2::sim`), through the same hypervisor core that runs at EL2.
+
+use std::fmt;
 
 use el2::sim::{GuestOp, Machine, SimPages};
 use host_interface::kvm::*;
+use host_interface::platform;
 use host_interface::vm::{GmemId, KvmVm, Vcpu, VcpuExit, Vm};
+use host_interface::vmm::VmmHost;
+use host_interface::vmm::memory;
+use host_interface::vmm::pl011::Pl011;
+use host_interface::vmm::run::PSCI_NOT_SUPPORTED;
 use std::vec::Vec;
 
-/// Where guest RAM starts (crosvm's arm64 layout).
-pub const GUEST_RAM: u64 = 0x8000_0000;
-/// The console the example guest writes to (an MMIO address outside RAM).
-pub const CONSOLE: u64 = 0x0900_0000;
+/// Where guest RAM starts (crosvm's arm64 layout: the platform's).
+pub const GUEST_RAM: u64 = platform::RAM_BASE;
+/// The console the example guest writes to: the platform's PL011.
+pub const CONSOLE: u64 = platform::UART;
 
 /// What the VMM saw while running the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,30 +98,14 @@ impl<'m> ExampleVmm<'m> {
 
     /// Converts `[offset, offset + size)` of RAM.
     pub fn convert(&mut self, offset: u64, size: u64, private: bool) -> Result<(), (i32, u64)> {
-        let mut a = KvmMemoryAttributes2 {
-            offset,
-            size,
-            attributes: if private {
-                KVM_MEMORY_ATTRIBUTE_PRIVATE
-            } else {
-                0
-            },
-            ..Default::default()
-        };
-        self.vm
-            .set_memory_attributes(self.ram, &mut a)
-            .map_err(|e| (e, a.error_offset))
+        memory::convert(&mut self.vm, self.ram, offset, size, private)
     }
 
     /// Loads `image` at RAM offset `offset`: shared, written, then
-    /// converted to private in place.
+    /// converted to private in place (the library's
+    /// [`memory::load_in_place`]).
     pub fn load_image(&mut self, offset: u64, image: &[u8]) -> Result<(), i32> {
-        let size = (image.len() as u64).next_multiple_of(4096);
-        self.convert(offset, size, false).map_err(|e| e.0)?;
-        self.vm
-            .gmem_write(self.ram, offset, image)
-            .map_err(|_| errno::EFAULT)?;
-        self.convert(offset, size, true).map_err(|e| e.0)
+        memory::load_in_place(&mut self.vm, self.ram, offset, image).map_err(|(_, e)| e)
     }
 
     /// Runs the guest script until it powers off; returns the exit code
@@ -123,6 +119,7 @@ impl<'m> ExampleVmm<'m> {
 
     /// Serves exits until the guest powers off.
     pub fn serve(&mut self) -> Result<u64, i32> {
+        let mut uart = Pl011;
         loop {
             let exit = self.vm.vcpu(0).run()?;
             match exit {
@@ -155,14 +152,23 @@ impl<'m> ExampleVmm<'m> {
                     data,
                     ..
                 } => {
-                    if write && address == CONSOLE {
-                        self.events.push(Event::Console(data as u8));
+                    let mut value = 0;
+                    if let Some(offset) = address.checked_sub(CONSOLE).filter(|o| *o < 0x1000) {
+                        if write {
+                            if let Some(byte) = uart.write(offset, data) {
+                                self.events.push(Event::Console(byte));
+                            }
+                        } else {
+                            value = uart.read(offset);
+                        }
                     }
-                    self.vm.vcpu(0).set_mmio_data(0);
+                    self.vm.vcpu(0).set_mmio_data(value);
                 }
                 VcpuExit::Hypercall { id, .. } => {
                     self.events.push(Event::Psci(id));
-                    self.vm.vcpu(0).set_hypercall_result(u64::MAX, 0);
+                    self.vm
+                        .vcpu(0)
+                        .set_hypercall_result(PSCI_NOT_SUPPORTED as u64, 0);
                 }
                 VcpuExit::SystemEvent(kind) => return Ok(kind),
                 VcpuExit::Wfi => {}
@@ -170,5 +176,31 @@ impl<'m> ExampleVmm<'m> {
                 VcpuExit::Interrupted | VcpuExit::PoweredOff => {}
             }
         }
+    }
+}
+
+/// A [`VmmHost`] that records everything: the guest's console bytes, the
+/// VMM's log lines, and which vCPU each run was for.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingHost {
+    /// The guest's console output.
+    pub console: Vec<u8>,
+    /// The VMM's log lines.
+    pub log: Vec<String>,
+    /// The vCPU of each run, in order.
+    pub runs: Vec<usize>,
+}
+
+impl VmmHost for RecordingHost {
+    fn console(&mut self, bytes: &[u8]) {
+        self.console.extend_from_slice(bytes);
+    }
+
+    fn log(&mut self, line: fmt::Arguments<'_>) {
+        self.log.push(line.to_string());
+    }
+
+    fn before_run(&mut self, vcpu: usize) {
+        self.runs.push(vcpu);
     }
 }

@@ -13,6 +13,16 @@
 //! `-append`) adds one check that always fails, to prove failures are
 //! detected.
 //!
+//! **VMM mode**: when the runner hands it a guest (`cargo qemu run
+//! --guest`: a guest descriptor at `host_interface::guestdesc::DESC_ADDR`),
+//! it runs that guest as a protected VM with the VMM library
+//! (`host_interface::vmm`) over real HVCs instead of its suite, prints the
+//! guest's console as `guest: <line>` and the VMM's `vmm: ...` lines, and
+//! powers off with the VMM's status: 0 the guest powered off (no failing
+//! check reported, teardown verified), 8 the guest reported failing
+//! checks, 9 it reset, 10 it crashed or turned every vCPU off, 11 a VMM
+//! error or a failed teardown check (see `host/vmm.rs`).
+//!
 //! Built for any other target (as `cargo test --workspace` and
 //! `cargo clippy --workspace` do on the host), it is a stub `main` that
 //! exits with status 1.
@@ -20,6 +30,9 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod host;

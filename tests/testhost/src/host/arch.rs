@@ -24,6 +24,20 @@ macro_rules! mrs {
 }
 pub(crate) use mrs;
 
+/// Writes a system register (`msr`).
+macro_rules! msr {
+    ($reg:literal, $val:expr) => {{
+        let v: u64 = $val;
+        // SAFETY: the callers write registers that only affect this CPU's
+        // EL1 timer and GIC CPU interface, never memory.
+        unsafe {
+            core::arch::asm!(concat!("msr ", $reg, ", {}"), in(reg) v,
+                options(nomem, nostack, preserves_flags))
+        };
+    }};
+}
+pub(crate) use msr;
+
 // ---------------------------------------------------------------------
 // The identity map: 512 × 1 GiB blocks (39-bit VA), Device everywhere but
 // the gigabytes of the image and the device tree, which are Normal.
@@ -236,6 +250,11 @@ impl AbortLog {
         }
     }
 
+    /// How many aborts this slot took.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// `(count, esr, far, elr)` of the last abort.
     pub fn last(&self) -> (u64, u64, u64, u64) {
         (
@@ -341,4 +360,154 @@ pub fn wait_for(timeout_us: u64, mut cond: impl FnMut() -> bool) -> bool {
         }
         core::hint::spin_loop();
     }
+}
+
+// ---------------------------------------------------------------------
+// Copies to and from physical memory that may take an injected abort.
+
+const PAGE: u64 = 4096;
+
+/// Loads 8 bytes from `addr`; the value is meaningless if the load was
+/// aborted (the caller checks the abort log).
+#[inline(always)]
+fn load64(addr: u64) -> u64 {
+    let mut v = SENTINEL;
+    // SAFETY: as `probe_read`: an aborted load is logged and skipped by
+    // our vector, leaving `v` as it was. No `nomem`: the vector writes the
+    // abort log, which the caller reads next.
+    unsafe { asm!("ldr {v}, [{a}]", v = inout(reg) v, a = in(reg) addr, options(nostack)) };
+    v
+}
+
+/// Loads a byte from `addr` (as [`load64`]).
+#[inline(always)]
+fn load8(addr: u64) -> u8 {
+    let mut v = 0u64;
+    // SAFETY: as `load64`.
+    unsafe { asm!("ldrb {v:w}, [{a}]", v = inout(reg) v, a = in(reg) addr, options(nostack)) };
+    v as u8
+}
+
+/// Stores 8 bytes at `addr` (skipped if aborted).
+///
+/// # Safety
+///
+/// `addr` is memory nothing of ours uses, or memory the store faults on.
+#[inline(always)]
+unsafe fn store64(addr: u64, v: u64) {
+    // SAFETY: per the contract.
+    unsafe { asm!("str {v}, [{a}]", v = in(reg) v, a = in(reg) addr, options(nostack)) };
+}
+
+/// Stores a byte at `addr` (skipped if aborted).
+///
+/// # Safety
+///
+/// As [`store64`].
+#[inline(always)]
+unsafe fn store8(addr: u64, v: u8) {
+    // SAFETY: per the contract.
+    unsafe {
+        asm!("strb {v:w}, [{a}]", v = in(reg) u64::from(v), a = in(reg) addr, options(nostack))
+    };
+}
+
+/// Splits `[pa, pa + len)` into chunks that stay inside one page, each
+/// cut into a leading run of bytes up to 8-byte alignment, 8-byte words
+/// and trailing bytes; calls `byte(addr, index)` or `word(addr, index)`
+/// for each (index into the caller's buffer). Stops at the first chunk
+/// during which this CPU took an injected abort, and returns its address.
+fn walk(
+    pa: u64,
+    len: usize,
+    mut byte: impl FnMut(u64, usize),
+    mut word: impl FnMut(u64, usize),
+) -> Result<(), u64> {
+    let log = &ABORTS[slot()];
+    let mut done = 0usize;
+    while done < len {
+        let at = pa + done as u64;
+        let chunk = ((PAGE - at % PAGE) as usize).min(len - done);
+        let before = log.count();
+        let mut i = 0usize;
+        while i < chunk {
+            let a = at + i as u64;
+            if a.is_multiple_of(8) && chunk - i >= 8 {
+                word(a, done + i);
+                i += 8;
+            } else {
+                byte(a, done + i);
+                i += 1;
+            }
+            // One injected abort is enough: el2 logs each one.
+            if log.count() != before {
+                return Err(a);
+            }
+        }
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// Copies `buf.len()` bytes of physical memory at `pa` (identity-mapped
+/// RAM) into `buf`; `Err(address)` if el2 refused an access (an injected
+/// abort, which the vector logs and skips).
+pub fn read_phys(pa: u64, buf: &mut [u8]) -> Result<(), u64> {
+    let out = buf.as_mut_ptr();
+    walk(
+        pa,
+        buf.len(),
+        // SAFETY: `i < buf.len()` (`walk` stays inside `len`).
+        |a, i| unsafe { out.add(i).write(load8(a)) },
+        // SAFETY: `i + 8 <= buf.len()`; the buffer need not be aligned.
+        |a, i| unsafe { out.add(i).cast::<u64>().write_unaligned(load64(a)) },
+    )
+}
+
+/// Copies `data` to physical memory at `pa` (identity-mapped RAM), then
+/// cleans it to the point of coherency (a guest may read it with its MMU
+/// off); `Err(address)` if el2 refused an access.
+///
+/// # Safety
+///
+/// `[pa, pa + data.len())` is memory nothing of ours uses (pages the VMM
+/// allocated for guests), or memory the stores fault on.
+pub unsafe fn write_phys(pa: u64, data: &[u8]) -> Result<(), u64> {
+    let src = data.as_ptr();
+    let r = walk(
+        pa,
+        data.len(),
+        // SAFETY: `i < data.len()`; the target is per the contract.
+        |a, i| unsafe { store8(a, src.add(i).read()) },
+        // SAFETY: `i + 8 <= data.len()`; the target is per the contract.
+        |a, i| unsafe { store64(a, src.add(i).cast::<u64>().read_unaligned()) },
+    );
+    if r.is_ok() && !data.is_empty() {
+        clean_to_poc(pa, data.len() as u64);
+    }
+    r
+}
+
+/// The virtual counter and its frequency (an ISB first, so the read is
+/// not taken early).
+pub fn virtual_now() -> (u64, u64) {
+    // SAFETY: a barrier only.
+    unsafe { asm!("isb", options(nomem, nostack, preserves_flags)) };
+    (mrs!("cntvct_el0"), mrs!("cntfrq_el0").max(1))
+}
+
+/// Arms the EL1 virtual timer `ticks` from now (enabled, not masked). The
+/// test host never unmasks interrupts; while a guest runs, el2 carries
+/// this deadline and ends the run when it passes.
+pub fn arm_virtual_timer(ticks: u64) {
+    let (now, _) = virtual_now();
+    msr!("cntv_cval_el0", now.wrapping_add(ticks));
+    msr!("cntv_ctl_el0", 1);
+    // SAFETY: a barrier only.
+    unsafe { asm!("isb", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Disarms the EL1 virtual timer.
+pub fn disarm_virtual_timer() {
+    msr!("cntv_ctl_el0", 0);
 }

@@ -16,7 +16,7 @@ use core::cell::UnsafeCell;
 use core::mem::{offset_of, size_of};
 
 /// Bytes of stack per CPU slot (0: boot CPU, 1: the secondary).
-pub const STACK_SIZE: usize = 32 * 1024;
+pub const STACK_SIZE: usize = 64 * 1024;
 
 /// Registers saved by the EL1 vectors: general purpose, FP/SIMD (the
 /// Rust handler may use them, and the suite checks el2 preserves them

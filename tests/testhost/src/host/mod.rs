@@ -7,10 +7,14 @@ compile_error!("testhost only supports aarch64 bare-metal targets (aarch64-unkno
 pub mod arch;
 mod checks;
 mod entry;
+mod gic;
+mod vmm;
 
+use core::cell::UnsafeCell;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use buddy_system_allocator::LockedHeap;
 use flat_device_tree::Fdt;
 
 use arch::{mrs, println};
@@ -41,6 +45,9 @@ pub struct Platform {
     pub inject_failure: bool,
     /// The device tree's address and size.
     pub dtb: (u64, u64),
+    /// The GICv3: distributor base, redistributor region `(base, size)`
+    /// (the `arm,gic-v3` node's `reg[0]` and `reg[1]`).
+    pub gic: Option<(u64, (u64, u64))>,
 }
 
 impl Platform {
@@ -57,6 +64,7 @@ impl Platform {
             psci_smc: false,
             inject_failure: false,
             dtb: (dtb, fdt.total_size() as u64),
+            gic: None,
         };
         for node in fdt.all_nodes() {
             let is_memory = node.property("device_type").and_then(|d| d.as_str()) == Some("memory");
@@ -105,6 +113,14 @@ impl Platform {
             .ok()
             .and_then(|c| c.bootargs())
             .is_some_and(|a| a.split_whitespace().any(|w| w == "testhost.fail"));
+        if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
+            let mut regs = gic
+                .reg()
+                .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+            if let (Some(dist), Some(redist)) = (regs.next(), regs.next()) {
+                p.gic = Some((dist.0, redist));
+            }
+        }
         if let Some(uart) = fdt.find_compatible(&["arm,pl011"])
             && let Some(r) = uart.reg().next()
         {
@@ -134,29 +150,47 @@ impl Platform {
     }
 }
 
-/// The test host never allocates; `host_interface` links `alloc` (for its
-/// host-side models), so a global allocator must exist: this one refuses
-/// every request.
-struct NoAlloc;
+/// Bytes of the heap (the VMM library's tables and buffers in VMM mode).
+pub const HEAP_SIZE: usize = 8 << 20;
 
-// SAFETY: `alloc` always reports failure (null), which the GlobalAlloc
-// contract allows; `dealloc` is never reached as nothing is ever allocated.
-unsafe impl core::alloc::GlobalAlloc for NoAlloc {
-    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
-        core::ptr::null_mut()
-    }
+/// The heap's memory, in `.bss`.
+#[repr(C, align(4096))]
+struct HeapSpace(UnsafeCell<[u8; HEAP_SIZE]>);
 
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
-}
+// SAFETY: handed to the allocator once, at boot, before anything else
+// touches it; only the allocator uses it after that.
+unsafe impl Sync for HeapSpace {}
 
+static HEAP_SPACE: HeapSpace = HeapSpace(UnsafeCell::new([0; HEAP_SIZE]));
+
+/// The global allocator: a buddy heap over [`HEAP_SPACE`] (and, in VMM
+/// mode, a slice of host RAM, see [`grow_heap`]).
 #[global_allocator]
-static ALLOCATOR: NoAlloc = NoAlloc;
+static ALLOCATOR: LockedHeap<32> = LockedHeap::empty();
+
+/// Adds `[start, end)` to the heap.
+///
+/// # Safety
+///
+/// The range is RAM mapped Normal that nothing else uses, ever.
+pub unsafe fn grow_heap(start: u64, end: u64) {
+    // SAFETY: per the contract.
+    unsafe { ALLOCATOR.lock().add_to_heap(start as usize, end as usize) };
+}
 
 /// Counter value when the boot CPU entered the test host.
 static T0: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" {
     static __image_start: u8;
+    static __image_end: u8;
+}
+
+/// This image in memory: `(start, size)`, `.bss` and stacks included.
+pub fn image_range() -> (u64, u64) {
+    let start = &raw const __image_start as u64;
+    let end = &raw const __image_end as u64;
+    (start, end - start)
 }
 
 /// Rust entry of the boot CPU (`dtb` = x0 from el2, `t0` = counter).
@@ -187,6 +221,20 @@ extern "C" fn testhost_main(dtb: u64, t0: u64) -> ! {
             arch::map_normal(a);
             a += 1 << 30;
         }
+    }
+    // SAFETY: the heap's memory is ours, in `.bss`, and handed over once,
+    // before the first allocation.
+    unsafe {
+        ALLOCATOR
+            .lock()
+            .init(HEAP_SPACE.0.get() as usize, HEAP_SIZE)
+    };
+    if let Some(guest) = vmm::guest(&platform) {
+        let gic = match platform.gic {
+            Some((dist, (redist, size))) => gic::init(dist, redist, size),
+            None => Err("no arm,gic-v3 node in the device tree"),
+        };
+        vmm::run(guest, gic)
     }
     let summary = checks::run(&platform);
     println!(

@@ -1,0 +1,526 @@
+//! A small crosvm-shaped VMM: runs one protected guest (a Linux arm64
+//! `Image`, or anything booting like one) on the platform of
+//! [`crate::platform`], over any [`Hypervisor`] conduit and any
+//! [`HostPages`] allocator. `no_std` + `alloc`, no dependency on the
+//! hypervisor or on a particular host: the built-in test host runs it over
+//! real HVCs, host tests over the simulated machine, and a Linux userspace
+//! VMM would run it over its KVM device.
+//!
+//! What differs between those hosts is behind [`VmmHost`]: where the
+//! guest's console bytes and the VMM's log lines go, and a hook before
+//! each vCPU run (the test host arms its timer there, so a vCPU that spins
+//! in the guest comes back).
+//!
+//! # A run
+//!
+//! [`run_guest`] does everything; the steps are public for hosts and tests
+//! that need them apart:
+//!
+//! 1. [`Vmm::create`]: checks the [`VmmConfig`] and the kernel's `Image`
+//!    header ([`image`]), plans guest RAM ([`image::BootLayout`]), writes
+//!    the device tree ([`fdt`]), reads [`HostStats`](crate::abi::HostCall::HostStats)
+//!    ([`teardown::HostStats`]), creates the VM and its RAM guest_memfd
+//!    ([`memory`]).
+//! 2. [`Vmm::load`]: kernel, initrd and device tree go into RAM in place
+//!    (shared, written, private); vCPU 0 starts at the kernel's entry with
+//!    `x0` = the device tree's IPA. The other vCPUs stay off until the
+//!    guest starts them with PSCI `CPU_ON`.
+//! 3. [`Vmm::run`]: the vCPUs that are on run round-robin, one
+//!    [`Vcpu::run`](crate::vm::Vcpu::run) at a time, and their exits are served ([`run`](mod@run)):
+//!    conversions the guest asked for, relinquished memory, MMIO to the
+//!    PL011 ([`pl011`]) and the test device ([`testdev`]), `CPU_ON`, system
+//!    events. It ends when the guest powers off or resets, a vCPU
+//!    crashes, every vCPU is off, or the VMM fails — never on a timer.
+//! 4. [`Vmm::finish`]: tears the VM down and verifies it ([`teardown`]),
+//!    logs the outcome and returns a [`VmmReport`].
+//!
+//! # Log lines
+//!
+//! Exactly these (the runner's tests match them):
+//!
+//! - `vmm: guest powered off` | `vmm: guest reset` |
+//!   `vmm: guest stopped: exception class {ec:#x}` | `vmm: all vCPUs off` |
+//!   `vmm: error: {what}`
+//! - `vmm: guest reported {p} passed, {f} failed` (if the guest used
+//!   `REPORT`)
+//! - `vmm: {n} host accesses to guest-private memory were refused
+//!   (injected aborts)`
+//! - `vmm: teardown verified: {n} pages reclaimed, {k} private pages read
+//!   back zero; host pages {a} -> {b}, host stage-2 leaves {c} -> {d}` or
+//!   `vmm: TEARDOWN-CHECK-FAILED: {what}`
+//!
+//! Nothing a guest does makes the VMM panic: every guest-controlled value
+//! is range-checked, and failures are values ([`Outcome`], [`VmmError`]).
+
+pub mod fdt;
+pub mod image;
+pub mod memory;
+pub mod pl011;
+pub mod run;
+pub mod teardown;
+pub mod testdev;
+
+use core::fmt;
+
+use alloc::vec::Vec;
+
+use crate::hypervisor::{CallError, Hypervisor};
+use crate::platform::RAM_BASE;
+use crate::vm::{HostPages, KvmVm};
+
+use image::{Arm64Image, BootLayout, ImageError, LayoutError};
+use memory::GuestMemory;
+use pl011::Pl011;
+use run::Power;
+use teardown::{HostStats, TeardownError, TeardownReport};
+pub use testdev::GuestReport;
+use testdev::TestDevice;
+
+/// Guest RAM must be a multiple of this (2 MiB).
+pub const MEM_ALIGN: u64 = 2 << 20;
+/// Most vCPUs a guest may have.
+pub const MAX_VCPUS: usize = 8;
+/// The largest IPA space the VM layer creates (40 bits): RAM must end
+/// below it.
+pub const IPA_LIMIT: u64 = 1 << 40;
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct VmmConfig<'a> {
+    /// Guest RAM in bytes: a non-zero multiple of 2 MiB, ending below
+    /// [`IPA_LIMIT`].
+    pub mem: u64,
+    /// vCPUs, 1..=[`MAX_VCPUS`].
+    pub vcpus: usize,
+    /// The kernel command line (`/chosen/bootargs`).
+    pub cmdline: &'a str,
+    /// Back guest memory with 4 KiB pages only (no 2 MiB folios).
+    pub small_pages: bool,
+    /// The kernel `Image`.
+    pub kernel: &'a [u8],
+    /// The initrd, if any.
+    pub initrd: Option<&'a [u8]>,
+}
+
+/// What differs between the hosts the VMM runs on.
+pub trait VmmHost {
+    /// Bytes the guest wrote to its console (the PL011), as written.
+    fn console(&mut self, bytes: &[u8]);
+    /// One line of the VMM's log (no newline).
+    fn log(&mut self, line: fmt::Arguments<'_>);
+    /// Called before every [`Vcpu::run`](crate::vm::Vcpu::run) of vCPU `vcpu` (e.g. to arm a
+    /// timer that ends the run if the guest does not exit by itself).
+    fn before_run(&mut self, vcpu: usize);
+}
+
+/// Why the VMM failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmmError {
+    /// The configuration is out of range; the text says what.
+    Config(&'static str),
+    /// The kernel `Image` was refused.
+    Image(ImageError),
+    /// The files do not fit guest RAM.
+    Layout(LayoutError),
+    /// The device tree could not be written (`vm-fdt`'s message).
+    DeviceTree(alloc::string::String),
+    /// `HostStats` failed.
+    Stats(CallError),
+    /// A VM-layer call failed: what the VMM was doing, and the errno.
+    Host {
+        /// What failed.
+        what: &'static str,
+        /// The errno (positive).
+        errno: i32,
+    },
+    /// Loading a file into guest RAM failed.
+    Load {
+        /// Which file.
+        file: &'static str,
+        /// Which step.
+        step: &'static str,
+        /// The errno (positive).
+        errno: i32,
+    },
+    /// Running a vCPU failed.
+    Run {
+        /// The vCPU.
+        vcpu: usize,
+        /// The errno (positive).
+        errno: i32,
+        /// The guest access that could not be served, if that is why.
+        access: Option<crate::vm::UnhandledAccess>,
+    },
+    /// Punching what the guest relinquished failed.
+    Punch {
+        /// Guest physical address.
+        gpa: u64,
+        /// Bytes.
+        size: u64,
+        /// The errno (positive).
+        errno: i32,
+    },
+    /// The hypervisor reported a system event the VMM does not know.
+    SystemEvent(u64),
+}
+
+impl fmt::Display for VmmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmmError::Config(what) => write!(f, "bad configuration: {what}"),
+            VmmError::Image(e) => e.fmt(f),
+            VmmError::Layout(e) => e.fmt(f),
+            VmmError::DeviceTree(e) => write!(f, "writing the device tree: {e}"),
+            VmmError::Stats(e) => write!(f, "HostStats failed: {e:?}"),
+            VmmError::Host { what, errno } => write!(f, "{what} failed: errno {errno}"),
+            VmmError::Load { file, step, errno } => {
+                write!(f, "loading the {file}: {step} failed: errno {errno}")
+            }
+            VmmError::Run {
+                vcpu,
+                errno,
+                access: Some(a),
+            } => write!(
+                f,
+                "running vCPU {vcpu} failed: errno {errno}: a guest {} at IPA {:#x} outside guest \
+                 RAM that cannot be emulated (no syndrome)",
+                if a.exec {
+                    "instruction fetch"
+                } else if a.write {
+                    "store"
+                } else {
+                    "load"
+                },
+                a.gpa
+            ),
+            VmmError::Run { vcpu, errno, .. } => {
+                write!(f, "running vCPU {vcpu} failed: errno {errno}")
+            }
+            VmmError::Punch { gpa, size, errno } => write!(
+                f,
+                "punching the relinquished range {gpa:#x}+{size:#x} failed: errno {errno}"
+            ),
+            VmmError::SystemEvent(kind) => write!(f, "unknown system event {kind}"),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off (PSCI `SYSTEM_OFF`).
+    PoweredOff,
+    /// The guest asked for a reset (PSCI `SYSTEM_RESET`/`SYSTEM_RESET2`).
+    Reset,
+    /// The hypervisor stopped a vCPU on a trap it cannot handle.
+    Crashed {
+        /// The vCPU.
+        vcpu: usize,
+        /// The trap's exception class.
+        ec: u64,
+    },
+    /// Every vCPU turned itself off (PSCI `CPU_OFF`).
+    AllVcpusOff,
+    /// The VMM failed.
+    Error(VmmError),
+}
+
+/// Exit status: the guest powered off, reported no failure, and the
+/// teardown check passed.
+pub const STATUS_OK: u8 = 0;
+/// Exit status: the guest reported failing checks.
+pub const STATUS_GUEST_FAILED: u8 = 8;
+/// Exit status: the guest reset.
+pub const STATUS_RESET: u8 = 9;
+/// Exit status: a vCPU crashed (was stopped), or every vCPU is off.
+pub const STATUS_CRASHED: u8 = 10;
+/// Exit status: the VMM failed, or the teardown check did.
+pub const STATUS_VMM_ERROR: u8 = 11;
+
+/// Everything a run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmmReport {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// The guest's own tally (`REPORT`), if it gave one.
+    pub guest: Option<GuestReport>,
+    /// Host accesses to guest memory the hypervisor refused.
+    pub refused: u64,
+    /// MMIO accesses to addresses with no device (read 0, writes dropped).
+    pub unbacked_mmio: u64,
+    /// The teardown check; `None` if no VM was created.
+    pub teardown: Option<Result<TeardownReport, TeardownError>>,
+}
+
+impl VmmReport {
+    /// The run's exit status, most serious first: [`STATUS_VMM_ERROR`],
+    /// [`STATUS_CRASHED`], [`STATUS_RESET`], [`STATUS_GUEST_FAILED`],
+    /// [`STATUS_OK`].
+    pub fn exit_status(&self) -> u8 {
+        let teardown_ok = matches!(self.teardown, Some(Ok(_)));
+        match self.outcome {
+            Outcome::Error(_) => STATUS_VMM_ERROR,
+            _ if !teardown_ok => STATUS_VMM_ERROR,
+            Outcome::Crashed { .. } | Outcome::AllVcpusOff => STATUS_CRASHED,
+            Outcome::Reset => STATUS_RESET,
+            Outcome::PoweredOff if self.guest.is_some_and(|g| g.failed > 0) => STATUS_GUEST_FAILED,
+            Outcome::PoweredOff => STATUS_OK,
+        }
+    }
+
+    /// What [`VmmReport::exit_status`] means, in a few words.
+    pub fn meaning(&self) -> &'static str {
+        match self.exit_status() {
+            STATUS_OK => "the guest powered off",
+            STATUS_GUEST_FAILED => "the guest reported failing checks",
+            STATUS_RESET => "the guest reset",
+            STATUS_CRASHED => match self.outcome {
+                Outcome::AllVcpusOff => "every vCPU of the guest is off",
+                _ => "the guest crashed",
+            },
+            _ => match self.outcome {
+                Outcome::Error(_) => "VMM error",
+                _ => "teardown check failed",
+            },
+        }
+    }
+}
+
+/// One protected guest: its VM, its RAM, its devices.
+pub struct Vmm<'a, H: Hypervisor, A: HostPages> {
+    config: VmmConfig<'a>,
+    mem: GuestMemory<H, A>,
+    layout: BootLayout,
+    fdt: Vec<u8>,
+    before: HostStats,
+    power: Vec<Power>,
+    uart: Pl011,
+    testdev: TestDevice,
+    unbacked: u64,
+}
+
+fn check_config(c: &VmmConfig<'_>) -> Result<(), VmmError> {
+    if c.mem == 0 || !c.mem.is_multiple_of(MEM_ALIGN) {
+        return Err(VmmError::Config(
+            "guest RAM must be a non-zero multiple of 2 MiB",
+        ));
+    }
+    if c.mem > IPA_LIMIT - RAM_BASE {
+        return Err(VmmError::Config(
+            "guest RAM must end below the 40-bit IPA limit",
+        ));
+    }
+    if c.vcpus == 0 || c.vcpus > MAX_VCPUS {
+        return Err(VmmError::Config("the vCPU count must be 1 to 8"));
+    }
+    Ok(())
+}
+
+impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
+    /// Checks `config`, plans guest RAM, writes the device tree, reads
+    /// `HostStats`, then creates the VM and its RAM. Nothing is created if
+    /// a check fails.
+    pub fn create(mut hv: H, pages: A, config: VmmConfig<'a>) -> Result<Self, VmmError> {
+        check_config(&config)?;
+        let image = Arm64Image::parse(config.kernel).map_err(VmmError::Image)?;
+        let kernel_len = config.kernel.len() as u64;
+        let initrd_len = config.initrd.map(|i| i.len() as u64);
+        let mut layout = BootLayout::plan(config.mem, &image, kernel_len, initrd_len, 0)
+            .map_err(VmmError::Layout)?;
+        let fdt = fdt::build(&fdt::FdtConfig {
+            mem: config.mem,
+            vcpus: config.vcpus,
+            cmdline: config.cmdline,
+            initrd: layout.initrd.map(|i| (i.ipa(), i.ipa() + i.len)),
+        })
+        .map_err(|e| VmmError::DeviceTree(alloc::string::ToString::to_string(&e)))?;
+        layout = BootLayout::plan(config.mem, &image, kernel_len, initrd_len, fdt.len() as u64)
+            .map_err(VmmError::Layout)?;
+        let before = HostStats::read(&mut hv).map_err(VmmError::Stats)?;
+        let mut vm = KvmVm::new(hv, pages, config.vcpus).map_err(|errno| VmmError::Host {
+            what: "creating the VM",
+            errno,
+        })?;
+        vm.set_huge_folios(!config.small_pages);
+        let mem = match GuestMemory::new(vm, config.mem) {
+            Ok(m) => m,
+            Err(failed) => {
+                let memory::SetupError { vm, errno } = *failed;
+                // Nothing of the guest's exists yet: give the VM back
+                // unverified.
+                let _ = vm.destroy();
+                return Err(VmmError::Host {
+                    what: "setting up guest RAM",
+                    errno,
+                });
+            }
+        };
+        let mut power = alloc::vec![Power::Off; config.vcpus];
+        power[0] = Power::On;
+        Ok(Vmm {
+            config,
+            mem,
+            layout,
+            fdt,
+            before,
+            power,
+            uart: Pl011,
+            testdev: TestDevice::default(),
+            unbacked: 0,
+        })
+    }
+
+    /// Loads the kernel, the initrd and the device tree into guest RAM in
+    /// place, and sets vCPU 0's entry point (the kernel's) and `x0` (the
+    /// device tree's IPA).
+    pub fn load(&mut self) -> Result<(), VmmError> {
+        let l = self.layout;
+        let files = [
+            ("kernel", Some(l.kernel.offset), Some(self.config.kernel)),
+            ("initrd", l.initrd.map(|i| i.offset), self.config.initrd),
+            ("device tree", Some(l.fdt.offset), Some(&self.fdt[..])),
+        ];
+        for (file, offset, data) in files {
+            if let (Some(offset), Some(data)) = (offset, data) {
+                self.mem
+                    .load(offset, data)
+                    .map_err(|(step, errno)| VmmError::Load { file, step, errno })?;
+            }
+        }
+        self.mem
+            .vm()
+            .init_vcpu(0, l.entry(), l.fdt.ipa())
+            .map_err(|errno| VmmError::Host {
+                what: "setting vCPU 0's entry point",
+                errno,
+            })
+    }
+
+    /// The VM (for hosts and tests that look inside it).
+    pub fn vm(&mut self) -> &mut KvmVm<H, A> {
+        self.mem.vm()
+    }
+
+    /// The guest's RAM.
+    pub fn memory(&mut self) -> &mut GuestMemory<H, A> {
+        &mut self.mem
+    }
+
+    /// Where the files go in guest RAM.
+    pub fn layout(&self) -> &BootLayout {
+        &self.layout
+    }
+
+    /// The device tree the guest gets.
+    pub fn device_tree(&self) -> &[u8] {
+        &self.fdt
+    }
+
+    /// `HostStats` as read before the VM was created.
+    pub fn stats_before(&self) -> HostStats {
+        self.before
+    }
+
+    /// The guest's `REPORT`, if it gave one so far.
+    pub fn guest_report(&self) -> Option<GuestReport> {
+        self.testdev.report
+    }
+
+    /// Host accesses to guest memory refused so far.
+    pub fn refused(&self) -> u64 {
+        self.testdev.refused
+    }
+
+    /// MMIO accesses to addresses with no device so far.
+    pub fn unbacked_mmio(&self) -> u64 {
+        self.unbacked
+    }
+
+    /// Tears the VM down, verifies the teardown, logs the outcome (see
+    /// the module docs) and returns the report, with the conduit and the
+    /// page allocator unless a teardown call failed.
+    pub fn finish(self, outcome: Outcome, host: &mut impl VmmHost) -> (VmmReport, Option<(H, A)>) {
+        let guest = self.testdev.report;
+        let refused = self.testdev.refused;
+        let unbacked_mmio = self.unbacked;
+        let (verdict, parts) = teardown::teardown(self.mem.into_vm(), self.before);
+        let report = VmmReport {
+            outcome,
+            guest,
+            refused,
+            unbacked_mmio,
+            teardown: Some(verdict),
+        };
+        log_report(&report, host);
+        (report, parts)
+    }
+}
+
+/// Logs what `report` says, in the module docs' lines.
+pub fn log_report(report: &VmmReport, host: &mut impl VmmHost) {
+    match &report.outcome {
+        Outcome::PoweredOff => host.log(format_args!("vmm: guest powered off")),
+        Outcome::Reset => host.log(format_args!("vmm: guest reset")),
+        Outcome::Crashed { ec, .. } => {
+            host.log(format_args!("vmm: guest stopped: exception class {ec:#x}"))
+        }
+        Outcome::AllVcpusOff => host.log(format_args!("vmm: all vCPUs off")),
+        Outcome::Error(e) => host.log(format_args!("vmm: error: {e}")),
+    }
+    if let Some(g) = report.guest {
+        host.log(format_args!(
+            "vmm: guest reported {} passed, {} failed",
+            g.passed, g.failed
+        ));
+    }
+    let Some(teardown) = &report.teardown else {
+        return;
+    };
+    host.log(format_args!(
+        "vmm: {} host accesses to guest-private memory were refused (injected aborts)",
+        report.refused
+    ));
+    match teardown {
+        Ok(t) => host.log(format_args!(
+            "vmm: teardown verified: {} pages reclaimed, {} private pages read back zero; host \
+             pages {} -> {}, host stage-2 leaves {} -> {}",
+            t.reclaimed,
+            t.private_zeroed,
+            t.before.owned_pages,
+            t.after.owned_pages,
+            t.before.leaves,
+            t.after.leaves
+        )),
+        Err(e) => host.log(format_args!("vmm: TEARDOWN-CHECK-FAILED: {e}")),
+    }
+}
+
+/// Runs the guest `config` describes from start to end: creates the VM,
+/// loads it, runs it, tears it down and verifies the teardown, logging as
+/// the module docs say. The outcome is the returned report.
+pub fn run_guest<H: Hypervisor, A: HostPages>(
+    hv: H,
+    pages: A,
+    config: VmmConfig<'_>,
+    host: &mut impl VmmHost,
+) -> VmmReport {
+    let mut vmm = match Vmm::create(hv, pages, config) {
+        Ok(v) => v,
+        Err(e) => {
+            let report = VmmReport {
+                outcome: Outcome::Error(e),
+                guest: None,
+                refused: 0,
+                unbacked_mmio: 0,
+                teardown: None,
+            };
+            log_report(&report, host);
+            return report;
+        }
+    };
+    let outcome = match vmm.load() {
+        Ok(()) => vmm.run(host),
+        Err(e) => Outcome::Error(e),
+    };
+    vmm.finish(outcome, host).0
+}

@@ -1,0 +1,227 @@
+//! The run loop: the vCPUs that are on run round-robin, one
+//! [`Vcpu::run`] at a time, with [`VmmHost::before_run`] before each; each
+//! exit is served before that vCPU runs again.
+//!
+//! | exit | what the VMM does |
+//! |------|-------------------|
+//! | `MemoryFault` | converts that range of RAM: the guest asked (a failure leaves the guest's call to fail) |
+//! | `Relinquished` | punches that range (the part inside RAM) out of the guest_memfd |
+//! | `Mmio` | the PL011, the test device, or nothing (reads 0, writes dropped, counted); completed with [`Vcpu::set_mmio_data`] |
+//! | `Hypercall` PSCI `CPU_ON` | INVALID_ADDRESS (-9) if the entry is not in RAM, else 0 and the target is on; anything else NOT_SUPPORTED (-1) |
+//! | `SystemEvent(0)` / `(1)` | the run ends: powered off / reset |
+//! | `Wfi`, `Interrupted` | the next vCPU's turn (a lone vCPU runs again) |
+//! | `PoweredOff` | that vCPU is off; with none left on the run ends |
+//! | `InternalError{ec}` | the run ends: the guest crashed |
+//! | `Err(errno)` | the run ends: VMM error |
+//!
+//! A vCPU also yields its turn after [`EXITS_PER_TURN`] exits in a row,
+//! so one that keeps exiting (MMIO in a loop) cannot starve the others.
+//! A vCPU started by `CPU_ON` turns on once the caller's next run
+//! returns: that run is what hands the VMM's answer to the hypervisor,
+//! which only then starts the target.
+
+use crate::hypervisor::Hypervisor;
+use crate::platform::{TEST_DEVICE, UART, vcpu_mpidr};
+use crate::vm::{HostPages, Vcpu, VcpuExit};
+
+use super::fdt::DEVICE_SIZE;
+use super::{Outcome, Vmm, VmmError, VmmHost};
+
+/// PSCI `CPU_ON`, SMC32/HVC32.
+pub const PSCI_CPU_ON_32: u64 = 0x8400_0003;
+/// PSCI `CPU_ON`, SMC64/HVC64.
+pub const PSCI_CPU_ON_64: u64 = 0xC400_0003;
+/// PSCI return: NOT_SUPPORTED.
+pub const PSCI_NOT_SUPPORTED: i64 = -1;
+/// PSCI return: INVALID_PARAMETERS.
+pub const PSCI_INVALID_PARAMETERS: i64 = -2;
+/// PSCI return: INVALID_ADDRESS.
+pub const PSCI_INVALID_ADDRESS: i64 = -9;
+/// MPIDR affinity fields (Aff3, Aff2, Aff1, Aff0) a PSCI target names.
+pub const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
+/// Exits one vCPU may take in a row before the next vCPU's turn.
+pub const EXITS_PER_TURN: u32 = 64;
+
+/// Whether a vCPU runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Power {
+    /// Off: never started, or it called `CPU_OFF`.
+    Off,
+    /// On: it gets turns.
+    On,
+    /// Started by vCPU `caller`'s `CPU_ON`: on once `caller`'s next run
+    /// returns.
+    Starting {
+        /// The vCPU whose `CPU_ON` the VMM accepted.
+        caller: usize,
+    },
+}
+
+/// What serving one exit means for the loop.
+enum Next {
+    /// The same vCPU may go on.
+    Continue,
+    /// The next vCPU's turn.
+    Yield,
+    /// The run is over.
+    End(Outcome),
+}
+
+fn mask(value: u64, size: u8) -> u64 {
+    match size {
+        1 | 2 | 4 => value & ((1u64 << (8 * u32::from(size))) - 1),
+        _ => value,
+    }
+}
+
+impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
+    /// Runs the guest until it powers off or resets, crashes, turns every
+    /// vCPU off, or the VMM fails. Not bounded by time:
+    /// [`VmmHost::before_run`] is how a host gets control back from a
+    /// spinning vCPU.
+    pub fn run(&mut self, host: &mut impl VmmHost) -> Outcome {
+        let n = self.power.len();
+        let mut current = 0;
+        let mut streak = 0u32;
+        loop {
+            let Some(index) = (0..n)
+                .map(|k| (current + k) % n)
+                .find(|&i| self.power[i] == Power::On)
+            else {
+                return Outcome::AllVcpusOff;
+            };
+            host.before_run(index);
+            let result = self.mem.vm().vcpu(index).run();
+            for p in &mut self.power {
+                if *p == (Power::Starting { caller: index }) {
+                    *p = Power::On;
+                }
+            }
+            let next = match result {
+                Ok(exit) => self.serve(index, exit, host),
+                Err(errno) => Next::End(Outcome::Error(VmmError::Run {
+                    vcpu: index,
+                    errno,
+                    access: self.mem.vm().unhandled_access(),
+                })),
+            };
+            streak += 1;
+            match next {
+                Next::End(outcome) => return outcome,
+                Next::Continue if streak < EXITS_PER_TURN => current = index,
+                Next::Continue | Next::Yield => {
+                    current = (index + 1) % n;
+                    streak = 0;
+                }
+            }
+        }
+    }
+
+    /// Serves one exit of vCPU `index`.
+    fn serve(&mut self, index: usize, exit: VcpuExit, host: &mut impl VmmHost) -> Next {
+        match exit {
+            VcpuExit::MemoryFault { gpa, size, flags } => {
+                // The guest asked: convert that range. If the VMM cannot
+                // (out of RAM, a pinned page), the guest's call fails.
+                let private = flags & crate::kvm::KVM_MEMORY_EXIT_FLAG_PRIVATE != 0;
+                if let Ok(offset) = self.mem.offset_of(gpa, size) {
+                    let _ = self.mem.convert(offset, size, private);
+                }
+                Next::Continue
+            }
+            VcpuExit::Relinquished { gpa, size } => {
+                // The part inside RAM (the guest may give back IPAs that
+                // were empty: nothing to punch there).
+                let start = gpa.max(crate::platform::RAM_BASE);
+                let end = gpa
+                    .saturating_add(size)
+                    .min(crate::platform::RAM_BASE + self.mem.size());
+                if start < end
+                    && let Ok(offset) = self.mem.offset_of(start, end - start)
+                    && let Err(errno) = self.mem.punch(offset, end - start)
+                {
+                    return Next::End(Outcome::Error(VmmError::Punch { gpa, size, errno }));
+                }
+                Next::Continue
+            }
+            VcpuExit::Mmio {
+                address,
+                size,
+                write,
+                data,
+            } => {
+                let value = self.mmio(address, size, write, data, host);
+                self.mem.vm().vcpu(index).set_mmio_data(value);
+                Next::Continue
+            }
+            VcpuExit::Hypercall { id, args } => {
+                let x0 = self.hypercall(index, id, args);
+                self.mem.vm().vcpu(index).set_hypercall_result(x0 as u64, 0);
+                Next::Continue
+            }
+            VcpuExit::SystemEvent(0) => Next::End(Outcome::PoweredOff),
+            VcpuExit::SystemEvent(1) => Next::End(Outcome::Reset),
+            VcpuExit::SystemEvent(kind) => Next::End(Outcome::Error(VmmError::SystemEvent(kind))),
+            VcpuExit::Wfi | VcpuExit::Interrupted => Next::Yield,
+            VcpuExit::PoweredOff => {
+                self.power[index] = Power::Off;
+                Next::Yield
+            }
+            VcpuExit::InternalError { ec } => Next::End(Outcome::Crashed { vcpu: index, ec }),
+        }
+    }
+
+    /// An MMIO access: the value a read returns (0 for writes).
+    fn mmio(
+        &mut self,
+        address: u64,
+        size: u8,
+        write: bool,
+        data: u64,
+        host: &mut impl VmmHost,
+    ) -> u64 {
+        let data = mask(data, size);
+        if let Some(offset) = address.checked_sub(UART).filter(|o| *o < DEVICE_SIZE) {
+            if !write {
+                return mask(self.uart.read(offset), size);
+            }
+            if let Some(byte) = self.uart.write(offset, data) {
+                host.console(&[byte]);
+            }
+            return 0;
+        }
+        if let Some(offset) = address
+            .checked_sub(TEST_DEVICE)
+            .filter(|o| *o < DEVICE_SIZE)
+        {
+            if !write {
+                return self.testdev.read(offset, size);
+            }
+            self.testdev.write(&mut self.mem, offset, size, data);
+            return 0;
+        }
+        self.unbacked += 1;
+        0
+    }
+
+    /// A hypercall the hypervisor handed on: the guest's x0.
+    fn hypercall(&mut self, caller: usize, id: u64, args: [u64; 3]) -> i64 {
+        if id != PSCI_CPU_ON_32 && id != PSCI_CPU_ON_64 {
+            return PSCI_NOT_SUPPORTED;
+        }
+        let [mpidr, entry, _context] = args;
+        // The hypervisor checked the target (a vCPU of this VM, off);
+        // look it up anyway rather than trust an index.
+        let Some(target) = (0..self.power.len()).find(|&i| vcpu_mpidr(i) == mpidr & MPIDR_AFFINITY)
+        else {
+            return PSCI_INVALID_PARAMETERS;
+        };
+        if !self.mem.contains(entry) {
+            return PSCI_INVALID_ADDRESS;
+        }
+        if self.power[target] == Power::Off {
+            self.power[target] = Power::Starting { caller };
+        }
+        0
+    }
+}
