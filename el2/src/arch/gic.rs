@@ -51,6 +51,7 @@ const GICR_TYPER_LAST: u64 = 1 << 4;
 const SGI_BASE_OFFSET: u64 = 0x1_0000;
 const GICR_IGROUPR0: u64 = 0x80;
 const GICR_ISENABLER0: u64 = 0x100;
+const GICR_ICENABLER0: u64 = 0x180;
 const GICR_ISACTIVER0: u64 = 0x300;
 const GICR_ICACTIVER0: u64 = 0x380;
 
@@ -112,22 +113,31 @@ fn sgi_base() -> Option<u64> {
     (found != 1).then_some(found)
 }
 
-/// Makes sure this CPU's EL2 physical timer interrupt (PPI 26) and the
-/// GIC maintenance interrupt (PPI 25) are group 1 and enabled, so the
-/// host's deadline and the virtual CPU interface can end a guest run.
-/// Returns whether it could (a GICv3 with this CPU's redistributor
-/// mapped).
-pub fn enable_el2_ppis() -> bool {
-    let Some(sgi) = sgi_base() else {
-        return false;
-    };
-    let bit = (1u32 << HYP_TIMER_PPI) | (1u32 << MAINTENANCE_PPI);
+/// Makes sure this CPU's EL2 physical timer interrupt (PPI 26), the GIC
+/// maintenance interrupt (PPI 25) and the virtual timer's PPI 27 are
+/// group 1 and enabled while a guest runs, so the host's deadline, the
+/// virtual CPU interface and the guest's own timer can end a guest run
+/// (a host that never enabled PPI 27 — one that does not use its timer's
+/// interrupt — gets it disabled again by [`restore_vtimer_ppi`]).
+/// Returns whether PPI 27 was enabled before, or `None` when it could not
+/// (no GICv3 redistributor for this CPU).
+pub fn enable_el2_ppis() -> Option<bool> {
+    let sgi = sgi_base()?;
+    let bit = (1u32 << HYP_TIMER_PPI) | (1u32 << MAINTENANCE_PPI) | (1u32 << VTIMER_PPI);
     let group = read32(sgi + GICR_IGROUPR0);
     if group & bit != bit {
         write32(sgi + GICR_IGROUPR0, group | bit);
     }
+    let was = read32(sgi + GICR_ISENABLER0) & (1 << VTIMER_PPI) != 0;
     write32(sgi + GICR_ISENABLER0, bit);
-    true
+    Some(was)
+}
+
+/// Disables PPI 27 again for a host that had it disabled.
+pub fn restore_vtimer_ppi(was_enabled: bool) {
+    if let (false, Some(sgi)) = (was_enabled, sgi_base()) {
+        write32(sgi + GICR_ICENABLER0, 1 << VTIMER_PPI);
+    }
 }
 
 /// Makes the physical virtual-timer PPI active (`true`) or not, in this

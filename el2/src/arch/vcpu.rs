@@ -175,6 +175,8 @@ struct HostState {
     sys: SysRegs,
     sp_el0: u64,
     timer: HostTimer,
+    /// The host had PPI 27 enabled in its redistributor.
+    vtimer_ppi: bool,
 }
 
 /// el2's architecture edge for the core, on the calling CPU.
@@ -331,8 +333,9 @@ impl Arch for El2Arch {
         // single step of the host's applies while the guest runs.
         unsafe { msr!("mdscr_el1", 0u64) };
         load_el1(&ctx.sys);
-        let ppis = gicv3 && gic::enable_el2_ppis();
-        host.timer = timer::load(&ctx.timer, ppis);
+        let ppis = if gicv3 { gic::enable_el2_ppis() } else { None };
+        host.vtimer_ppi = ppis.unwrap_or(true);
+        host.timer = timer::load(&ctx.timer, ppis.is_some());
         if gicv3 {
             gic::load(&ctx.gic);
             self.lrs = gic::nr_lrs();
@@ -405,6 +408,7 @@ impl Arch for El2Arch {
                 gic::set_timer_active(false);
                 self.timer_active = false;
             }
+            gic::restore_vtimer_ppi(host.vtimer_ppi);
         }
         if let Some(hyp) = hyp {
             host::activate_host_traps(hyp);

@@ -160,6 +160,13 @@ pub unsafe fn write64(addr: u64, val: u64) {
     unsafe { asm!("str {v}, [{a}]", v = in(reg) val, a = in(reg) addr, options(nostack)) };
 }
 
+/// Instruction synchronization barrier (a system register write takes
+/// effect).
+pub fn isb() {
+    // SAFETY: a barrier only.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
 /// Full-system data barrier: our earlier stores (e.g. to a page the host
 /// is about to read) complete before the next access (an MMIO command).
 pub fn dsb_sy() {

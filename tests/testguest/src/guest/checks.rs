@@ -90,6 +90,8 @@ const INVALID_PARAMETER: u64 = SMCCC_INVALID_PARAMETER as u64;
 const PSCI_INVALID_PARAMETERS: u64 = -2i64 as u64;
 /// PSCI ALREADY_ON.
 const PSCI_ALREADY_ON: u64 = -4i64 as u64;
+/// PSCI INVALID_ADDRESS.
+const PSCI_INVALID_ADDRESS: u64 = -9i64 as u64;
 
 const EPERM: i64 = -errno::EPERM;
 const EFAULT: i64 = -errno::EFAULT;
@@ -311,6 +313,7 @@ pub fn run(p: &Platform) {
     aborts(&st);
     vcpu_checks();
     psci_cpu_checks(p);
+    gic_checks(p);
     if p.fail {
         check(
             "deliberate failure (testguest.fail in bootargs)",
@@ -1241,6 +1244,20 @@ fn psci_cpu_checks(p: &Platform) {
         r == PSCI_ALREADY_ON,
         format_args!("x0 = {r:#x}"),
     );
+    if let Some(&other) = p.cpus().iter().find(|&&c| c != me) {
+        let outside = p.ram_end() + (1 << 30);
+        let r = cpu_on(other, outside, 0);
+        check(
+            "CPU_ON with an entry point outside guest RAM -> INVALID_ADDRESS (the VMM's answer), the target stays off",
+            r == PSCI_INVALID_ADDRESS && affinity_info(other) == AFF_OFF,
+            format_args!("entry {outside:#x}: x0 = {r:#x}"),
+        );
+    } else {
+        skip(
+            "CPU_ON with an entry point outside guest RAM -> INVALID_ADDRESS",
+            "one vCPU",
+        );
+    }
     let a = affinity_info(me);
     check(
         "AFFINITY_INFO of the boot vCPU -> 0 (ON)",
@@ -1324,4 +1341,162 @@ fn psci_cpu_checks(p: &Platform) {
             affinity_info(target)
         ),
     );
+}
+
+// ---------------------------------------------------------------------
+// 11. The virtual GIC (emulated by el2).
+
+/// Reads a 32-bit GIC register.
+fn gic_read(addr: u64) -> u32 {
+    let v: u32;
+    // SAFETY: a register of the virtual GIC (platform layout), which el2
+    // emulates: the load has no effect on our memory. One plain `ldr`
+    // (no writeback), so the abort carries a syndrome el2 can emulate.
+    unsafe {
+        core::arch::asm!("ldr {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr,
+            options(nostack, preserves_flags))
+    };
+    v
+}
+
+/// Writes a 32-bit GIC register.
+fn gic_write(addr: u64, v: u32) {
+    // SAFETY: as `gic_read`; one plain `str` to an emulated register.
+    unsafe {
+        core::arch::asm!("str {v:w}, [{a}]", v = in(reg) v, a = in(reg) addr,
+            options(nostack, preserves_flags))
+    };
+}
+
+/// Writes a system register by name (the GIC CPU interface, the virtual
+/// timer).
+macro_rules! sysreg_write {
+    ($reg:literal, $v:expr) => {
+        // SAFETY: a virtual CPU interface register (ICV, with el2's
+        // HCR_EL2.IMO), a trapped SGI register or this vCPU's virtual
+        // timer: it changes only this guest's own interrupt state.
+        unsafe {
+            core::arch::asm!(concat!("msr ", $reg, ", {}"), in(reg) $v as u64,
+                options(nostack, preserves_flags))
+        }
+    };
+}
+
+const GICD: u64 = host_interface::platform::GIC_DIST;
+const GICR: u64 = host_interface::platform::GIC_REDIST;
+const SGI_BASE: u64 = GICR + 0x1_0000;
+const SPURIOUS: u64 = 1023;
+
+/// Acknowledges the highest-priority pending interrupt (ICC_IAR1_EL1)
+/// and ends it (ICC_EOIR1_EL1); returns its INTID or 1023.
+fn ack_eoi() -> u64 {
+    let intid = mrs!("icc_iar1_el1") & 0xff_ffff;
+    if intid != SPURIOUS {
+        sysreg_write!("icc_eoir1_el1", intid);
+    }
+    intid
+}
+
+/// Waits (bounded) for the virtual CPU interface to show `intid` as the
+/// highest-priority pending interrupt.
+fn wait_pending(intid: u64) -> u64 {
+    let mut seen = SPURIOUS;
+    arch::wait_for(TIMEOUT_S, || {
+        seen = mrs!("icc_hppir1_el1") & 0xff_ffff;
+        seen == intid
+    });
+    seen
+}
+
+fn gic_checks(p: &Platform) {
+    let pidr2 = gic_read(GICD + 0xffe8);
+    let typer = gic_read(GICD + 0x4);
+    let rtyper = gic_read(GICR + 0x8);
+    let last = gic_read(GICR + 0x20000 * (p.cpus().len() as u64 - 1) + 0x8);
+    check(
+        "virtual GICv3: distributor and redistributors (one per vCPU, the last marked Last) at the platform's addresses",
+        pidr2 & 0xf0 == 0x30
+            && typer & 0x1f >= 2
+            && rtyper & 0x10 == u32::from(p.cpus().len() == 1) << 4
+            && last & 0x10 != 0,
+        format_args!(
+            "GICD_PIDR2 {pidr2:#x}, GICD_TYPER {typer:#x}, GICR_TYPER {rtyper:#x}, last {last:#x}"
+        ),
+    );
+
+    // The distributor on, this vCPU's redistributor awake, SGI 1 and the
+    // timer's PPI 27 enabled, every priority unmasked.
+    gic_write(GICD, 2);
+    gic_write(GICR + 0x14, 0);
+    gic_write(SGI_BASE + 0x400, 0);
+    gic_write(SGI_BASE + 0x418, 0x8080_8080);
+    gic_write(SGI_BASE + 0x100, (1 << 1) | (1 << 27));
+    sysreg_write!("icc_pmr_el1", 0xffu64);
+    sysreg_write!("icc_igrpen1_el1", 1u64);
+    arch::isb();
+
+    // SGI 1 to this vCPU (target list bit 0 = Aff0 0).
+    let me = mrs!("mpidr_el1") & 0xff;
+    sysreg_write!("icc_sgi1r_el1", (1u64 << 24) | (1 << me));
+    arch::isb();
+    let seen = wait_pending(1);
+    let took = ack_eoi();
+    let after = mrs!("icc_hppir1_el1") & 0xff_ffff;
+    check(
+        "an SGI to itself (ICC_SGI1R_EL1, trapped to el2) is pending, acknowledged and ended through the virtual CPU interface",
+        seen == 1 && took == 1 && after == SPURIOUS,
+        format_args!("HPPIR {seen}, IAR {took}, then HPPIR {after}"),
+    );
+
+    // The virtual timer: PPI 27 reaches the guest as a hardware interrupt.
+    let hz = arch::hz();
+    let cval = arch::ticks() + hz / 1000;
+    sysreg_write!("cntv_cval_el0", cval);
+    sysreg_write!("cntv_ctl_el0", 1u64);
+    arch::isb();
+    let seen = wait_pending(27);
+    let intid = mrs!("icc_iar1_el1") & 0xff_ffff;
+    sysreg_write!("cntv_ctl_el0", 0u64);
+    arch::isb();
+    if intid != SPURIOUS {
+        sysreg_write!("icc_eoir1_el1", intid);
+    }
+    let after = mrs!("icc_hppir1_el1") & 0xff_ffff;
+    check(
+        "the virtual timer's expiry reaches the guest as PPI 27 (hardware-mapped), and stops once acknowledged and the timer disabled",
+        seen == 27 && intid == 27 && after == SPURIOUS,
+        format_args!("HPPIR {seen}, IAR {intid}, then HPPIR {after}"),
+    );
+
+    // Nonsense in every register: el2 keeps running and the GIC still
+    // answers; then everything is switched off again.
+    for off in (0..0x1_0000u64).step_by(4) {
+        gic_write(GICD + off, 0xffff_ffff);
+    }
+    for off in (0..0x2_0000u64).step_by(4) {
+        gic_write(GICR + off, 0xffff_ffff);
+    }
+    for _ in 0..10_000 {
+        sysreg_write!("icc_sgi1r_el1", (1u64 << 40) | (5 << 24));
+        sysreg_write!("icc_sgi1r_el1", (6u64 << 24) | (1 << me));
+    }
+    let typer2 = gic_read(GICD + 0x4);
+    let pidr2b = gic_read(GICR + 0xffe8);
+    for n in 0..32u64 {
+        gic_write(GICD + 0x180 + 4 * n, 0xffff_ffff);
+        gic_write(GICD + 0x280 + 4 * n, 0xffff_ffff);
+        gic_write(GICD + 0x380 + 4 * n, 0xffff_ffff);
+    }
+    gic_write(SGI_BASE + 0x180, 0xffff_ffff);
+    gic_write(SGI_BASE + 0x280, 0xffff_ffff);
+    gic_write(SGI_BASE + 0x380, 0xffff_ffff);
+    gic_write(GICD, 0);
+    arch::isb();
+    let left = mrs!("icc_hppir1_el1") & 0xff_ffff;
+    check(
+        "all-ones written to every distributor and redistributor register and 20000 SGIs: the GIC still answers, and is quiet once disabled",
+        typer2 == typer && pidr2b & 0xf0 == 0x30 && left == SPURIOUS,
+        format_args!("GICD_TYPER {typer2:#x}, GICR_PIDR2 {pidr2b:#x}, HPPIR after {left}"),
+    );
+    sysreg_write!("icc_igrpen1_el1", 0u64);
 }
