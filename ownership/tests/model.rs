@@ -1,6 +1,9 @@
 //! Property test: random sequences of every transition, from the host and
 //! from two guests, over a small window of RAM, run against a plain
-//! reference model written straight from DESIGN §2. After every step:
+//! reference model written straight from DESIGN §2. Guest ranges (share,
+//! unshare, relinquish, conversions) draw their page count from 1–3, the
+//! limit and either side of it (511, 512, 513), 0 and random counts up to
+//! 1100. After every step:
 //! - the call succeeded exactly when the model says it should;
 //! - a failed call changed nothing (every page entry and guest state in the
 //!   window, and every byte of the window's pages);
@@ -208,6 +211,20 @@ fn gfn() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// A guest range's page count: mostly small, often exactly at the limit
+/// (`MAX_GUEST_RANGE` = 512) or one either side of it, sometimes 0 or
+/// anything up to twice the limit.
+fn count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => 1..4u64,
+        2 => Just(511u64),
+        3 => Just(512u64),
+        2 => Just(513u64),
+        1 => Just(0u64),
+        1 => 0..1100u64,
+    ]
+}
+
 fn act() -> impl Strategy<Value = Act> {
     let vm = 0..2usize;
     prop_oneof![
@@ -226,11 +243,11 @@ fn act() -> impl Strategy<Value = Act> {
         4 => (vm.clone(), page(), gfn()).prop_map(|(vm, page, gfn)| Act::DonateGuest { vm, page, gfn, block: false }),
         2 => (vm.clone(), block_page(), prop::sample::select(GBLOCK.to_vec()))
             .prop_map(|(vm, page, gfn)| Act::DonateGuest { vm, page, gfn, block: true }),
-        2 => (vm.clone(), gfn(), 1..4u64).prop_map(|(vm, gfn, n)| Act::GuestShare { vm, gfn, n }),
-        2 => (vm.clone(), gfn(), 1..4u64).prop_map(|(vm, gfn, n)| Act::GuestUnshare { vm, gfn, n }),
-        2 => (vm.clone(), gfn(), 1..4u64).prop_map(|(vm, gfn, n)| Act::Relinquish { vm, gfn, n }),
-        2 => (vm.clone(), any::<bool>(), gfn(), 1..3u64).prop_map(|(vm, share, gfn, n)| Act::Request { vm, share, gfn, n }),
-        2 => (vm.clone(), any::<bool>(), gfn(), 1..3u64).prop_map(|(vm, share, gfn, n)| Act::Complete { vm, share, gfn, n }),
+        2 => (vm.clone(), gfn(), count()).prop_map(|(vm, gfn, n)| Act::GuestShare { vm, gfn, n }),
+        2 => (vm.clone(), gfn(), count()).prop_map(|(vm, gfn, n)| Act::GuestUnshare { vm, gfn, n }),
+        2 => (vm.clone(), gfn(), count()).prop_map(|(vm, gfn, n)| Act::Relinquish { vm, gfn, n }),
+        2 => (vm.clone(), any::<bool>(), gfn(), count()).prop_map(|(vm, share, gfn, n)| Act::Request { vm, share, gfn, n }),
+        2 => (vm.clone(), any::<bool>(), gfn(), count()).prop_map(|(vm, share, gfn, n)| Act::Complete { vm, share, gfn, n }),
         1 => vm.clone().prop_map(Act::Refuse),
         1 => vm.clone().prop_map(Act::StartTeardown),
         2 => (vm.clone(), gfn(), any::<bool>()).prop_map(|(vm, gfn, block)| Act::Reclaim { vm, gfn, block }),
@@ -458,7 +475,7 @@ impl H {
                 }
             }
             Act::Relinquish { vm, gfn, n } => {
-                if gone(vm) {
+                if gone(vm) || !range_ok(n) {
                     return None;
                 }
                 for k in 0..n {
@@ -720,8 +737,20 @@ impl H {
     }
 }
 
+/// Most pages one guest call (share, unshare, relinquish) covers: a
+/// whole 2 MiB block, written here rather than taken from the crate.
+const GUEST_RANGE_LIMIT: u64 = 512;
+
+/// A guest range covers 1 to `GUEST_RANGE_LIMIT` pages.
+fn range_ok(n: u64) -> bool {
+    (1..=GUEST_RANGE_LIMIT).contains(&n)
+}
+
 /// Guest share (O/N → SO/SB) or unshare (SO/SB → O/N) of `n` pages.
 fn change_share(m: &mut Model, vm: usize, gfn: u64, n: u64, share: bool) -> Option<()> {
+    if !range_ok(n) {
+        return None;
+    }
     let (from, to, host_to) = if share {
         (GuestPageState::Owned, GuestPageState::SharedOwned, SB)
     } else {
@@ -738,6 +767,24 @@ fn change_share(m: &mut Model, vm: usize, gfn: u64, n: u64, share: bool) -> Opti
         m.pages.get_mut(&gp.pfn?)?.host = host_to;
     }
     Some(())
+}
+
+/// A targeted range of `n` pages around the candidate `gfn`: the page
+/// itself for a few pages; for a range near the limit, the start of its
+/// 2 MiB block or the page after (so a 512-page range may cover a whole
+/// block or straddle two: the blocks at `GBLOCK` are adjacent).
+fn range_start(gfn: u64, n: u64, seed: usize) -> u64 {
+    if n < 8 {
+        gfn
+    } else {
+        (gfn & !511) + (seed as u64 / 7) % 2
+    }
+}
+
+/// Keeps the counts at the limit and one either side; other counts become
+/// one page, so that most targeted conversions can succeed.
+fn small(n: u64) -> u64 {
+    if (511..=513).contains(&n) { n } else { 1 }
 }
 
 /// Points an action at pages in the state it needs, so that most actions
@@ -790,19 +837,31 @@ fn retarget(m: &Model, a: Act, seed: usize) -> Act {
             pages_where(&|p| matches!(p.owner, MOwner::Guest(..)) && p.host == N)
                 .map_or(a, Act::ForceReclaim)
         }
-        Act::GuestShare { vm, .. } | Act::Relinquish { vm, .. } if live(vm) => {
+        Act::GuestShare { vm, n, .. } | Act::Relinquish { vm, n, .. } if live(vm) => {
             let want = |p: &MGPage| p.state == GuestPageState::Owned;
             match (a, gfns_where(vm, &want)) {
-                (Act::GuestShare { .. }, Some(gfn)) => Act::GuestShare { vm, gfn, n: 1 },
-                (Act::Relinquish { n, .. }, Some(gfn)) => Act::Relinquish { vm, gfn, n },
+                (Act::GuestShare { .. }, Some(gfn)) => Act::GuestShare {
+                    vm,
+                    gfn: range_start(gfn, n, seed),
+                    n: small(n),
+                },
+                (Act::Relinquish { .. }, Some(gfn)) => Act::Relinquish {
+                    vm,
+                    gfn: range_start(gfn, n, seed),
+                    n,
+                },
                 _ => a,
             }
         }
-        Act::GuestUnshare { vm, .. } if live(vm) => {
-            gfns_where(vm, &|p| p.state == GuestPageState::SharedOwned)
-                .map_or(a, |gfn| Act::GuestUnshare { vm, gfn, n: 1 })
-        }
-        Act::Request { vm, share, .. } if live(vm) => {
+        Act::GuestUnshare { vm, n, .. } if live(vm) => gfns_where(vm, &|p| {
+            p.state == GuestPageState::SharedOwned
+        })
+        .map_or(a, |gfn| Act::GuestUnshare {
+            vm,
+            gfn: range_start(gfn, n, seed),
+            n: small(n),
+        }),
+        Act::Request { vm, share, n, .. } if live(vm) => {
             let from = if share {
                 GuestPageState::Owned
             } else {
@@ -811,8 +870,8 @@ fn retarget(m: &Model, a: Act, seed: usize) -> Act {
             gfns_where(vm, &|p| p.state == from).map_or(a, |gfn| Act::Request {
                 vm,
                 share,
-                gfn,
-                n: 1,
+                gfn: range_start(gfn, n, seed),
+                n: small(n),
             })
         }
         Act::Complete { vm, .. } if live(vm) => match m.guests[vm].pending {
