@@ -34,10 +34,15 @@
 pub const RAM_BASE: u64 = 0x8000_0000;
 
 /// The PL011 UART the VMM emulates for the guest console (QEMU `virt`'s
-/// address). Register file as the PL011 TRM: `UARTDR` at 0x000 (a write
-/// prints a byte), `UARTFR` at 0x018 (TXFE and RXFE set: never busy, no
-/// input), peripheral and PrimeCell id registers at 0xfe0..0xfff (Linux's
-/// AMBA bus reads them), the rest read as zero and ignore writes.
+/// address, SPI 1 = INTID 33). Register file as the PL011 TRM: `UARTDR`
+/// at 0x000 (a write prints a byte, a read takes one from the receive
+/// FIFO the host's console fills), `UARTFR` at 0x018 (never busy
+/// transmitting; RXFE/RXFF from the receive FIFO), the interrupt mask,
+/// raw and masked status and clear registers (receive, receive timeout
+/// and transmit interrupts drive the SPI through the `IrqLine` host call),
+/// peripheral and PrimeCell id registers at 0xfe0..0xfff (Linux's AMBA
+/// bus reads them); the rest read as zero and ignore writes. See
+/// `host_interface::vmm::pl011`.
 pub const UART: u64 = 0x0900_0000;
 
 /// The GICv3 distributor's IPA (QEMU `virt`'s).

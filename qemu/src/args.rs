@@ -43,8 +43,17 @@ Commands:
               --guest-small-pages; print the guest's figures (null HVC,
               MMIO exit, share/unshare, first touch of 64 MiB) in ticks and
               ns per iteration against the host's null HVC.
+  bench-guest-boot
+              Boot the pKVM guest kernel and initramfs (guest-kernel) five
+              times directly at EL1 as the only OS (-m 256M -smp 2) and five
+              times as a protected guest in the test host's VMM under el2
+              (--guest-mem 256M --guest-smp 2), interleaved; print the
+              median time to the guest's user space of each, their ratio,
+              and the VMM's exits per second by kind.
   test        Run the QEMU tests, each with a timeout (the Linux host tests
-              build the linux-images first when they are missing).
+              build the linux-images first when they are missing, the
+              Linux guest tests the guest kernel, which they skip when it
+              cannot be built here).
   test-all    The whole test suite, stopping at the first failure:
               cargo fmt --check, clippy (host and aarch64-unknown-none),
               the aarch64 release build, cargo test --workspace and the
@@ -79,6 +88,14 @@ Options for `run`:
   --guest-smp <N>  Number of guest vCPUs, 1 to 8 (default: 1)
   --guest-small-pages
                    Back guest memory with 4 KiB pages only (no 2 MiB folios)
+
+  The guest's console: with --guest the terminal is the guest's console
+  too: bytes typed go to the guest's PL011, Ctrl-C included; Ctrl-A x quits
+  QEMU, Ctrl-A c switches to QEMU's monitor and back, Ctrl-A h lists the
+  keys. The pKVM guest (cargo qemu guest-kernel) gives a shell with
+  `guest.shell` on its command line, and powers off when it exits:
+    cargo qemu run --guest <Image> --guest-initrd <initramfs.cpio> \
+        --guest-append 'console=ttyAMA0 guest.shell' --guest-mem 256M
 
 Exit statuses of `run` (QEMU's, set by el2): 0 the host powered off
 normally; 1 a test-host check failed; 2/3 the test host hit an unexpected
@@ -137,6 +154,9 @@ pub enum Command {
     /// Benchmark the test guest's hypervisor paths (null HVC, MMIO exit,
     /// share/unshare, first touch) with 2 MiB folios and 4 KiB pages.
     BenchGuest,
+    /// Benchmark the pKVM Linux guest's boot directly at EL1 vs as a
+    /// protected guest under el2.
+    BenchGuestBoot,
     /// Run the QEMU tests.
     Test,
     /// Run the whole test suite.
@@ -329,6 +349,9 @@ where
         "guest-kernel" => no_arguments("guest-kernel", rest).map(|()| Command::GuestKernel),
         "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
         "bench-guest" => no_arguments("bench-guest", rest).map(|()| Command::BenchGuest),
+        "bench-guest-boot" => {
+            no_arguments("bench-guest-boot", rest).map(|()| Command::BenchGuestBoot)
+        }
         "test-all" => no_arguments("test-all", rest).map(|()| Command::TestAll),
         "run" => parse_run(rest).map(|options| Command::Run(Box::new(options))),
         other => Err(ArgError::UnknownCommand(other.to_owned())),
@@ -582,6 +605,24 @@ mod tests {
         assert_eq!(parse(["linux-images"]), Ok(Command::LinuxImages));
         assert_eq!(parse(["bench-boot"]), Ok(Command::BenchBoot));
         assert_eq!(parse(["bench-guest"]), Ok(Command::BenchGuest));
+        assert_eq!(parse(["bench-guest-boot"]), Ok(Command::BenchGuestBoot));
+        assert_eq!(parse(["bench-guest-boot", "-h"]), Ok(Command::Help));
+        assert_eq!(
+            parse(["bench-guest-boot", "--runs=3"]),
+            Err(ArgError::UnknownOption {
+                command: "bench-guest-boot",
+                option: "--runs=3".to_owned(),
+            })
+        );
+        assert_eq!(
+            parse(["bench-guest-boot", "5"]),
+            Err(ArgError::UnexpectedArgument {
+                command: "bench-guest-boot",
+                argument: "5".to_owned(),
+            })
+        );
+        assert!(USAGE.contains("  bench-guest-boot\n"));
+        assert!(USAGE.contains("Ctrl-A x quits"));
         assert!(matches!(
             parse(["bench-guest", "--guest-mem=1G"]),
             Err(ArgError::UnknownOption {

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
         Command::GuestKernel => commands::guest_kernel::guest_kernel().map(|()| ExitCode::SUCCESS),
         Command::BenchBoot => commands::bench::bench_boot().map(|()| ExitCode::SUCCESS),
         Command::BenchGuest => commands::bench_guest::bench_guest().map(|()| ExitCode::SUCCESS),
+        Command::BenchGuestBoot => {
+            commands::bench_guest_boot::bench_guest_boot().map(|()| ExitCode::SUCCESS)
+        }
         Command::Test => commands::test::run_all().map(|summary| {
             // The summary line has been printed; add nothing after it.
             if summary.failed == 0 {

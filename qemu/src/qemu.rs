@@ -491,6 +491,24 @@ pub fn boot_args(boot: &Boot<'_>) -> Result<Vec<String>, String> {
     Ok(args)
 }
 
+/// QEMU's arguments for an interactive console on this terminal, instead
+/// of what `-nographic` sets up (`-serial mon:stdio`): the same
+/// multiplexed stdio with the monitor behind Ctrl-A c and Ctrl-A x to
+/// quit, but `signal=off`, so Ctrl-C reaches the guest (as byte 0x03, to
+/// interrupt what its shell runs) rather than killing QEMU.
+pub fn interactive_console_args() -> Vec<String> {
+    [
+        "-chardev",
+        "stdio,id=console,mux=on,signal=off",
+        "-serial",
+        "chardev:console",
+        "-mon",
+        "chardev=console,mode=readline",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A QEMU command for `boot`.
 pub fn boot_command(qemu: &Path, boot: &Boot<'_>) -> Result<Command, String> {
     let mut cmd = Command::new(qemu);

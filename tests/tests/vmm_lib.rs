@@ -10,9 +10,12 @@
 //! counted), unbacked MMIO, guest conversions and relinquish, PSCI
 //! `CPU_ON` (outside RAM -9; inside RAM vCPU 1 starts there), the run's
 //! outcomes (powered off, reset, crashed, all vCPUs off, VMM error) with
-//! their exit statuses and exact log lines, and the verified teardown
-//! (HostStats equal before and after, private pages read back zero, and a
-//! page that is not zero caught).
+//! their exit statuses and exact log lines (the conversions and exits
+//! counts included), the verified teardown (HostStats equal before and
+//! after, private pages read back zero, and a page that is not zero
+//! caught), and console input: the host's bytes reach the guest through
+//! the PL011's receive FIFO, never more than it has room for, and its
+//! interrupt line drives SPI 33 with the `IrqLine` host call.
 
 use el2::sim::{GuestOp, Machine, SimPages};
 use flat_device_tree::Fdt;
@@ -22,10 +25,11 @@ use host_interface::hypervisor::{AccessFault, CallError, Hypervisor};
 use host_interface::kvm::errno;
 use host_interface::platform::{RAM_BASE, TEST_DEVICE, UART, testdev};
 use host_interface::vmm::image::{HEADER_SIZE, MAGIC, MAGIC_OFFSET};
+use host_interface::vmm::stats::{self, ExitKind};
 use host_interface::vmm::teardown::TeardownError;
 use host_interface::vmm::{
     GuestReport, Outcome, STATUS_CRASHED, STATUS_GUEST_FAILED, STATUS_OK, STATUS_RESET,
-    STATUS_VMM_ERROR, Vmm, VmmConfig, VmmError, VmmReport, run_guest,
+    STATUS_VMM_ERROR, Vmm, VmmConfig, VmmError, VmmHost, VmmReport, run_guest,
 };
 use ownership::{Gfn, GuestHandle};
 use tests::RecordingHost;
@@ -354,7 +358,7 @@ fn pl011_output_reaches_the_console_hook() {
     assert_eq!(loaded(&mut vmm, 0, fr), Some(0x90), "TXFE | RXFE");
     assert_eq!(loaded(&mut vmm, 0, pid0), Some(0x11));
     assert_eq!(loaded(&mut vmm, 0, cid3), Some(0xb1));
-    assert_eq!(loaded(&mut vmm, 0, cr), Some(0), "RAZ");
+    assert_eq!(loaded(&mut vmm, 0, cr), Some(0x300), "UARTCR's reset value");
     assert_eq!(vmm.unbacked_mmio(), 0, "the UART is a device");
     assert!(host.runs.iter().all(|v| *v == 0) && !host.runs.is_empty());
     let report = finish(vmm, outcome, &mut host);
@@ -362,6 +366,12 @@ fn pl011_output_reaches_the_console_hook() {
         host.log,
         [
             "vmm: guest powered off".to_owned(),
+            "vmm: conversions: 0 to shared (0 pages), 0 to private (0 pages), 0 refused".to_owned(),
+            // 4 stores and 4 loads; the end of the script powers off.
+            "vmm: exits: mmio-uart 8, mmio-testdev 0, mmio-unbacked 0, memory-fault 0, \
+             relinquished 0, wfi 0, interrupted 0, hypercall 0, powered-off 0, system-event 1, \
+             stopped 0, total 9"
+                .to_owned(),
             "vmm: 0 host accesses to guest-private memory were refused (injected aborts)"
                 .to_owned(),
             verified_line(&report),
@@ -488,6 +498,12 @@ fn every_test_device_command() {
         host.log,
         [
             "vmm: guest powered off".to_owned(),
+            // MEM_SHARE and MEM_UNSHARE of one page.
+            "vmm: conversions: 1 to shared (1 pages), 1 to private (1 pages), 0 refused".to_owned(),
+            "vmm: exits: mmio-uart 0, mmio-testdev 153, mmio-unbacked 2, memory-fault 2, \
+             relinquished 0, wfi 0, interrupted 0, hypercall 0, powered-off 0, system-event 1, \
+             stopped 0, total 158"
+                .to_owned(),
             "vmm: guest reported 7 passed, 0 failed".to_owned(),
             "vmm: 2 host accesses to guest-private memory were refused (injected aborts)"
                 .to_owned(),
@@ -509,7 +525,7 @@ fn a_failing_report_is_status_8() {
     let report = run_scripted(&mut m, config(&k, None, 1), vec![s.0], &mut host);
     assert_eq!(report.outcome, Outcome::PoweredOff);
     assert_eq!(report.exit_status(), STATUS_GUEST_FAILED);
-    assert_eq!(host.log[1], "vmm: guest reported 40 passed, 1 failed");
+    assert_eq!(host.log[3], "vmm: guest reported 40 passed, 1 failed");
 }
 
 fn run_scripted(
@@ -619,7 +635,12 @@ fn a_stopped_vcpu_is_the_crashed_outcome() {
     assert_eq!(report.outcome, Outcome::Crashed { vcpu: 0, ec: 0x18 });
     assert_eq!(report.exit_status(), STATUS_CRASHED);
     assert_eq!(host.log[0], "vmm: guest stopped: exception class 0x18");
-    assert!(host.log[2].starts_with("vmm: teardown verified: "));
+    assert!(
+        host.log[2].ends_with(", stopped 1, total 1"),
+        "{:?}",
+        host.log
+    );
+    assert!(host.log[4].starts_with("vmm: teardown verified: "));
 }
 
 #[test]
@@ -772,7 +793,7 @@ fn the_teardown_check_catches_a_page_that_is_not_zero() {
     );
     assert_eq!(report.exit_status(), STATUS_VMM_ERROR);
     assert!(
-        host.log[2].starts_with("vmm: TEARDOWN-CHECK-FAILED: guest-private page "),
+        host.log[4].starts_with("vmm: TEARDOWN-CHECK-FAILED: guest-private page "),
         "{:?}",
         host.log
     );
@@ -863,4 +884,288 @@ fn gmem_allocate_backs_ranges_with_2m_folios_split_when_mixed() {
     let pages = vm.destroy().unwrap();
     assert_eq!(pages.in_use(), 0);
     m.check();
+}
+
+/// A conduit over the simulated machine that records every `IrqLine`
+/// call: `(INTID, level)`.
+struct Spying<'m> {
+    m: &'m mut Machine,
+    irq_lines: Vec<(u64, u64)>,
+    /// Fail every `IrqLine` call with EINVAL.
+    refuse_irq: bool,
+}
+
+impl Hypervisor for Spying<'_> {
+    fn call(&mut self, call: HostCall, args: &[u64]) -> Result<[u64; 5], CallError> {
+        if call == HostCall::IrqLine {
+            self.irq_lines.push((args[1], args[2]));
+            if self.refuse_irq {
+                return Err(CallError::Errno(i64::from(errno::EINVAL)));
+            }
+        }
+        Hypervisor::call(&mut *self.m, call, args)
+    }
+
+    fn read(&mut self, pa: u64, buf: &mut [u8]) -> Result<(), AccessFault> {
+        self.m.read(pa, buf)
+    }
+
+    fn write(&mut self, pa: u64, data: &[u8]) -> Result<(), AccessFault> {
+        self.m.write(pa, data)
+    }
+}
+
+/// A host with console input and a clock (1 ms per reading), recording
+/// like [`RecordingHost`].
+#[derive(Default)]
+struct ConsoleHost {
+    rec: RecordingHost,
+    input: std::collections::VecDeque<u8>,
+    /// The room the VMM offered at each call of `input`.
+    offered: Vec<usize>,
+    clock: u64,
+}
+
+impl VmmHost for ConsoleHost {
+    fn console(&mut self, bytes: &[u8]) {
+        self.rec.console(bytes);
+    }
+
+    fn log(&mut self, line: std::fmt::Arguments<'_>) {
+        self.rec.log(line);
+    }
+
+    fn before_run(&mut self, vcpu: usize) {
+        self.rec.before_run(vcpu);
+    }
+
+    fn input(&mut self, buf: &mut [u8]) -> usize {
+        self.offered.push(buf.len());
+        let n = buf.len().min(self.input.len());
+        for b in buf.iter_mut().take(n) {
+            *b = self.input.pop_front().unwrap();
+        }
+        n
+    }
+
+    fn now_ns(&mut self) -> Option<u64> {
+        self.clock += 1_000_000;
+        Some(self.clock)
+    }
+}
+
+const GICD_CTLR: u64 = host_interface::platform::GIC_DIST;
+const GICD_ISENABLER1: u64 = host_interface::platform::GIC_DIST + 0x104;
+
+fn store32(s: &mut Script, ipa: u64, value: u32) -> usize {
+    s.op(GuestOp::Store32 { ipa, value })
+}
+
+#[test]
+fn console_input_reaches_the_guest_through_the_fifo_and_spi_33() {
+    use host_interface::vmm::pl011::{self, UART_INTID};
+    assert_eq!(UART_INTID, 33, "SPI 1, as the device tree says");
+    let mut m = Machine::new();
+    let k = kernel(0, 0x1000, 4096);
+    let mut s = Script::default();
+    // As Linux's driver: FIFOs on, UART and receiver on, then the RX and
+    // RX-timeout interrupts unmasked, and SPI 33 enabled in the GIC.
+    store32(&mut s, UART + pl011::UARTLCR_H, 0x70);
+    store32(&mut s, UART + pl011::UARTCR, 0x301);
+    // By now the VMM has polled: "hi\r" is in the FIFO and, on the next
+    // poll with nothing new, the receive timeout is raised (masked yet).
+    store32(&mut s, UART + pl011::UARTIFLS, 0x12);
+    store32(&mut s, UART + pl011::UARTIMSC, 0x50);
+    store32(&mut s, GICD_CTLR, 2);
+    store32(&mut s, GICD_ISENABLER1, 1 << 1);
+    // The line is high and SPI 33 enabled: the WFI does not wait.
+    s.op(GuestOp::Wfi);
+    let mis = s.load(UART + pl011::UARTMIS);
+    let fr = s.load(UART + pl011::UARTFR);
+    let bytes = [
+        s.load(UART + pl011::UARTDR),
+        s.load(UART + pl011::UARTDR),
+        s.load(UART + pl011::UARTDR),
+    ];
+    let fr_empty = s.load(UART + pl011::UARTFR);
+    let mis_after = s.load(UART + pl011::UARTMIS);
+    let hv = Spying {
+        m: &mut m,
+        irq_lines: Vec::new(),
+        refuse_irq: false,
+    };
+    let mut vmm = Vmm::create(hv, SimPages::for_machine(), config(&k, None, 1)).unwrap();
+    vmm.load().unwrap();
+    let h = GuestHandle(vmm.vm().handle() as u16);
+    vmm.vm().hypervisor().m.arch.script(h, 0, s.0);
+    let mut host = ConsoleHost::default();
+    host.input.extend(b"hi\r");
+    let outcome = vmm.run(&mut host);
+    assert_eq!(outcome, Outcome::PoweredOff);
+    let mut at = |step| vmm.vm().hypervisor().m.arch.loaded(0, step).unwrap();
+    assert_eq!(at(mis), u64::from(pl011::INT_RT), "the receive timeout");
+    assert_eq!(at(fr), 0x80, "TXFE, data waiting");
+    assert_eq!(bytes.map(&mut at), [b'h', b'i', b'\r'].map(u64::from));
+    assert_eq!(at(fr_empty), 0x90);
+    assert_eq!(at(mis_after), 0, "reading the FIFO empty cleared it");
+    assert_eq!(
+        vmm.vm().hypervisor().irq_lines,
+        [(33, 1), (33, 0)],
+        "the line rose when RT was unmasked and fell when the FIFO emptied"
+    );
+    assert_eq!(vmm.uart().rx_pending(), 0);
+    assert!(!vmm.uart().level());
+    // Nothing was offered before the receiver was on, and never more than
+    // the FIFO's room.
+    assert!(host.offered.iter().all(|&n| n <= 16), "{:?}", host.offered);
+    assert!(host.offered.contains(&16), "{:?}", host.offered);
+    let stats = *vmm.stats();
+    assert_eq!(stats.exits_of(ExitKind::Wfi), 0, "the WFI did not wait");
+    assert_eq!(stats.exits_of(ExitKind::MmioUart), 11);
+    assert!(stats.run_ns.is_some());
+    let (report, parts) = vmm.finish(outcome, &mut host);
+    assert!(parts.is_some());
+    assert_eq!(report.exit_status(), STATUS_OK);
+    let exits = &host.rec.log[2];
+    // 11 UART accesses (the GIC's are el2's) and the power-off.
+    assert!(
+        exits.starts_with("vmm: exits: mmio-uart 11, ") && exits.contains(", total 12 in "),
+        "{exits}"
+    );
+    let parsed = stats::parse_exits(exits).unwrap();
+    assert_eq!(parsed.total, 12);
+    assert_eq!(parsed.count("mmio-uart"), Some(11));
+    let (ms, rate) = parsed.time.unwrap();
+    assert_eq!(ms, stats.run_ns.unwrap() / 1_000_000);
+    assert_eq!(rate, 12 * 1000 / ms, "{exits}");
+}
+
+#[test]
+fn input_waits_on_the_host_side_while_the_receiver_is_off() {
+    use host_interface::vmm::pl011;
+    let mut m = Machine::new();
+    let k = kernel(0, 0x1000, 4096);
+    let mut s = Script::default();
+    // FIFOs off: one byte at a time; the UART is enabled late.
+    let early = s.load(UART + pl011::UARTFR);
+    store32(&mut s, UART + pl011::UARTCR, 0x301);
+    store32(&mut s, UART + pl011::UARTCR, 0x301);
+    let first = s.load(UART + pl011::UARTDR);
+    let second = s.load(UART + pl011::UARTDR);
+    let third = s.load(UART + pl011::UARTDR);
+    let mut host = ConsoleHost::default();
+    host.input.extend(b"abc");
+    let (mut vmm, outcome) = {
+        let mut vmm = Vmm::create(&mut m, SimPages::for_machine(), config(&k, None, 1)).unwrap();
+        vmm.load().unwrap();
+        let h = handle(&mut vmm);
+        vmm.vm().hypervisor().arch.script(h, 0, s.0);
+        let outcome = vmm.run(&mut host);
+        (vmm, outcome)
+    };
+    assert_eq!(outcome, Outcome::PoweredOff);
+    assert_eq!(loaded(&mut vmm, 0, early), Some(0x90), "nothing taken yet");
+    // One byte per poll, each read making room for the next.
+    assert_eq!(loaded(&mut vmm, 0, first), Some(u64::from(b'a')));
+    assert_eq!(loaded(&mut vmm, 0, second), Some(u64::from(b'b')));
+    assert_eq!(loaded(&mut vmm, 0, third), Some(u64::from(b'c')));
+    assert!(host.offered.iter().all(|&n| n == 1), "{:?}", host.offered);
+    assert!(host.input.is_empty());
+    let report = finish(vmm, outcome, &mut host.rec);
+    assert_eq!(report.exit_status(), STATUS_OK);
+}
+
+#[test]
+fn exits_and_conversions_are_counted_by_kind() {
+    let mut m = Machine::new();
+    let k = kernel(0, 0x1000, 4096);
+    let mut s0 = Script::default();
+    s0.hvc(GuestCall::MemShare.id(), [FREE, 3, 0]);
+    s0.hvc(GuestCall::MemUnshare.id(), [FREE, 2, 0]);
+    s0.hvc(GuestCall::MemRelinquish.id(), [FREE + 0x10000, 1, 0]);
+    s0.load(0x0c00_0000);
+    s0.op(GuestOp::Store32 {
+        ipa: UART,
+        value: u32::from(b'x'),
+    });
+    s0.cmd(testdev::ABORTS, [0; 3]);
+    s0.hvc(PSCI_CPU_ON_64, [1, RAM_BASE + 0x3000, 0]);
+    s0.op(GuestOp::Wfi);
+    s0.op(GuestOp::Wfi);
+    let mut s1 = Script::default();
+    s1.hvc(PSCI_CPU_OFF, [0; 3]);
+    let mut host = RecordingHost::default();
+    let (vmm, outcome) = start(&mut m, config(&k, None, 2), vec![s0.0, s1.0], &mut host);
+    assert_eq!(outcome, Outcome::PoweredOff);
+    let st = *vmm.stats();
+    assert_eq!(st.run_ns, None, "RecordingHost has no clock");
+    let c = st.conversions;
+    assert_eq!((c.to_shared, c.to_shared_pages), (1, 3));
+    assert_eq!((c.to_private, c.to_private_pages), (1, 2));
+    assert_eq!((c.refused, c.failed), (0, 0));
+    for (kind, n) in [
+        (ExitKind::MemoryFault, 2),
+        (ExitKind::Relinquished, 1),
+        (ExitKind::MmioUnbacked, 1),
+        (ExitKind::MmioUart, 1),
+        (ExitKind::MmioTestdev, 5),
+        (ExitKind::Hypercall, 1),
+        (ExitKind::SystemEvent, 1),
+        (ExitKind::Stopped, 0),
+    ] {
+        assert_eq!(st.exits_of(kind), n, "{kind:?}");
+    }
+    assert!(st.exits_of(ExitKind::Wfi) >= 1, "{st:?}");
+    let report = finish(vmm, outcome, &mut host);
+    assert_eq!(report.stats, st);
+    assert_eq!(report.unbacked_mmio, 1);
+    assert_eq!(
+        host.log[1],
+        "vmm: conversions: 1 to shared (3 pages), 1 to private (2 pages), 0 refused"
+    );
+    let parsed = stats::parse_exits(&host.log[2]).unwrap();
+    assert_eq!(parsed.total, st.total());
+    assert_eq!(parsed.time, None);
+}
+
+#[test]
+fn a_refused_irq_line_ends_the_run_with_a_vmm_error() {
+    use host_interface::vmm::pl011;
+    let mut m = Machine::new();
+    let k = kernel(0, 0x1000, 4096);
+    let mut s = Script::default();
+    // Unmasking TX (always pending) raises the line at once.
+    store32(&mut s, UART + pl011::UARTIMSC, pl011::INT_TX);
+    let never = s.load(UART + pl011::UARTFR);
+    let hv = Spying {
+        m: &mut m,
+        irq_lines: Vec::new(),
+        refuse_irq: true,
+    };
+    let mut vmm = Vmm::create(hv, SimPages::for_machine(), config(&k, None, 1)).unwrap();
+    vmm.load().unwrap();
+    let h = GuestHandle(vmm.vm().handle() as u16);
+    vmm.vm().hypervisor().m.arch.script(h, 0, s.0);
+    let mut host = RecordingHost::default();
+    let outcome = vmm.run(&mut host);
+    assert_eq!(
+        outcome,
+        Outcome::Error(VmmError::Host {
+            what: "driving the UART's interrupt line (IrqLine)",
+            errno: errno::EINVAL,
+        })
+    );
+    assert_eq!(vmm.vm().hypervisor().irq_lines, [(33, 1)], "tried once");
+    assert_eq!(vmm.vm().hypervisor().m.arch.loaded(0, never), None);
+    let (report, parts) = vmm.finish(outcome, &mut host);
+    assert!(parts.is_some());
+    assert_eq!(report.exit_status(), STATUS_VMM_ERROR);
+    assert_eq!(
+        host.log[0],
+        "vmm: error: driving the UART's interrupt line (IrqLine) failed: errno 22"
+    );
+    assert!(
+        matches!(report.teardown, Some(Ok(_))),
+        "torn down all the same"
+    );
 }

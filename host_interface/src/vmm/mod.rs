@@ -7,9 +7,10 @@
 //! VMM would run it over its KVM device.
 //!
 //! What differs between those hosts is behind [`VmmHost`]: where the
-//! guest's console bytes and the VMM's log lines go, and a hook before
-//! each vCPU run (the test host arms its timer there, so a vCPU that spins
-//! in the guest comes back).
+//! guest's console bytes and the VMM's log lines go, where typed input for
+//! the guest's console comes from, a clock, and a hook before each vCPU
+//! run (the test host arms its timer there, so a vCPU that spins in the
+//! guest comes back).
 //!
 //! # A run
 //!
@@ -29,8 +30,11 @@
 //!    [`Vcpu::run`](crate::vm::Vcpu::run) at a time, and their exits are served ([`run`](mod@run)):
 //!    conversions the guest asked for, relinquished memory, MMIO to the
 //!    PL011 ([`pl011`]) and the test device ([`testdev`]), `CPU_ON`, system
-//!    events. It ends when the guest powers off or resets, a vCPU
-//!    crashes, every vCPU is off, or the VMM fails — never on a timer.
+//!    events; each is counted ([`stats`]). Between runs the host's console
+//!    input goes into the PL011's receive FIFO, and the PL011's interrupt
+//!    line drives its SPI with the `IrqLine` host call. It ends when the
+//!    guest powers off or resets, a vCPU crashes, every vCPU is off, or the
+//!    VMM fails — never on a timer.
 //! 4. [`Vmm::finish`]: tears the VM down and verifies it ([`teardown`]),
 //!    logs the outcome and returns a [`VmmReport`].
 //!
@@ -41,6 +45,10 @@
 //! - `vmm: guest powered off` | `vmm: guest reset` |
 //!   `vmm: guest stopped: exception class {ec:#x}` | `vmm: all vCPUs off` |
 //!   `vmm: error: {what}`
+//! - once a VM was created, the counts ([`stats`]):
+//!   `vmm: conversions: {n} to shared ({p} pages), {m} to private ({q}
+//!   pages), {r} refused` and `vmm: exits: {kind} {count}, ..., total {t}
+//!   in {ms} ms ({rate}/s)`
 //! - `vmm: guest reported {p} passed, {f} failed` (if the guest used
 //!   `REPORT`)
 //! - `vmm: {n} host accesses to guest-private memory were refused
@@ -52,11 +60,13 @@
 //! Nothing a guest does makes the VMM panic: every guest-controlled value
 //! is range-checked, and failures are values ([`Outcome`], [`VmmError`]).
 
+pub mod console;
 pub mod fdt;
 pub mod image;
 pub mod memory;
 pub mod pl011;
 pub mod run;
+pub mod stats;
 pub mod teardown;
 pub mod testdev;
 
@@ -72,6 +82,7 @@ use image::{Arm64Image, BootLayout, ImageError, LayoutError};
 use memory::GuestMemory;
 use pl011::Pl011;
 use run::Power;
+use stats::VmmStats;
 use teardown::{HostStats, TeardownError, TeardownReport};
 pub use testdev::GuestReport;
 use testdev::TestDevice;
@@ -111,6 +122,20 @@ pub trait VmmHost {
     /// Called before every [`Vcpu::run`](crate::vm::Vcpu::run) of vCPU `vcpu` (e.g. to arm a
     /// timer that ends the run if the guest does not exit by itself).
     fn before_run(&mut self, vcpu: usize);
+    /// Bytes typed for the guest's console: fills the start of `buf` (at
+    /// most `buf.len()` bytes, what the PL011's receive FIFO can take
+    /// now) and returns how many. Called between vCPU runs; anything the
+    /// host does not hand over now it keeps for a later call. The default
+    /// has no input.
+    fn input(&mut self, buf: &mut [u8]) -> usize {
+        let _ = buf;
+        0
+    }
+    /// A monotonic clock in nanoseconds, for the run's duration in the
+    /// exits line ([`stats`]); the default has none.
+    fn now_ns(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why the VMM failed.
@@ -248,6 +273,8 @@ pub struct VmmReport {
     pub refused: u64,
     /// MMIO accesses to addresses with no device (read 0, writes dropped).
     pub unbacked_mmio: u64,
+    /// The run's counts (all zero if no VM was created).
+    pub stats: VmmStats,
     /// The teardown check; `None` if no VM was created.
     pub teardown: Option<Result<TeardownReport, TeardownError>>,
 }
@@ -296,7 +323,7 @@ pub struct Vmm<'a, H: Hypervisor, A: HostPages> {
     power: Vec<Power>,
     uart: Pl011,
     testdev: TestDevice,
-    unbacked: u64,
+    stats: VmmStats,
 }
 
 fn check_config(c: &VmmConfig<'_>) -> Result<(), VmmError> {
@@ -364,9 +391,9 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
             fdt,
             before,
             power,
-            uart: Pl011,
+            uart: Pl011::new(),
             testdev: TestDevice::default(),
-            unbacked: 0,
+            stats: VmmStats::default(),
         })
     }
 
@@ -433,7 +460,17 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
 
     /// MMIO accesses to addresses with no device so far.
     pub fn unbacked_mmio(&self) -> u64 {
-        self.unbacked
+        self.stats.exits_of(stats::ExitKind::MmioUnbacked)
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> &VmmStats {
+        &self.stats
+    }
+
+    /// The guest's PL011 (to look at its state).
+    pub fn uart(&self) -> &Pl011 {
+        &self.uart
     }
 
     /// Tears the VM down, verifies the teardown, logs the outcome (see
@@ -442,13 +479,14 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
     pub fn finish(self, outcome: Outcome, host: &mut impl VmmHost) -> (VmmReport, Option<(H, A)>) {
         let guest = self.testdev.report;
         let refused = self.testdev.refused;
-        let unbacked_mmio = self.unbacked;
+        let counts = self.stats;
         let (verdict, parts) = teardown::teardown(self.mem.into_vm(), self.before);
         let report = VmmReport {
             outcome,
             guest,
             refused,
-            unbacked_mmio,
+            unbacked_mmio: counts.exits_of(stats::ExitKind::MmioUnbacked),
+            stats: counts,
             teardown: Some(verdict),
         };
         log_report(&report, host);
@@ -466,6 +504,18 @@ pub fn log_report(report: &VmmReport, host: &mut impl VmmHost) {
         }
         Outcome::AllVcpusOff => host.log(format_args!("vmm: all vCPUs off")),
         Outcome::Error(e) => host.log(format_args!("vmm: error: {e}")),
+    }
+    if report.teardown.is_some() {
+        host.log(format_args!(
+            "{}{}",
+            stats::CONVERSIONS_PREFIX,
+            report.stats.conversions
+        ));
+        host.log(format_args!(
+            "{}{}",
+            stats::EXITS_PREFIX,
+            report.stats.exits_line()
+        ));
     }
     if let Some(g) = report.guest {
         host.log(format_args!(
@@ -512,6 +562,7 @@ pub fn run_guest<H: Hypervisor, A: HostPages>(
                 guest: None,
                 refused: 0,
                 unbacked_mmio: 0,
+                stats: VmmStats::default(),
                 teardown: None,
             };
             log_report(&report, host);

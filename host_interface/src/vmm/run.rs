@@ -1,12 +1,21 @@
 //! The run loop: the vCPUs that are on run round-robin, one
 //! [`Vcpu::run`] at a time, with [`VmmHost::before_run`] before each; each
-//! exit is served before that vCPU runs again.
+//! exit is served (and counted, [`super::stats`]) before that vCPU runs
+//! again.
+//!
+//! Before each run the host's console input ([`VmmHost::input`]) goes into
+//! the PL011's receive FIFO, as much as it can take; a poll that brings
+//! nothing while bytes wait is the line going idle (the receive timeout
+//! interrupt). Each time the PL011's interrupt line changes level (on a
+//! register access or on input) the VMM drives its SPI
+//! ([`pl011::UART_INTID`]) with the `IrqLine` host call; a failure of that
+//! call ends the run with a VMM error.
 //!
 //! | exit | what the VMM does |
 //! |------|-------------------|
 //! | `MemoryFault` | converts that range of RAM: the guest asked (a failure leaves the guest's call to fail) |
 //! | `Relinquished` | punches that range (the part inside RAM) out of the guest_memfd |
-//! | `Mmio` | the PL011, the test device, or nothing (reads 0, writes dropped, counted); completed with [`Vcpu::set_mmio_data`] |
+//! | `Mmio` | the PL011, the test device, or nothing (reads 0, writes dropped); completed with [`Vcpu::set_mmio_data`] |
 //! | `Hypercall` PSCI `CPU_ON` | INVALID_ADDRESS (-9) if the entry is not in RAM, else 0 and the target is on; anything else NOT_SUPPORTED (-1) |
 //! | `SystemEvent(0)` / `(1)` | the run ends: powered off / reset |
 //! | `Wfi`, `Interrupted` | the next vCPU's turn (a lone vCPU runs again) |
@@ -20,11 +29,15 @@
 //! returns: that run is what hands the VMM's answer to the hypervisor,
 //! which only then starts the target.
 
-use crate::hypervisor::Hypervisor;
+use crate::abi::HostCall;
+use crate::hypervisor::{CallError, Hypervisor};
+use crate::kvm::errno;
 use crate::platform::{TEST_DEVICE, UART, vcpu_mpidr};
-use crate::vm::{HostPages, Vcpu, VcpuExit};
+use crate::vm::{HostPages, KvmVm, Vcpu, VcpuExit};
 
 use super::fdt::DEVICE_SIZE;
+use super::pl011::{self, IrqLine};
+use super::stats::ExitKind;
 use super::{Outcome, Vmm, VmmError, VmmHost};
 
 /// PSCI `CPU_ON`, SMC32/HVC32.
@@ -67,6 +80,47 @@ enum Next {
     End(Outcome),
 }
 
+/// The PL011's interrupt line as the VM's SPI [`pl011::UART_INTID`]: each
+/// level change is an `IrqLine` host call; the first failure is kept and
+/// no further call is made.
+struct UartSpi<'v, H: Hypervisor, A: HostPages> {
+    vm: &'v mut KvmVm<H, A>,
+    failed: Option<i32>,
+}
+
+impl<'v, H: Hypervisor, A: HostPages> UartSpi<'v, H, A> {
+    fn new(vm: &'v mut KvmVm<H, A>) -> Self {
+        UartSpi { vm, failed: None }
+    }
+
+    /// The run's verdict on the calls made.
+    fn result(self) -> Result<(), VmmError> {
+        match self.failed {
+            None => Ok(()),
+            Some(errno) => Err(VmmError::Host {
+                what: "driving the UART's interrupt line (IrqLine)",
+                errno,
+            }),
+        }
+    }
+}
+
+impl<H: Hypervisor, A: HostPages> IrqLine for UartSpi<'_, H, A> {
+    fn set_level(&mut self, high: bool) {
+        if self.failed.is_some() {
+            return;
+        }
+        let handle = self.vm.handle();
+        let args = [handle, u64::from(pl011::UART_INTID), u64::from(high)];
+        if let Err(e) = self.vm.hypervisor().call(HostCall::IrqLine, &args) {
+            self.failed = Some(match e {
+                CallError::NotSupported => errno::EINVAL,
+                CallError::Errno(n) => i32::try_from(n).unwrap_or(errno::EINVAL),
+            });
+        }
+    }
+}
+
 fn mask(value: u64, size: u8) -> u64 {
     match size {
         1 | 2 | 4 => value & ((1u64 << (8 * u32::from(size))) - 1),
@@ -79,7 +133,19 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
     /// vCPU off, or the VMM fails. Not bounded by time:
     /// [`VmmHost::before_run`] is how a host gets control back from a
     /// spinning vCPU.
+    ///
+    /// The time it took goes into the counts ([`super::stats`]) when the
+    /// host has a clock.
     pub fn run(&mut self, host: &mut impl VmmHost) -> Outcome {
+        let start = host.now_ns();
+        let outcome = self.run_loop(host);
+        if let (Some(t0), Some(t1)) = (start, host.now_ns()) {
+            self.stats.run_ns = Some(t1.saturating_sub(t0));
+        }
+        outcome
+    }
+
+    fn run_loop(&mut self, host: &mut impl VmmHost) -> Outcome {
         let n = self.power.len();
         let mut current = 0;
         let mut streak = 0u32;
@@ -90,6 +156,9 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
             else {
                 return Outcome::AllVcpusOff;
             };
+            if let Err(e) = self.poll_console(host) {
+                return Outcome::Error(e);
+            }
             host.before_run(index);
             let result = self.mem.vm().vcpu(index).run();
             for p in &mut self.power {
@@ -117,16 +186,52 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
         }
     }
 
+    /// Moves the host's console input into the PL011's receive FIFO (as
+    /// much as it takes now), or tells it the line is idle.
+    fn poll_console(&mut self, host: &mut impl VmmHost) -> Result<(), VmmError> {
+        let room = self.uart.rx_room().min(pl011::RX_FIFO);
+        let mut buf = [0u8; pl011::RX_FIFO];
+        let got = if room > 0 {
+            host.input(&mut buf[..room]).min(room)
+        } else {
+            0
+        };
+        let mut line = UartSpi::new(self.mem.vm());
+        if got > 0 {
+            self.uart.receive(&buf[..got], &mut line);
+        } else {
+            self.uart.rx_idle(&mut line);
+        }
+        line.result()
+    }
+
     /// Serves one exit of vCPU `index`.
     fn serve(&mut self, index: usize, exit: VcpuExit, host: &mut impl VmmHost) -> Next {
+        let kind = match exit {
+            VcpuExit::MemoryFault { .. } => Some(ExitKind::MemoryFault),
+            VcpuExit::Relinquished { .. } => Some(ExitKind::Relinquished),
+            // Counted by the device it reaches.
+            VcpuExit::Mmio { .. } => None,
+            VcpuExit::Hypercall { .. } => Some(ExitKind::Hypercall),
+            VcpuExit::SystemEvent(_) => Some(ExitKind::SystemEvent),
+            VcpuExit::Wfi => Some(ExitKind::Wfi),
+            VcpuExit::Interrupted => Some(ExitKind::Interrupted),
+            VcpuExit::PoweredOff => Some(ExitKind::PoweredOff),
+            VcpuExit::InternalError { .. } => Some(ExitKind::Stopped),
+        };
+        if let Some(kind) = kind {
+            self.stats.count(kind);
+        }
         match exit {
             VcpuExit::MemoryFault { gpa, size, flags } => {
                 // The guest asked: convert that range. If the VMM cannot
                 // (out of RAM, a pinned page), the guest's call fails.
                 let private = flags & crate::kvm::KVM_MEMORY_EXIT_FLAG_PRIVATE != 0;
-                if let Ok(offset) = self.mem.offset_of(gpa, size) {
-                    let _ = self.mem.convert(offset, size, private);
-                }
+                let done = match self.mem.offset_of(gpa, size) {
+                    Ok(offset) => Some(self.mem.convert(offset, size, private).is_ok()),
+                    Err(_) => None,
+                };
+                self.stats.conversions.record(private, size, done);
                 Next::Continue
             }
             VcpuExit::Relinquished { gpa, size } => {
@@ -149,11 +254,13 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
                 size,
                 write,
                 data,
-            } => {
-                let value = self.mmio(address, size, write, data, host);
-                self.mem.vm().vcpu(index).set_mmio_data(value);
-                Next::Continue
-            }
+            } => match self.mmio(address, size, write, data, host) {
+                Ok(value) => {
+                    self.mem.vm().vcpu(index).set_mmio_data(value);
+                    Next::Continue
+                }
+                Err(e) => Next::End(Outcome::Error(e)),
+            },
             VcpuExit::Hypercall { id, args } => {
                 let x0 = self.hypercall(index, id, args);
                 self.mem.vm().vcpu(index).set_hypercall_result(x0 as u64, 0);
@@ -179,29 +286,34 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
         write: bool,
         data: u64,
         host: &mut impl VmmHost,
-    ) -> u64 {
+    ) -> Result<u64, VmmError> {
         let data = mask(data, size);
         if let Some(offset) = address.checked_sub(UART).filter(|o| *o < DEVICE_SIZE) {
-            if !write {
-                return mask(self.uart.read(offset), size);
-            }
-            if let Some(byte) = self.uart.write(offset, data) {
-                host.console(&[byte]);
-            }
-            return 0;
+            self.stats.count(ExitKind::MmioUart);
+            let mut line = UartSpi::new(self.mem.vm());
+            let value = if write {
+                if let Some(byte) = self.uart.write(offset, data, &mut line) {
+                    host.console(&[byte]);
+                }
+                0
+            } else {
+                mask(self.uart.read(offset, &mut line), size)
+            };
+            return line.result().map(|()| value);
         }
         if let Some(offset) = address
             .checked_sub(TEST_DEVICE)
             .filter(|o| *o < DEVICE_SIZE)
         {
+            self.stats.count(ExitKind::MmioTestdev);
             if !write {
-                return self.testdev.read(offset, size);
+                return Ok(self.testdev.read(offset, size));
             }
             self.testdev.write(&mut self.mem, offset, size, data);
-            return 0;
+            return Ok(0);
         }
-        self.unbacked += 1;
-        0
+        self.stats.count(ExitKind::MmioUnbacked);
+        Ok(0)
     }
 
     /// A hypercall the hypervisor handed on: the guest's x0.

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_guest;
+pub mod bench_guest_boot;
 pub mod build;
 pub mod guest_kernel;
 pub mod linux_images;

@@ -35,6 +35,14 @@ pub fn describe_exit(code: i32) -> Option<&'static str> {
     })
 }
 
+/// What `cargo qemu run --guest` says about the console before QEMU
+/// starts.
+pub const CONSOLE_KEYS: &str = "\
+==> QEMU console follows; with --guest it is the guest's console too: what you type goes to
+    the guest's PL011 (with `guest.shell` in --guest-append, the pKVM guest's init gives you a
+    shell; `exit` or Ctrl-D powers the guest off). Ctrl-C goes to the guest; Ctrl-A x quits
+    QEMU, Ctrl-A c switches to QEMU's monitor and back, Ctrl-A h lists the keys.";
+
 /// The kind of a `--host` file, from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKind {
@@ -216,6 +224,9 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, Failure> {
         guest,
     };
     let mut cmd = qemu::boot_command(&qemu, &boot).map_err(Failure::unavailable)?;
+    if options.guest.is_some() {
+        cmd.args(qemu::interactive_console_args());
+    }
     eprintln!("==> {}", process::display(&cmd));
     if options.gdb {
         eprintln!("==> QEMU is halted waiting for gdb on :1234; in another terminal run:");
@@ -224,7 +235,11 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, Failure> {
             workspace::shown(&images.el2)
         );
     }
-    eprintln!("==> QEMU console follows (quit QEMU with Ctrl-A x)");
+    if options.guest.is_some() {
+        eprintln!("{CONSOLE_KEYS}");
+    } else {
+        eprintln!("==> QEMU console follows (quit QEMU with Ctrl-A x)");
+    }
     let start = Instant::now();
     let status = process::status(&mut cmd)?;
     let elapsed = start.elapsed();

@@ -4,18 +4,31 @@
 //! SYSTEM_OFF status, or el2's own error statuses), plus strings the
 //! console must show; for runs of the test host its closing
 //! `testhost: N passed, M failed, K skipped` line is parsed and checked
-//! too (so a test host that silently ran nothing cannot pass). Runs with a
-//! guest (the test host as its VMM) are judged on the VMM's
-//! `vmm: guest reported P passed, F failed` line instead.
+//! too (so a test host that silently ran nothing cannot pass). Runs with
+//! the test guest (the test host as its VMM) are judged on the VMM's
+//! `vmm: guest reported P passed, F failed` line instead; runs of the
+//! pKVM Linux guest (`cargo qemu guest-kernel`) on its init's `GUEST-*`
+//! lines, el2's MMIO guard line, and the VMM's outcome, conversions and
+//! teardown lines.
+//!
+//! The Linux-guest tests need the guest kernel: it is built (or found in
+//! the cache) before the first of them, and the time that took is shown.
+//! If it cannot be built on this machine (its "unavailable" error: no
+//! network to the archive, tools missing and not root...), those tests
+//! print `SKIPPED: <why>` and count as skipped; any other failure to
+//! build it fails them. Every test's result line shows how long it took.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use host_interface::vmm::stats::{CONVERSIONS_PREFIX, parse_conversions};
 
 use crate::commands::run::describe_exit;
 use crate::dtb;
-use crate::failure::Failure;
+use crate::failure::{EXIT_UNAVAILABLE, Failure};
 use crate::linux::LinuxImages;
-use crate::process;
+use crate::linux::guest_kernel::{self, GUEST_CMDLINE, GuestKernel as BuiltGuest};
+use crate::process::{self, Expect};
 use crate::qemu::{self, Boot, Guest, Host, Machine};
 use crate::workspace::{self, Images};
 
@@ -68,6 +81,9 @@ pub struct QemuTest {
     /// the test host then reports the guest's results instead of running
     /// its suite.
     pub guest: Option<TestGuest>,
+    /// What to type on the console, and when (QEMU's stdin is a pipe for
+    /// it; empty: stdin is closed).
+    pub input: &'static [Expect<'static>],
 }
 
 /// The guest of a QEMU test.
@@ -84,8 +100,8 @@ pub struct TestGuest {
     /// Back guest memory with 4 KiB pages only.
     pub small_pages: bool,
     /// What the VMM's `vmm: guest reported P passed, F failed` line must
-    /// say.
-    pub report: GuestExpected,
+    /// say; `None` for a guest that does not report (Linux).
+    pub report: Option<GuestExpected>,
 }
 
 /// A test guest's kernel.
@@ -96,10 +112,13 @@ pub enum GuestKernel {
     /// A raw arm64 Image file.
     #[allow(
         dead_code,
-        reason = "every guest test runs the test guest today; tests of other guest Images name \
-                  their file here"
+        reason = "the guest tests run the test guest or the pKVM Linux guest today; tests of \
+                  other guest Images name their file here"
     )]
     File(&'static str),
+    /// The pKVM Linux guest kernel and its initramfs (`cargo qemu
+    /// guest-kernel`, [`guest_kernel::ensure`]).
+    Linux,
 }
 
 /// What the VMM's report of the guest's checks must say.
@@ -203,6 +222,71 @@ pub const GUEST_ABSENT: &[&str] = &[
 /// The VMM's report line, before `<P> passed, <F> failed`.
 pub const GUEST_REPORT: &str = "vmm: guest reported ";
 
+/// A Linux guest run: el2 and the test host boot, the VMM loads the
+/// kernel and initramfs, the guest boots to its init under TCG (about 3 s
+/// here; about 10 s with two vCPUs on a loaded machine) and powers off.
+const LINUX_GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Guest RAM of the Linux guest tests.
+const LINUX_GUEST_MEM: u64 = 256 << 20;
+
+/// The Linux guest's command line when it powers off by itself.
+const LINUX_GUEST_APPEND: &str = GUEST_CMDLINE;
+
+/// The Linux guest's command line with the interactive shell.
+const LINUX_SHELL_APPEND: &str = "console=ttyAMA0 panic=-1 guest.shell";
+
+/// What every Linux guest run must show: its init ran, found the
+/// hypervisor's services (the KVM UID over SMCCC) and MMIO_GUARD among
+/// them, el2 saw the guest turn the MMIO guard on, the guest powered off
+/// through the VMM, and the VMM verified the teardown.
+pub const LINUX_GUEST_OUTPUT: &[&str] = &[
+    "GUEST-USERSPACE-OK",
+    "GUEST-PKVM: ",
+    "GUEST-MMIO-GUARD: advertised",
+    "MMIO guard on",
+    "vmm: guest powered off",
+    "vmm: teardown verified",
+];
+
+/// Words the `GUEST-PKVM: ` line itself must have.
+const GUEST_PKVM_DETECTED: &str = "hypervisor services detected";
+
+/// What no Linux guest run may show.
+pub const LINUX_GUEST_ABSENT: &[&str] = &[
+    "Kernel panic",
+    "GUEST-PKVM-MISSING",
+    "vmm: error",
+    "TEARDOWN-CHECK-FAILED",
+    "FATAL",
+];
+
+/// The pKVM Linux guest with `smp` vCPUs on 256 MiB, powering off after
+/// its checks.
+const fn linux_guest(smp: u32) -> TestGuest {
+    TestGuest {
+        kernel: GuestKernel::Linux,
+        append: Some(LINUX_GUEST_APPEND),
+        mem: LINUX_GUEST_MEM,
+        smp,
+        small_pages: false,
+        report: None,
+    }
+}
+
+/// What the console test types: a command once the shell's prompt shows,
+/// then `exit` once its output (not the echo of the command) is back.
+const SHELL_INPUT: &[Expect<'static>] = &[
+    Expect {
+        after: "pkvm-guest# ",
+        send: "echo hello-from-shell-$((6*7))\n",
+    },
+    Expect {
+        after: "hello-from-shell-42",
+        send: "exit\n",
+    },
+];
+
 /// The test guest with `smp` vCPUs on 128 MiB, the whole suite passing.
 const fn testguest(smp: u32) -> TestGuest {
     TestGuest {
@@ -211,10 +295,10 @@ const fn testguest(smp: u32) -> TestGuest {
         mem: crate::args::DEFAULT_GUEST_MEM,
         smp,
         small_pages: false,
-        report: GuestExpected {
+        report: Some(GuestExpected {
             failed: 0,
             min_passed: GUEST_SUITE,
-        },
+        }),
     }
 }
 
@@ -267,6 +351,7 @@ pub const TESTS: &[QemuTest] = &[
             skipped: 0,
         }),
         guest: None,
+        input: &[],
     },
     QemuTest {
         // Failures are detected: `testhost.fail` adds one failing check,
@@ -291,6 +376,7 @@ pub const TESTS: &[QemuTest] = &[
             skipped: 0,
         }),
         guest: None,
+        input: &[],
     },
     QemuTest {
         // One CPU: everything but the secondary-CPU checks.
@@ -310,6 +396,7 @@ pub const TESTS: &[QemuTest] = &[
             skipped: 3,
         }),
         guest: None,
+        input: &[],
     },
     QemuTest {
         // el2 as a raw arm64 Image (QEMU's Image loader puts the device
@@ -330,6 +417,7 @@ pub const TESTS: &[QemuTest] = &[
             skipped: 0,
         }),
         guest: None,
+        input: &[],
     },
     QemuTest {
         // `-cpu max` (pointer authentication, SVE, SME, PAN, SSBS: the
@@ -350,6 +438,7 @@ pub const TESTS: &[QemuTest] = &[
             skipped: 0,
         }),
         guest: None,
+        input: &[],
     },
     QemuTest {
         // No host image: a clear boot error and el2's status 5, not a hang.
@@ -365,6 +454,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // A device tree of our own, which QEMU edits with libfdt (its
@@ -386,6 +476,7 @@ pub const TESTS: &[QemuTest] = &[
             skipped: 3,
         }),
         guest: None,
+        input: &[],
     },
     QemuTest {
         // A tree nested deeper than el2 accepts (the reader would index
@@ -406,6 +497,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // Debian's kernel from a header v2 boot image (its DTB: QEMU's
@@ -428,6 +520,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // The same from a header v4 boot image: no DTB in the image, so
@@ -449,6 +542,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // A v4 boot image with a vendor boot v4 image: vendor ramdisk
@@ -474,6 +568,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // The raw kernel Image with the initramfs as --initrd, command line
@@ -490,6 +585,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // A boot image whose kernel_size runs past its end: refused with
@@ -506,6 +602,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // A vendor boot image with a wrong header_size.
@@ -521,6 +618,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: None,
+        input: &[],
     },
     QemuTest {
         // `cargo qemu run --guest testguest`: the test host runs the test
@@ -538,6 +636,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: Some(testguest(1)),
+        input: &[],
     },
     QemuTest {
         // The same with two vCPUs (`--guest-smp 2`).
@@ -553,6 +652,7 @@ pub const TESTS: &[QemuTest] = &[
         absent: &[],
         summary: None,
         guest: Some(testguest(2)),
+        input: &[],
     },
     QemuTest {
         // Guest memory backed by 4 KiB pages only (`--guest-small-pages`).
@@ -571,6 +671,7 @@ pub const TESTS: &[QemuTest] = &[
             small_pages: true,
             ..testguest(1)
         }),
+        input: &[],
     },
     QemuTest {
         // `--guest-append testguest.fail`: one failing guest check reaches
@@ -588,12 +689,79 @@ pub const TESTS: &[QemuTest] = &[
         summary: None,
         guest: Some(TestGuest {
             append: Some("testguest.fail"),
-            report: GuestExpected {
+            report: Some(GuestExpected {
                 failed: 1,
                 min_passed: GUEST_SUITE,
-            },
+            }),
             ..testguest(1)
         }),
+        input: &[],
+    },
+    QemuTest {
+        // An unmodified upstream Linux 6.12 pKVM guest (`cargo qemu
+        // guest-kernel`) boots to user space as a protected guest in the
+        // test host's VMM, one vCPU: its init sees the KVM hypervisor
+        // services and MMIO_GUARD, the guest shares memory with MEM_SHARE
+        // (conversions to shared, none refused), powers off, and the VMM
+        // verifies the teardown.
+        name: "linux_guest_1vcpu",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: LINUX_GUEST_TIMEOUT,
+        exit_code: 0,
+        output: &["GUEST-CPUS: 1 online"],
+        absent: &[],
+        summary: None,
+        guest: Some(linux_guest(1)),
+        input: &[],
+    },
+    QemuTest {
+        // The same with two vCPUs: the second comes up through PSCI
+        // CPU_ON (the VMM's answer).
+        name: "linux_guest_2vcpus",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: LINUX_GUEST_TIMEOUT,
+        exit_code: 0,
+        output: &["GUEST-CPUS: 2 online"],
+        absent: &[],
+        summary: None,
+        guest: Some(linux_guest(2)),
+        input: &[],
+    },
+    QemuTest {
+        // The guest's console takes input: with `guest.shell` its init
+        // starts a shell; a command typed on QEMU's stdin goes through the
+        // test host's UART, the VMM and the guest's emulated PL011 (receive
+        // FIFO, interrupt on SPI 33) to the shell, and its output comes
+        // back; `exit` powers the guest off.
+        name: "linux_guest_console",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: None,
+        dtb: None,
+        timeout: LINUX_GUEST_TIMEOUT,
+        exit_code: 0,
+        output: &[
+            "GUEST-CPUS: 1 online",
+            "GUEST-SHELL: ",
+            "hello-from-shell-42",
+            "GUEST-SHELL-EXIT: the shell exited with status 0",
+        ],
+        absent: &[],
+        summary: None,
+        guest: Some(TestGuest {
+            append: Some(LINUX_SHELL_APPEND),
+            ..linux_guest(1)
+        }),
+        input: SHELL_INPUT,
     },
 ];
 
@@ -630,6 +798,40 @@ pub struct Summary {
     pub passed: usize,
     /// Tests that failed.
     pub failed: usize,
+    /// Tests that could not run on this machine (the Linux guest kernel
+    /// cannot be built here).
+    pub skipped: usize,
+}
+
+/// Why the Linux-guest tests do not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NoGuestKernel {
+    /// It cannot be built on this machine: they are skipped.
+    Skip(String),
+    /// Building it failed: they fail.
+    Fail(String),
+}
+
+/// Whether `test` runs the pKVM Linux guest.
+fn runs_linux_guest(test: &QemuTest) -> bool {
+    test.guest.is_some_and(|g| g.kernel == GuestKernel::Linux)
+}
+
+/// What to make of the guest kernel's build for the tests that need it:
+/// the kernel, a reason to skip them ("cannot be built here"), or a
+/// failure.
+fn guest_kernel_verdict(built: Result<BuiltGuest, Failure>) -> Result<BuiltGuest, NoGuestKernel> {
+    match built {
+        Ok(g) => Ok(g),
+        Err(f) if f.code == EXIT_UNAVAILABLE => Err(NoGuestKernel::Skip(format!(
+            "the pKVM guest kernel cannot be built here: {}",
+            f.message
+        ))),
+        Err(f) => Err(NoGuestKernel::Fail(format!(
+            "building the pKVM guest kernel failed: {}",
+            f.message
+        ))),
+    }
 }
 
 fn kernel_of<'a>(test: &QemuTest, images: &'a Images) -> Result<&'a Path, String> {
@@ -653,15 +855,49 @@ pub fn run_all() -> Result<Summary, Failure> {
     let mut summary = Summary {
         passed: 0,
         failed: 0,
+        skipped: 0,
     };
     let mut failures = Vec::new();
     let mut linux: Option<Result<LinuxImages, String>> = None;
+    // The guest kernel, or why its tests do not run.
+    let mut guest_linux: Option<Result<BuiltGuest, NoGuestKernel>> = None;
     for test in TESTS {
         let machine = (test.machine)();
         if matches!(test.host, TestHost::Linux(_)) && linux.is_none() {
             println!("--- building the Linux host images (cargo qemu linux-images)");
             linux = Some(crate::linux::ensure().map_err(|f| f.message));
         }
+        if runs_linux_guest(test) && guest_linux.is_none() {
+            println!("--- building the pKVM guest kernel (cargo qemu guest-kernel)");
+            let t = Instant::now();
+            let built = guest_kernel_verdict(guest_kernel::ensure());
+            println!(
+                "--- guest kernel {} in {:.1} s",
+                if built.is_ok() {
+                    "ready"
+                } else {
+                    "unavailable"
+                },
+                t.elapsed().as_secs_f64()
+            );
+            guest_linux = Some(built);
+        }
+        let linux_guest = match (runs_linux_guest(test), &guest_linux) {
+            (true, Some(Ok(g))) => Some(g),
+            (true, Some(Err(NoGuestKernel::Skip(why)))) => {
+                summary.skipped += 1;
+                println!("test {} ... SKIPPED: {why}", test.name);
+                continue;
+            }
+            (true, Some(Err(NoGuestKernel::Fail(why)))) => {
+                summary.failed += 1;
+                println!("test {} ... FAILED: {why}", test.name);
+                failures.push(test.name);
+                continue;
+            }
+            _ => None,
+        };
+        let started = Instant::now();
         let verdict = kernel_of(test, &images).and_then(|kernel| {
             let dtb_path = match test.dtb {
                 Some(make) => Some(write_file(test.name, "dtb", &make())?),
@@ -707,7 +943,8 @@ pub fn run_all() -> Result<Summary, Failure> {
             let guest = test
                 .guest
                 .as_ref()
-                .map(|g| guest_of(g, &images, cmdline.as_deref()));
+                .map(|g| guest_of(g, &images, linux_guest, cmdline.as_deref()))
+                .transpose()?;
             let boot = Boot {
                 kernel,
                 host,
@@ -717,10 +954,20 @@ pub fn run_all() -> Result<Summary, Failure> {
                 guest,
             };
             let mut cmd = qemu::boot_command(&qemu, &boot)?;
+            if !test.input.is_empty() {
+                // The console `cargo qemu run --guest` gives.
+                cmd.args(qemu::interactive_console_args());
+            }
             println!("--- {} ({} s timeout)", test.name, test.timeout.as_secs());
             println!("    {}", process::display(&cmd));
-            let timed = process::with_timeout(&mut cmd, test.timeout).map_err(|f| f.message)?;
-            judge(test, timed.status.code(), timed.timed_out, &timed.output).map(|()| timed.elapsed)
+            let timed = process::run_scripted(&mut cmd, test.timeout, &[], true, test.input)
+                .map_err(|f| f.message)?;
+            judge(test, timed.status.code(), timed.timed_out, &timed.output)
+                .map(|()| timed.elapsed)
+                .map_err(|why| match test.input.len() {
+                    0 => why,
+                    n => format!("{why} (typed {} of {n} console inputs)", timed.sent),
+                })
         });
         match verdict {
             Ok(elapsed) => {
@@ -729,7 +976,11 @@ pub fn run_all() -> Result<Summary, Failure> {
             }
             Err(why) => {
                 summary.failed += 1;
-                println!("test {} ... FAILED: {why}", test.name);
+                println!(
+                    "test {} ... FAILED after {:.2} s: {why}",
+                    test.name,
+                    started.elapsed().as_secs_f64()
+                );
                 failures.push(test.name);
             }
         }
@@ -737,7 +988,14 @@ pub fn run_all() -> Result<Summary, Failure> {
     if !failures.is_empty() {
         println!("failed: {}", failures.join(", "));
     }
-    println!("{} passed, {} failed", summary.passed, summary.failed);
+    if summary.skipped == 0 {
+        println!("{} passed, {} failed", summary.passed, summary.failed);
+    } else {
+        println!(
+            "{} passed, {} failed, {} skipped",
+            summary.passed, summary.failed, summary.skipped
+        );
+    }
     Ok(summary)
 }
 
@@ -763,20 +1021,31 @@ pub fn linux_host(l: &LinuxImages, which: LinuxHost) -> Host<'_> {
     }
 }
 
-/// The [`Guest`] of a guest test: `cmdline` is the file holding its
-/// command line.
-pub fn guest_of<'a>(g: &TestGuest, images: &'a Images, cmdline: Option<&'a Path>) -> Guest<'a> {
-    Guest {
-        kernel: match g.kernel {
-            GuestKernel::Testguest => &images.testguest,
-            GuestKernel::File(f) => Path::new(f),
-        },
-        initrd: None,
+/// The [`Guest`] of a guest test: `linux` is the built pKVM guest kernel
+/// (needed for [`GuestKernel::Linux`]), `cmdline` the file holding the
+/// guest's command line.
+pub fn guest_of<'a>(
+    g: &TestGuest,
+    images: &'a Images,
+    linux: Option<&'a BuiltGuest>,
+    cmdline: Option<&'a Path>,
+) -> Result<Guest<'a>, String> {
+    let (kernel, initrd) = match g.kernel {
+        GuestKernel::Testguest => (images.testguest.as_path(), None),
+        GuestKernel::File(f) => (Path::new(f), None),
+        GuestKernel::Linux => {
+            let l = linux.ok_or("the pKVM guest kernel was not built")?;
+            (l.image.as_path(), Some(l.initramfs.as_path()))
+        }
+    };
+    Ok(Guest {
+        kernel,
+        initrd,
         cmdline,
         mem: g.mem,
         vcpus: g.smp,
         small_pages: g.small_pages,
-    }
+    })
 }
 
 /// Where a test's file `<name>.<ext>` goes: `target/qemu-tests/` (created),
@@ -855,6 +1124,8 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
     let linux = matches!(test.host, TestHost::Linux(_));
     let (more, forbidden): (&[&str], &[&str]) = if linux {
         (LINUX_OUTPUT, LINUX_ABSENT)
+    } else if runs_linux_guest(test) {
+        (LINUX_GUEST_OUTPUT, LINUX_GUEST_ABSENT)
     } else if test.guest.is_some() {
         (GUEST_OUTPUT, GUEST_ABSENT)
     } else {
@@ -888,8 +1159,10 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
             ));
         }
     }
-    if let Some(guest) = test.guest {
-        let want = guest.report;
+    if runs_linux_guest(test) {
+        judge_linux_guest(output)?;
+    }
+    if let Some(want) = test.guest.and_then(|g| g.report) {
         let Some((passed, failed)) = parse_guest_report(output) else {
             return Err(format!("no `{GUEST_REPORT}<P> passed, <F> failed` line"));
         };
@@ -900,6 +1173,37 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
                 want.failed, want.min_passed
             ));
         }
+    }
+    Ok(())
+}
+
+/// What a Linux guest run must show beyond its strings: the `GUEST-PKVM: `
+/// line names the hypervisor services, and the VMM's conversions line
+/// shows conversions to shared (the guest's MEM_SHARE calls) and none
+/// refused.
+fn judge_linux_guest(output: &str) -> Result<(), String> {
+    if !output
+        .lines()
+        .any(|l| l.contains("GUEST-PKVM: ") && l.contains(GUEST_PKVM_DETECTED))
+    {
+        return Err(format!(
+            "no `GUEST-PKVM: ` line with {GUEST_PKVM_DETECTED:?}"
+        ));
+    }
+    let Some(c) = parse_conversions(output) else {
+        return Err(format!(
+            "no `{CONVERSIONS_PREFIX}<n> to shared (<p> pages), <m> to private (<q> pages), <r> \
+             refused` line"
+        ));
+    };
+    if c.refused != 0 {
+        return Err(format!(
+            "the VMM refused or failed {} of the guest's conversions",
+            c.refused
+        ));
+    }
+    if c.to_shared == 0 {
+        return Err("the guest converted nothing to shared (no MEM_SHARE reached the VMM)".into());
     }
     Ok(())
 }
@@ -1107,7 +1411,8 @@ mod tests {
             assert_eq!(t.summary, None, "{name}");
             assert_eq!(g.kernel, GuestKernel::Testguest, "{name}");
             assert_eq!(g.mem, 128 << 20, "{name}");
-            assert_eq!(g.report.min_passed, 40, "{name}");
+            assert_eq!(g.report.unwrap().min_passed, 40, "{name}");
+            assert!(t.input.is_empty(), "{name}");
         }
         assert_eq!(guest("guest_suite_1vcpu").smp, 1);
         assert_eq!(guest("guest_suite_2vcpus").smp, 2);
@@ -1115,10 +1420,171 @@ mod tests {
         assert!(!guest("guest_suite_2vcpus").small_pages);
         let fail = guest("guest_failing_check_is_detected");
         assert_eq!(fail.append, Some("testguest.fail"));
-        assert_eq!(fail.report.failed, 1);
+        assert_eq!(fail.report.unwrap().failed, 1);
         assert_eq!(test_named("guest_failing_check_is_detected").exit_code, 8);
+        // The Linux guest: 256 MiB, the documented command lines, 120 s.
+        for (name, smp, append) in [
+            ("linux_guest_1vcpu", 1, "console=ttyAMA0 panic=-1"),
+            ("linux_guest_2vcpus", 2, "console=ttyAMA0 panic=-1"),
+            (
+                "linux_guest_console",
+                1,
+                "console=ttyAMA0 panic=-1 guest.shell",
+            ),
+        ] {
+            let t = test_named(name);
+            let g = guest(name);
+            assert!(matches!(t.host, TestHost::Builtin), "{name}");
+            assert_eq!(t.timeout, Duration::from_secs(120), "{name}");
+            assert_eq!(t.exit_code, 0, "{name}");
+            assert_eq!(g.kernel, GuestKernel::Linux, "{name}");
+            assert_eq!((g.mem, g.smp, g.append), (256 << 20, smp, Some(append)));
+            assert_eq!(g.report, None, "Linux does not REPORT");
+            assert!(
+                t.output
+                    .contains(&format!("GUEST-CPUS: {smp} online").as_str()),
+                "{name}"
+            );
+        }
+        assert!(test_named("linux_guest_1vcpu").input.is_empty());
+        let console = test_named("linux_guest_console");
+        assert_eq!(console.input.len(), 2);
+        assert!(console.output.contains(&"hello-from-shell-42"));
+        assert!(
+            !console.input[0].send.contains("hello-from-shell-42"),
+            "the echo of the command must not pass for its output"
+        );
         // Every other test runs no guest.
-        assert_eq!(TESTS.iter().filter(|t| t.guest.is_some()).count(), 4);
+        assert_eq!(TESTS.iter().filter(|t| t.guest.is_some()).count(), 7);
+        assert_eq!(TESTS.iter().filter(|t| !t.input.is_empty()).count(), 1);
+    }
+
+    /// A Linux guest run as the test host, el2 and the guest print it.
+    fn good_linux_guest(cpus: u32) -> String {
+        format!(
+            "el2[0]: entering the host at EL1\r\n\
+             testhost: running a guest as a VMM: kernel 4714504 bytes\r\n\
+             el2[0]: VM 0x1000: MMIO guard on (first granule 0x8000000): only guarded MMIO \
+             reaches the host\r\n\
+             guest: [    0.000000] smccc: KVM: hypervisor services detected (0x0 0x0 0x0 0x29d)\r\n\
+             guest: GUEST-USERSPACE-OK: Linux 6.12.117\r\n\
+             guest: GUEST-CPUS: {cpus} online (0-{})\r\n\
+             guest: GUEST-PKVM: [    0.000000] smccc: KVM: hypervisor services detected (0x0 \
+             0x0 0x0 0x29d)\r\n\
+             guest: GUEST-MMIO-GUARD: advertised (KVM_FEATURES bit 7 set in a0=0x29d)\r\n\
+             guest: GUEST-POWEROFF\r\n\
+             guest: [    1.952085] reboot: Power down\r\n\
+             vmm: guest powered off\r\n\
+             vmm: conversions: 96 to shared (96 pages), 0 to private (0 pages), 0 refused\r\n\
+             vmm: exits: mmio-uart 15326, wfi 95404, total 110730 in 2000 ms (55365/s)\r\n\
+             vmm: 0 host accesses to guest-private memory were refused (injected aborts)\r\n\
+             vmm: teardown verified: 6144 pages reclaimed\r\n\
+             el2[0]: host requested SYSTEM_OFF\r\n",
+            cpus - 1
+        )
+    }
+
+    #[test]
+    fn linux_guest_runs_are_judged_on_markers_conversions_and_status() {
+        let t1 = test_named("linux_guest_1vcpu");
+        let t2 = test_named("linux_guest_2vcpus");
+        let good = good_linux_guest(1);
+        assert_eq!(judge(t1, Some(0), false, &good), Ok(()));
+        assert!(
+            judge(t2, Some(0), false, &good)
+                .unwrap_err()
+                .contains("GUEST-CPUS: 2 online")
+        );
+        assert_eq!(judge(t2, Some(0), false, &good_linux_guest(2)), Ok(()));
+        assert!(
+            judge(t1, Some(11), false, &good)
+                .unwrap_err()
+                .contains("the VMM failed")
+        );
+        assert!(
+            judge(t1, Some(0), true, &good)
+                .unwrap_err()
+                .contains("timed out")
+        );
+        for marker in LINUX_GUEST_OUTPUT {
+            let without = good.replace(marker, "");
+            assert!(
+                judge(t1, Some(0), false, &without)
+                    .unwrap_err()
+                    .contains("lacks"),
+                "{marker}"
+            );
+        }
+        for bad in LINUX_GUEST_ABSENT {
+            let with = format!("{good}{bad}\n");
+            assert!(
+                judge(t1, Some(0), false, &with)
+                    .unwrap_err()
+                    .contains("shows"),
+                "{bad}"
+            );
+        }
+        // The services must be on the GUEST-PKVM line itself.
+        let elsewhere = good.replace(
+            "GUEST-PKVM: [    0.000000] smccc: KVM: hypervisor services detected",
+            "GUEST-PKVM: [    0.000000] smccc: KVM: something else",
+        );
+        assert!(
+            judge(t1, Some(0), false, &elsewhere)
+                .unwrap_err()
+                .contains("hypervisor services detected")
+        );
+        // Conversions: some to shared, none refused, the line present.
+        let refused = good.replace("0 refused", "2 refused");
+        assert!(
+            judge(t1, Some(0), false, &refused)
+                .unwrap_err()
+                .contains("refused or failed 2")
+        );
+        let none = good.replace("96 to shared (96 pages)", "0 to shared (0 pages)");
+        assert!(
+            judge(t1, Some(0), false, &none)
+                .unwrap_err()
+                .contains("converted nothing to shared")
+        );
+        let no_line = good.replace("vmm: conversions:", "vmm: conv:");
+        assert!(
+            judge(t1, Some(0), false, &no_line)
+                .unwrap_err()
+                .contains("no `vmm: conversions: ")
+        );
+        // No test-guest report is asked of Linux.
+        assert!(!good.contains(GUEST_REPORT));
+        // The console test wants its shell's output on top.
+        let c = test_named("linux_guest_console");
+        assert!(
+            judge(c, Some(0), false, &good)
+                .unwrap_err()
+                .contains("lacks")
+        );
+        let shell = format!(
+            "{good}guest: GUEST-SHELL: an interactive shell\r\nguest: pkvm-guest# echo \
+             hello-from-shell-$((6*7))\r\nguest: hello-from-shell-42\r\nguest: pkvm-guest# \
+             exit\r\nguest: GUEST-SHELL-EXIT: the shell exited with status 0\r\n"
+        );
+        assert_eq!(judge(c, Some(0), false, &shell), Ok(()));
+    }
+
+    #[test]
+    fn an_unbuildable_guest_kernel_skips_and_a_failed_build_fails() {
+        let skip = guest_kernel_verdict(Err(Failure::unavailable("no network"))).unwrap_err();
+        assert_eq!(
+            skip,
+            NoGuestKernel::Skip("the pKVM guest kernel cannot be built here: no network".into())
+        );
+        let fail = guest_kernel_verdict(Err(Failure::failed("gcc died"))).unwrap_err();
+        assert_eq!(
+            fail,
+            NoGuestKernel::Fail("building the pKVM guest kernel failed: gcc died".into())
+        );
+        assert!(runs_linux_guest(test_named("linux_guest_console")));
+        assert!(!runs_linux_guest(test_named("guest_suite_1vcpu")));
+        assert!(!runs_linux_guest(test_named("linux_boot_v4")));
     }
 
     #[test]
@@ -1130,16 +1596,33 @@ mod tests {
             testguest: "t/testguest.bin".into(),
         };
         let t = test_named("guest_small_pages").guest.unwrap();
-        let g = guest_of(&t, &images, None);
+        let g = guest_of(&t, &images, None, None).unwrap();
         assert_eq!(g.kernel, Path::new("t/testguest.bin"));
+        assert_eq!(g.initrd, None);
         assert_eq!((g.mem, g.vcpus, g.small_pages), (128 << 20, 1, true));
         let other = TestGuest {
             kernel: GuestKernel::File("other/Image"),
             ..t
         };
-        let g = guest_of(&other, &images, Some(Path::new("c")));
+        let g = guest_of(&other, &images, None, Some(Path::new("c"))).unwrap();
         assert_eq!(g.kernel, Path::new("other/Image"));
         assert_eq!(g.cmdline, Some(Path::new("c")));
+        // The Linux guest: the built kernel and its initramfs.
+        let linux = test_named("linux_guest_2vcpus").guest.unwrap();
+        assert!(guest_of(&linux, &images, None, None).is_err());
+        let built = BuiltGuest {
+            source_version: "6.12.117-1".into(),
+            key: "k".into(),
+            image: "out/k/Image".into(),
+            config: "out/k/config".into(),
+            system_map: "out/k/System.map".into(),
+            log: "out/k/build.log".into(),
+            initramfs: "initramfs.cpio".into(),
+        };
+        let g = guest_of(&linux, &images, Some(&built), None).unwrap();
+        assert_eq!(g.kernel, Path::new("out/k/Image"));
+        assert_eq!(g.initrd, Some(Path::new("initramfs.cpio")));
+        assert_eq!((g.mem, g.vcpus), (256 << 20, 2));
     }
 
     #[test]
@@ -1160,6 +1643,8 @@ mod tests {
         for t in TESTS {
             let limit = if matches!(t.host, TestHost::Linux(_)) {
                 LINUX_TIMEOUT
+            } else if runs_linux_guest(t) {
+                LINUX_GUEST_TIMEOUT
             } else if t.guest.is_some() {
                 GUEST_TIMEOUT
             } else {

@@ -2,8 +2,9 @@
 # /init of the pKVM guest initramfs built by `cargo qemu guest-kernel`
 # (qemu/src/linux/guest-init.sh). Prints one GUEST-* line per fact the
 # guest can see about itself, from the kernel's own log and /sys, then
-# powers off. Nothing here is guessed: what the guest cannot tell, a line
-# says it cannot.
+# powers off (after an interactive shell with `guest.shell`, see the end).
+# Nothing here is guessed: what the guest cannot tell, a line says it
+# cannot.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -75,6 +76,26 @@ if [ -n "$swiotlb" ]; then
     done
 else
     echo "GUEST-SWIOTLB: no 'software IO TLB', restricted-dma-pool or 'assigned reserved memory' lines in the kernel log"
+fi
+
+# With `guest.shell` on the kernel command line (it stays in /proc/cmdline:
+# the kernel takes a dotted word for a module parameter), an interactive
+# busybox shell on the console before powering off: `cargo qemu run --guest
+# <Image> --guest-initrd <cpio> --guest-append 'console=ttyAMA0 guest.shell'`.
+# setsid gives it a session of its own and cttyhack opens the console's
+# real tty (ttyAMA0) as its controlling terminal, so job control and Ctrl-C
+# work. Leaving it (exit, Ctrl-D) powers off.
+shell=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        guest.shell) shell=1 ;;
+    esac
+done
+if [ -n "$shell" ]; then
+    echo "GUEST-SHELL: an interactive shell on the console; leave it (exit or Ctrl-D) to power off"
+    cd /
+    HOME=/ PS1='pkvm-guest# ' setsid cttyhack sh
+    echo "GUEST-SHELL-EXIT: the shell exited with status $?"
 fi
 
 echo "GUEST-POWEROFF"

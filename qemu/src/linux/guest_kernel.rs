@@ -1102,8 +1102,16 @@ Status: install ok installed
             "smccc: KVM: hypervisor services detected",
             "/sys/devices/system/cpu/online",
             "poweroff -f",
+            // The interactive shell (`guest.shell`), which the console
+            // test drives.
+            "guest.shell) shell=1",
+            "GUEST-SHELL: ",
+            "PS1='pkvm-guest# ' setsid cttyhack sh",
+            "GUEST-SHELL-EXIT: the shell exited with status",
         ] {
             assert!(GUEST_INIT.contains(line), "{line}");
         }
+        // The shell comes before the power-off.
+        assert!(GUEST_INIT.find("cttyhack sh") < GUEST_INIT.rfind("poweroff -f"));
     }
 }

@@ -164,6 +164,57 @@ impl fmt::Write for Console {
     }
 }
 
+impl Console {
+    /// Writes `bytes` as they are (no `\n` to `\r\n` translation).
+    pub fn write_raw(bytes: &[u8]) {
+        let base = UART.load(Ordering::Relaxed);
+        for &c in bytes {
+            // SAFETY: as in `write_str`.
+            unsafe {
+                while ((base + UART_FR) as *const u32).read_volatile() & FR_TXFF != 0 {}
+                (base as *mut u32).write_volatile(u32::from(c));
+            }
+        }
+    }
+}
+
+/// PL011 flag register offset.
+const UART_FR: u64 = 0x18;
+/// PL011 line control register offset.
+const UART_LCR_H: u64 = 0x2c;
+/// `UARTFR.TXFF`: transmit FIFO full.
+const FR_TXFF: u32 = 1 << 5;
+/// `UARTFR.RXFE`: receive FIFO empty.
+const FR_RXFE: u32 = 1 << 4;
+/// `UARTLCR_H.FEN`: FIFOs enabled.
+const LCR_H_FEN: u32 = 1 << 4;
+
+/// Turns the console UART's FIFOs on, so that it holds up to 16 received
+/// bytes between polls (QEMU's PL011 takes one at a time from its backend
+/// otherwise). Whatever the receiver held may be dropped.
+pub fn uart_enable_fifo() {
+    let base = UART.load(Ordering::Relaxed);
+    // SAFETY: the PL011's LCR_H, mapped Device; FEN only changes how much
+    // it buffers.
+    unsafe {
+        let lcr = ((base + UART_LCR_H) as *const u32).read_volatile();
+        ((base + UART_LCR_H) as *mut u32).write_volatile(lcr | LCR_H_FEN);
+    }
+}
+
+/// A byte typed on the console, if one is waiting (boot CPU only).
+pub fn uart_getc() -> Option<u8> {
+    let base = UART.load(Ordering::Relaxed);
+    // SAFETY: the PL011's FR and DR, mapped Device; reading DR takes the
+    // byte out of the receive FIFO, which nothing else of ours reads.
+    unsafe {
+        if ((base + UART_FR) as *const u32).read_volatile() & FR_RXFE != 0 {
+            return None;
+        }
+        Some((base as *const u32).read_volatile() as u8)
+    }
+}
+
 /// Prints a formatted line.
 macro_rules! println {
     ($($arg:tt)*) => {{

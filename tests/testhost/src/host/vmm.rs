@@ -18,8 +18,16 @@
 //! - Before each vCPU run the EL1 virtual timer is armed 2 ms ahead; el2
 //!   carries the deadline while the guest runs and ends the run when it
 //!   passes ([`super::gic`] lets that interrupt reach el2).
-//! - The guest's console is printed line by line as `guest: <line>`; the
-//!   VMM's own lines as they are (`vmm: ...`).
+//! - The guest's console goes out byte by byte as it comes, each line
+//!   starting with `guest: ` (so a prompt shows before its newline;
+//!   [`Prefixed`]). The VMM's own lines go out as they are (`vmm: ...`),
+//!   on a line of their own.
+//! - Console input: bytes typed on this test host's own PL011 (QEMU's
+//!   stdio) are polled between vCPU runs and handed to the VMM, which puts
+//!   them in the guest's PL011 receive FIFO as far as it has room (the
+//!   rest waits in this UART's FIFO, and behind it in QEMU). This UART's
+//!   FIFOs are turned on first, so 16 bytes wait per poll rather than 1.
+//! - The clock of the VMM's counts is the virtual counter.
 //!
 //! The run ends with PSCI `SYSTEM_OFF` and the VMM's exit status
 //! ([`VmmReport::exit_status`]): 0 powered off with no failure and a
@@ -37,6 +45,7 @@ use host_interface::guestdesc::{self, Blob, DescError, FLAG_SMALL_PAGES, GuestDe
 use host_interface::hypervisor::hvc::Hvc;
 use host_interface::hypervisor::{AccessFault, CallError, Hypervisor};
 use host_interface::vm::HostPages;
+use host_interface::vmm::console::Prefixed;
 use host_interface::vmm::{self, STATUS_VMM_ERROR, VmmConfig, VmmHost};
 
 use super::Platform;
@@ -52,8 +61,8 @@ const BENCH_ITERS: u64 = 10_000;
 const HEAP_EXTRA_MAX: u64 = 32 << 20;
 /// ... and at most this fraction of it.
 const HEAP_FRACTION: u64 = 16;
-/// A guest console line longer than this is printed in pieces.
-const MAX_LINE: usize = 512;
+/// What starts each line of the guest's console output.
+const GUEST_PREFIX: &[u8] = b"guest: ";
 
 /// Reads the guest descriptor's words (each through the abort-safe
 /// probe: if el2 refused the page, the magic is simply absent).
@@ -178,36 +187,20 @@ impl Hypervisor for HostHv {
 
 /// What the VMM library needs of the test host.
 struct Host {
-    line: Vec<u8>,
+    out: Prefixed,
     timeslice: u64,
 }
 
 impl Host {
     fn flush(&mut self) {
-        if !self.line.is_empty() {
-            println!("guest: {}", String::from_utf8_lossy(&self.line));
-            self.line.clear();
-        }
+        self.out.end_line(&mut arch::Console::write_raw);
     }
 }
 
 impl VmmHost for Host {
     fn console(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match b {
-                b'\n' => {
-                    println!("guest: {}", String::from_utf8_lossy(&self.line));
-                    self.line.clear();
-                }
-                b'\r' => {}
-                _ => {
-                    self.line.push(b);
-                    if self.line.len() >= MAX_LINE {
-                        self.flush();
-                    }
-                }
-            }
-        }
+        self.out
+            .feed(GUEST_PREFIX, bytes, &mut arch::Console::write_raw);
     }
 
     fn log(&mut self, line: fmt::Arguments<'_>) {
@@ -217,6 +210,25 @@ impl VmmHost for Host {
 
     fn before_run(&mut self, _vcpu: usize) {
         arch::arm_virtual_timer(self.timeslice);
+    }
+
+    fn input(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match arch::uart_getc() {
+                Some(b) => {
+                    buf[n] = b;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+
+    fn now_ns(&mut self) -> Option<u64> {
+        let (t, hz) = arch::virtual_now();
+        Some((u128::from(t) * 1_000_000_000 / u128::from(hz)) as u64)
     }
 }
 
@@ -306,9 +318,10 @@ pub fn run(guest: Result<Guest, String>, gic: Result<(), &'static str>) -> ! {
     bench(&mut hv);
     let (_, hz) = arch::virtual_now();
     let mut host = Host {
-        line: Vec::new(),
+        out: Prefixed::new(),
         timeslice: hz * TIMESLICE_US / 1_000_000,
     };
+    arch::uart_enable_fifo();
     let config = VmmConfig {
         mem: d.mem,
         vcpus: d.vcpus as usize,
