@@ -10,6 +10,8 @@
 //! - [`platform`]: the guest's virtual platform (IPA layout, devices)
 //!   and the test device protocol, shared with test guests.
 //! - [`guestdesc`]: how the runner tells the test host which guest to run.
+//! - [`uapi`]: the Linux host driver's ioctl interface
+//!   (`driver/pkvm_rs_uapi.h`).
 //! - [`vm`]: the VM layer (memslots, in-place conversion, the vCPU run loop)
 //!   and the crosvm-shaped VMM API ([`vm::Vm`], [`vm::Vcpu`],
 //!   [`vm::VcpuExit`]).
@@ -29,5 +31,6 @@ pub mod guestdesc;
 pub mod hypervisor;
 pub mod kvm;
 pub mod platform;
+pub mod uapi;
 pub mod vm;
 pub mod vmm;
