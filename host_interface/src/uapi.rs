@@ -24,10 +24,6 @@ const fn iow(nr: u32, size: usize) -> u32 {
     (1 << 30) | ((size as u32) << 16) | (IO_TYPE << 8) | nr
 }
 
-const fn iowr(nr: u32, size: usize) -> u32 {
-    (3 << 30) | ((size as u32) << 16) | (IO_TYPE << 8) | nr
-}
-
 /// `KVM_GET_API_VERSION` (on `/dev/pkvm-rs`).
 pub const GET_API_VERSION: u32 = io(0x00);
 /// `KVM_CREATE_VM` (on `/dev/pkvm-rs`; the argument is the number of
