@@ -3,6 +3,8 @@
 //! - [`hyp`]: host call dispatch, guest call handling, VM and vCPU
 //!   lifecycle and exits, over the [`ownership`] state, with the
 //!   architecture behind [`hyp::arch::Arch`].
+//! - [`fdt`]: reading, validating and rewriting the device tree el2 is
+//!   booted with (the machine's RAM, CPUs, GIC, console; the host's copy).
 //! - [`bootimg`]: Android boot images (v0–v4, vendor boot v3/v4): the
 //!   parser and load planner the hypervisor uses for a Linux host, and the
 //!   packer (feature `pack`).
@@ -16,10 +18,12 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+extern crate alloc;
 #[cfg(feature = "sim")]
 extern crate std;
 
 pub mod bootimg;
+pub mod fdt;
 pub mod hyp;
 #[cfg(feature = "sim")]
 pub mod sim;

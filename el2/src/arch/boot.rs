@@ -10,7 +10,7 @@
 //!    ([`super::console`]).
 //! 3. The device tree (`x0`, or the start of RAM for an ELF boot: 2 MiB
 //!    below el2's link address) is validated, stripped of NOP tokens and
-//!    read ([`super::fdt`]).
+//!    read (`el2::fdt`).
 //! 4. The final EL2 identity map (RAM Normal, the console UART and the
 //!    GICv3 redistributors Device); secondaries will load the same.
 //! 5. The host descriptor (or the legacy raw image header at
@@ -45,15 +45,13 @@ use stage2::{PaRange, PhysAddr};
 
 use super::entry::{SECONDARY_MMU, el2_mmu_enable};
 use super::exit::status;
-use super::fdt::{ChosenEdits, DtError, Gic, Platform, Range, Ranges};
 use super::hostimg::{HostError, HostImage};
 use super::layout::{LayoutError, MemLayout};
 use super::mem::{HeapPool, HypBitmap, IdentityMem};
 use super::mmu::{FinalMap, MapError, Memory};
 use super::percpu::{MPIDR_AFF_MASK, Power};
-use super::{
-    console, entry, exit, fdt, gic, host, hostimg, layout, mem, mmu, percpu, pl011, sysreg,
-};
+use super::{console, entry, exit, gic, host, hostimg, layout, mem, mmu, percpu, pl011, sysreg};
+use el2::fdt::{self, ChosenEdits, DtError, Gic, Platform, Range, Ranges};
 
 unsafe extern "C" {
     static __image_start: u8;

@@ -57,9 +57,9 @@ use core::fmt;
 
 use el2::bootimg::{self, BootImage, BootImageError};
 
-use super::fdt::{DtError, Range};
 use super::layout::{self, HOST_IMAGE_ADDR, ImageError, MemLayout};
 use super::sysreg;
+use el2::fdt::{DtError, Range};
 
 /// Where the runner writes the host descriptor (module docs): the page
 /// just below [`HOST_IMAGE_ADDR`]. Keep `qemu/src/qemu.rs`

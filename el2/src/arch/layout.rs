@@ -47,7 +47,7 @@
 //! page-aligned. Any other address faults at stage 2, and el2 injects an
 //! abort into the host.
 
-use super::fdt::{Platform, Range};
+use el2::fdt::{Platform, Range};
 
 /// Where the runner loads the host image (see the module docs); keep
 /// `qemu/src/qemu.rs` (`HOST_IMAGE_ADDR`) and `tests/testhost/linker.ld` in

@@ -3,7 +3,7 @@
 //! handling around it, and the PSCI relay.
 //!
 //! - Boot: [`boot`] (the sequence), [`entry`] (Image header, `_start`,
-//!   vectors, the assembly edge), [`mmu`], [`fdt`], [`layout`],
+//!   vectors, the assembly edge), [`mmu`], `el2::fdt`, [`layout`],
 //!   [`hostimg`], [`mem`], [`percpu`], [`console`]/[`pl011`].
 //! - The host's traps: [`trap`] (dispatch), [`hvc`] (host calls into the
 //!   core), [`psci`] (the PSCI relay), [`abort`] (stage-2 faults: injected
@@ -26,7 +26,6 @@ mod boot;
 mod console;
 mod entry;
 mod exit;
-mod fdt;
 mod gic;
 mod guest_sysreg;
 mod host;

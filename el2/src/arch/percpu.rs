@@ -11,10 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering}
 
 /// Most CPUs el2 supports; more in the device tree are ignored (with a
 /// warning) and cannot be started.
-pub const MAX_CPUS: usize = 8;
-
-/// MPIDR affinity fields (Aff3, Aff2, Aff1, Aff0).
-pub const MPIDR_AFF_MASK: u64 = 0xff_00ff_ffff;
+pub use el2::fdt::{MAX_CPUS, MPIDR_AFF_MASK};
 
 /// Power state of a CPU as seen by the PSCI relay.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -29,7 +29,11 @@ use flat_device_tree::Fdt;
 use flat_device_tree::node::{CellSize, FdtNode};
 use vm_fdt::{FdtReserveEntry, FdtWriter};
 
-use super::percpu::MAX_CPUS;
+/// Most CPUs el2 supports; more in the device tree are ignored.
+pub const MAX_CPUS: usize = 8;
+
+/// MPIDR affinity fields (Aff3, Aff2, Aff1, Aff0).
+pub const MPIDR_AFF_MASK: u64 = 0xff_00ff_ffff;
 
 const FDT_MAGIC: u32 = 0xd00d_feed;
 const FDT_BEGIN_NODE: u32 = 1;
@@ -402,6 +406,12 @@ pub struct Ranges<const N: usize> {
     len: usize,
 }
 
+impl<const N: usize> Default for Ranges<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<const N: usize> Ranges<N> {
     /// An empty list.
     pub const fn new() -> Self {
@@ -482,7 +492,7 @@ pub const MAX_MMIO: usize = 64;
 pub struct Platform {
     /// RAM (nodes with `device_type = "memory"`), sorted.
     pub ram: Ranges<MAX_RAM>,
-    /// Device regions outside RAM (module docs of [`super::layout`]).
+    /// Device regions outside RAM (module docs of `el2/src/arch/layout.rs`).
     pub mmio: Ranges<MAX_MMIO>,
     /// `/memreserve/` entries and `/reserved-memory` children.
     pub reserved: Ranges<MAX_MMIO>,
@@ -598,7 +608,7 @@ impl Platform {
                 _ => be64(reg.value, 0),
             }
             .ok_or(DtError::Missing("a cpu reg of #address-cells"))?
-                & super::percpu::MPIDR_AFF_MASK;
+                & MPIDR_AFF_MASK;
             if mpidr == own_mpidr {
                 own_index = Some(n);
             }
