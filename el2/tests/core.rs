@@ -1131,3 +1131,16 @@ fn once_the_guest_guards_mmio_only_guarded_granules_are_emulatable() {
         errno::EINVAL
     );
 }
+
+#[test]
+fn the_invariant_checker_is_a_host_call() {
+    let mut m = Machine::new();
+    let h = vm(&mut m, 16);
+    ok(m.call(HostCall::DonateGuest, &[h, RAM + 0x40, GPA >> 12, 1]));
+    assert_eq!(ok(m.call(HostCall::CheckInvariants, &[]))[0], 0);
+    assert_eq!(
+        err(m.call(HostCall::CheckInvariants, &[1])),
+        errno::EINVAL,
+        "no arguments"
+    );
+}

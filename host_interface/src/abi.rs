@@ -37,6 +37,7 @@
 //! | 19 | `HypPoolDonate` | pfn | pages | – | – | – | init-only: pages for the hypervisor's allocator |
 //! | 20 | `HostStats` | – | – | – | – | – | x2 = host-owned pages, x3 = host stage-2 leaves, x4 = its table pages, x5 = its annotated entries |
 //! | 21 | `IrqLine` | handle | INTID (an SPI, 32..96) | level (0 or 1) | – | – | – (drives the line of a device the host emulates into the VM's virtual GIC) |
+//! | 22 | `CheckInvariants` | – | – | – | – | – | x2 = 0, or 1 if el2's ownership invariant checker found a violation (el2 logs it); a debugging call that walks every page and stage-2 |
 //!
 //! # Starting vCPUs
 //!
@@ -153,11 +154,13 @@ pub enum HostCall {
     HostStats = 20,
     /// Drive an SPI line of a VM's virtual GIC.
     IrqLine = 21,
+    /// Run el2's ownership invariant checker.
+    CheckInvariants = 22,
 }
 
 impl HostCall {
     /// Every call, in number order.
-    pub const ALL: [HostCall; 22] = [
+    pub const ALL: [HostCall; 23] = [
         HostCall::Version,
         HostCall::ShareHyp,
         HostCall::UnshareHyp,
@@ -180,6 +183,7 @@ impl HostCall {
         HostCall::HypPoolDonate,
         HostCall::HostStats,
         HostCall::IrqLine,
+        HostCall::CheckInvariants,
     ];
 
     /// The SMCCC function id.
@@ -504,7 +508,7 @@ mod tests {
             assert_eq!(HostCall::from_id(c.id()), Some(*c));
             assert_eq!(HostCall::from_id(c.id() | SMCCC_SVE_HINT), Some(*c));
         }
-        assert_eq!(HostCall::from_id(HOST_CALL_BASE + 22), None);
+        assert_eq!(HostCall::from_id(HOST_CALL_BASE + 23), None);
         assert_eq!(HostCall::from_id(0x8400_0000), None);
         assert_eq!(HostCall::from_id(u64::MAX), None);
         assert!(HostCall::Finalize.init_only() && !HostCall::ShareHyp.init_only());

@@ -23,6 +23,9 @@ pub enum Power {
     OnPending = 1,
     /// Running the host.
     On = 2,
+    /// CPU_OFF was called: the CPU is on its way to the firmware's off
+    /// state (which only the firmware can confirm).
+    OffPending = 3,
 }
 
 /// One CPU's state.
@@ -62,6 +65,7 @@ impl PerCpu {
             .map_err(|v| match v {
                 0 => Power::Off,
                 1 => Power::OnPending,
+                3 => Power::OffPending,
                 _ => Power::On,
             })
     }

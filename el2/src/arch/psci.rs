@@ -29,8 +29,12 @@
 //!   the host at EL1 at its entry with the context in `x0`; if the call
 //!   returns (a standby state, or an error) the mark is cleared and the
 //!   result goes back to the host.
-//! - `CPU_OFF` is forwarded after marking the CPU off (so it can be turned
-//!   on again).
+//! - `CPU_OFF` is forwarded after marking the CPU off-pending. A CPU_ON
+//!   racing with it (another CPU starting this one again before it has
+//!   reached the firmware's off state) asks the firmware's AFFINITY_INFO:
+//!   until it says OFF the target is still on (ALREADY_ON, as PSCI says);
+//!   once it does, the CPU_ON goes ahead. So el2's view never claims a CPU
+//!   off that the firmware still runs, and never refuses one that is off.
 //! - `SYSTEM_OFF` is forwarded, except that a non-zero `x1` (a register
 //!   PSCI ignores; Linux passes 0) is taken as an exit status for test
 //!   hosts: el2 then exits QEMU through semihosting with that status
@@ -153,13 +157,15 @@ pub fn host_smc(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         psci::PSCI_CPU_OFF => {
             let me = sysreg::cpu_index();
             if let Some(cpu) = percpu::get(me) {
-                cpu.set_power(Power::Off);
+                cpu.set_power(Power::OffPending);
             }
             log::info!("PSCI CPU_OFF");
             let out = forward(regs_of(frame));
-            // CPU_OFF returns only on failure.
+            // CPU_OFF returns only on failure: still on, unless a CPU_ON
+            // meanwhile (seeing the firmware say off, which it cannot
+            // have) moved the state on.
             if let Some(cpu) = percpu::get(me) {
-                cpu.set_power(Power::On);
+                let _ = cpu.transition(Power::OffPending, Power::On);
             }
             frame.x[0] = out[0];
         }
@@ -204,6 +210,18 @@ fn cpu_on(hyp: &Hypervisor, target: u64, entry: u64, context: u64) -> u64 {
     match cpu.transition(Power::Off, Power::OnPending) {
         Ok(()) => {}
         Err(Power::On) => return ALREADY_ON,
+        Err(Power::OffPending) => {
+            // The target called CPU_OFF but may not be off yet: only the
+            // firmware knows. Until it says OFF the CPU is still on, as
+            // PSCI has it (ALREADY_ON); once it does, it can be started.
+            if firmware_affinity(cpu.mpidr()) != AFFINITY_OFF
+                || cpu
+                    .transition(Power::OffPending, Power::OnPending)
+                    .is_err()
+            {
+                return ALREADY_ON;
+            }
+        }
         Err(_) => return ON_PENDING,
     }
     cpu.set_boot(entry, context);
@@ -214,12 +232,24 @@ fn cpu_on(hyp: &Hypervisor, target: u64, entry: u64, context: u64) -> u64 {
     regs[3] = index as u64;
     let out = forward(regs);
     if out[0] != 0 {
-        cpu.set_power(Power::Off);
+        let _ = cpu.transition(Power::OnPending, Power::Off);
         log::warn!("firmware refused CPU_ON for CPU {index}: {:#x}", out[0]);
     } else {
         log::info!("PSCI CPU_ON: CPU {index} (MPIDR {target:#x}) -> host entry {entry:#x}");
     }
     out[0]
+}
+
+/// PSCI AFFINITY_INFO: the affinity is OFF.
+const AFFINITY_OFF: u64 = 1;
+
+/// What the firmware says of the CPU with `mpidr` (PSCI AFFINITY_INFO,
+/// level 0).
+fn firmware_affinity(mpidr: u64) -> u64 {
+    let mut regs = [0u64; 18];
+    regs[0] = u64::from(psci::PSCI_AFFINITY_INFO_64);
+    regs[1] = mpidr;
+    forward(regs)[0]
 }
 
 /// Whether `entry` is memory the host can execute: RAM the host owns or

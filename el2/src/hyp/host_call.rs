@@ -92,6 +92,8 @@ pub enum HostRequest {
     HypPoolDonate(Pfn, u64),
     /// Counts of the host's memory.
     HostStats,
+    /// Run the ownership invariant checker.
+    CheckInvariants,
     /// Drive an SPI line of a VM's virtual GIC.
     IrqLine {
         /// VM.
@@ -131,7 +133,10 @@ impl HostRequest {
     pub fn decode(x: &[u64; 6]) -> Result<(HostCall, HostRequest), DecodeError> {
         let call = HostCall::from_id(x[0]).ok_or(DecodeError::Unknown)?;
         let arity = match call {
-            HostCall::Version | HostCall::Finalize | HostCall::HostStats => 0,
+            HostCall::Version
+            | HostCall::Finalize
+            | HostCall::HostStats
+            | HostCall::CheckInvariants => 0,
             HostCall::ShareHyp
             | HostCall::UnshareHyp
             | HostCall::ConvertRefuse
@@ -228,6 +233,7 @@ impl HostRequest {
             HostCall::Finalize => HostRequest::Finalize,
             HostCall::HypPoolDonate => HostRequest::HypPoolDonate(Pfn(a[0]), a[1]),
             HostCall::HostStats => HostRequest::HostStats,
+            HostCall::CheckInvariants => HostRequest::CheckInvariants,
             HostCall::IrqLine => HostRequest::IrqLine {
                 handle: handle(a[0])?,
                 intid: u32::try_from(a[1]).map_err(|_| DecodeError::Invalid(Errno::Einval))?,
@@ -399,6 +405,13 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
                     Err(Errno::Einval)
                 }
             }
+            HostRequest::CheckInvariants => match ownership::check::check(m) {
+                Ok(()) => Ok([0; 5]),
+                Err(v) => {
+                    log::warn!("ownership invariant broken: {v}");
+                    Ok([1, 0, 0, 0, 0])
+                }
+            },
             HostRequest::HostStats => {
                 let owned = m.with_host(|h| {
                     h.table()
