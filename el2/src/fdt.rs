@@ -506,6 +506,8 @@ pub struct Platform {
     pub uart: Option<u64>,
     /// The GIC.
     pub gic: Gic,
+    /// The GICv3 ITS (its register frames), if the tree has one enabled.
+    pub its: Option<Range>,
     /// `/psci` `method` is `smc`.
     pub psci_smc: bool,
 }
@@ -547,6 +549,7 @@ impl Platform {
             cpus_ignored: 0,
             uart: None,
             gic: Gic::None,
+            its: None,
             psci_smc: false,
         };
         let root = fdt.find_node("/").ok_or(DtError::Missing("a root node"))?;
@@ -659,6 +662,10 @@ impl Platform {
                 .ok_or(DtError::Missing("the GICv2 CPU interface reg"))?;
             p.gic = Gic::V2 { dist, cpu };
         }
+        p.its = fdt
+            .find_compatible(&["arm,gic-v3-its"])
+            .filter(|n| node_status_ok(*n))
+            .and_then(|n| regs(n).next());
 
         // Console: /chosen stdout-path if it is a PL011, else the first PL011.
         let is_pl011 = |n: FdtNode<'_, '_>| {

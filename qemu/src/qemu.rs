@@ -423,7 +423,7 @@ pub fn host_args(host: &Host<'_>) -> Result<Vec<String>, String> {
 /// virtio devices doing DMA) are outside what stage-2 protects until el2
 /// manages an SMMU; the ITS is the one el2's hosts would program, so it is
 /// left out of the machine.
-const MACHINE_OPTS: &str = "virt,gic-version=3,its=off";
+const MACHINE_OPTS: &str = "virt,gic-version=3,its=on";
 
 /// The `-machine` value for `machine` under el2.
 fn machine_arg(extra: &str) -> String {

@@ -72,6 +72,9 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         if mapped {
             return;
         }
+        if emulate_device(hyp, frame, esr, ipa) {
+            return;
+        }
     }
     let owner = hyp
         .core
@@ -90,6 +93,41 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         }
     );
     inject(frame, esr, far);
+}
+
+/// A host access to a device register el2 mediates (the ITS control frame,
+/// a redistributor's `RD_base` frame): emulated with the access the
+/// syndrome describes, and the host steps past it. `false` when `ipa` is
+/// not such a register, or the access has no valid syndrome (it is then
+/// refused like any other).
+fn emulate_device(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64, ipa: u64) -> bool {
+    let isv = esr & (1 << 24) != 0;
+    let size = 1u8 << ((esr >> 22) & 3);
+    let reg = ((esr >> 16) & 0x1f) as usize;
+    let write = esr & (1 << 6) != 0;
+    let value = |frame: &TrapFrame| if reg < 31 { frame.x[reg] } else { 0 };
+    let access = |frame: &TrapFrame| write.then(|| value(frame));
+    let result = if let Some(off) = super::its::offset_of(ipa) {
+        isv.then(|| super::its::host_access(hyp, off, size, access(frame)))
+    } else if let Some((i, off)) = super::gicr_lpi::offset_of(ipa) {
+        isv.then(|| super::gicr_lpi::host_access(hyp, i, off, size, access(frame)))
+    } else {
+        return false;
+    };
+    let Some(v) = result else {
+        return false;
+    };
+    if !write && reg < 31 {
+        let sf = esr & (1 << 15) != 0;
+        let bits = u32::from(size) * 8;
+        let mut v = if bits == 64 { v } else { v & ((1 << bits) - 1) };
+        if !sf {
+            v &= 0xffff_ffff;
+        }
+        frame.x[reg] = v;
+    }
+    frame.elr = frame.elr.wrapping_add(4);
+    true
 }
 
 /// Injects a synchronous external abort built from `esr` into the host

@@ -50,7 +50,10 @@ use super::layout::{LayoutError, MemLayout};
 use super::mem::{HeapPool, HypBitmap, IdentityMem};
 use super::mmu::{FinalMap, MapError, Memory};
 use super::percpu::{MPIDR_AFF_MASK, Power};
-use super::{console, entry, exit, gic, host, hostimg, layout, mem, mmu, percpu, pl011, sysreg};
+use super::{
+    console, entry, exit, gic, gicr_lpi, host, hostimg, its, layout, mem, mmu, percpu, pl011,
+    sysreg,
+};
 use el2::fdt::{self, ChosenEdits, DtError, Gic, Platform, Range, Ranges};
 
 unsafe extern "C" {
@@ -258,6 +261,22 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         map.map(base, end, Memory::Device)?;
         gic::set_redistributors(redist.base, end - redist.base);
     }
+    // The ITS control frame, which el2 mediates (see `its`).
+    let its_frame = match (platform.gic, platform.its) {
+        (Gic::V3 { .. }, Some(r))
+            if r.base.is_multiple_of(PAGE) && r.size >= its::CONTROL_FRAME =>
+        {
+            if ram
+                .iter()
+                .any(|m| m.base < r.base + its::CONTROL_FRAME && r.base < m.end())
+            {
+                return Err(BootError::Other("the GICv3 ITS overlaps RAM"));
+            }
+            map.map(r.base, r.base + its::CONTROL_FRAME, Memory::Device)?;
+            Some(r.base)
+        }
+        _ => None,
+    };
     let config = map.config();
     // SAFETY: SECONDARY_MMU is written only here, by the boot CPU, before
     // any secondary starts; then cleaned to PoC for CPUs with the MMU off.
@@ -300,7 +319,23 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
             })
         })
         .collect();
-    let mmio = host_mmio(&platform, pa_limit);
+    // Device frames el2 mediates leave the host's stage-2: the ITS control
+    // frame and each redistributor's RD_base frame.
+    let rd_frames = gic::rd_frames();
+    let mut held: Vec<Range> = rd_frames
+        .iter()
+        .map(|&b| Range {
+            base: b,
+            size: gicr_lpi::RD_FRAME,
+        })
+        .collect();
+    if let Some(b) = its_frame {
+        held.push(Range {
+            base: b,
+            size: its::CONTROL_FRAME,
+        });
+    }
+    let mmio = host_mmio(&platform, pa_limit, &held);
     let hyp_regions: Vec<MemRegion> = lay
         .hyp()
         .iter()
@@ -392,6 +427,10 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     if let Some(cpu) = percpu::get(0) {
         cpu.set_power(Power::On);
     }
+    gicr_lpi::init(&rd_frames);
+    if let Some(b) = its_frame {
+        its::init(b);
+    }
     // Host exceptions save Z/P/FFR instead of Q registers from now on.
     entry::HAS_SVE.store(u8::from(sysreg::has_sve()), Ordering::Relaxed);
     let (used, total) = mem::heap_stats();
@@ -447,9 +486,10 @@ fn image_tree(
     fdt::write_host_tree(&tree, &dtb, &lay.hyp(), edits).map_err(dt_err)
 }
 
-/// The host's MMIO: the device tree's device regions minus RAM, page
-/// aligned, below the PA limit.
-fn host_mmio(platform: &Platform, pa_limit: u64) -> Vec<(PhysAddr, u64)> {
+/// The host's MMIO: the device tree's device regions minus RAM and minus
+/// the device frames el2 mediates (`held`), page aligned, below the PA
+/// limit.
+fn host_mmio(platform: &Platform, pa_limit: u64, held: &[Range]) -> Vec<(PhysAddr, u64)> {
     let mut out: Vec<(PhysAddr, u64)> = Vec::new();
     for r in platform.mmio.as_slice() {
         let mut pieces: Ranges<{ fdt::MAX_RAM + 1 }> = Ranges::new();
@@ -458,7 +498,7 @@ fn host_mmio(platform: &Platform, pa_limit: u64) -> Vec<(PhysAddr, u64)> {
             size: (r.end().min(pa_limit).next_multiple_of(PAGE))
                 .saturating_sub(r.base & !(PAGE - 1)),
         });
-        for ram in platform.ram.as_slice() {
+        for ram in platform.ram.as_slice().iter().chain(held) {
             let mut next: Ranges<{ fdt::MAX_RAM + 1 }> = Ranges::new();
             for p in pieces.as_slice() {
                 if !p.overlaps(ram) {

@@ -79,6 +79,28 @@ fn write32(addr: u64, v: u32) {
     unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
 }
 
+/// The `RD_base` of every redistributor in the mapped region (walked
+/// with `GICR_TYPER.Last`), at most [`MAX_CPUS`].
+pub fn rd_frames() -> alloc::vec::Vec<u64> {
+    let base = REDIST.load(Ordering::Acquire);
+    let size = REDIST_SIZE.load(Ordering::Relaxed);
+    let mut out = alloc::vec::Vec::new();
+    let mut at = base;
+    while base != 0 && at + 2 * SGI_BASE_OFFSET <= base + size && out.len() < MAX_CPUS {
+        out.push(at);
+        let typer = read64(at + GICR_TYPER);
+        if typer & GICR_TYPER_LAST != 0 {
+            break;
+        }
+        at += if typer & GICR_TYPER_VLPIS != 0 {
+            4 * SGI_BASE_OFFSET
+        } else {
+            2 * SGI_BASE_OFFSET
+        };
+    }
+    out
+}
+
 /// This CPU's redistributor `SGI_base`, found by its affinity.
 fn sgi_base() -> Option<u64> {
     let cpu = sysreg::cpu_index().min(MAX_CPUS - 1);

@@ -24,14 +24,17 @@ compile_error!("the el2 binary only supports aarch64 bare-metal targets (aarch64
 mod abort;
 mod boot;
 mod console;
+mod devpin;
 mod entry;
 mod exit;
 mod gic;
+mod gicr_lpi;
 mod guest_sysreg;
 mod host;
 mod hostimg;
 mod hvc;
 mod inject;
+mod its;
 pub mod layout;
 mod mem;
 mod mmu;

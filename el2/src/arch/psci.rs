@@ -215,9 +215,7 @@ fn cpu_on(hyp: &Hypervisor, target: u64, entry: u64, context: u64) -> u64 {
             // firmware knows. Until it says OFF the CPU is still on, as
             // PSCI has it (ALREADY_ON); once it does, it can be started.
             if firmware_affinity(cpu.mpidr()) != AFFINITY_OFF
-                || cpu
-                    .transition(Power::OffPending, Power::OnPending)
-                    .is_err()
+                || cpu.transition(Power::OffPending, Power::OnPending).is_err()
             {
                 return ALREADY_ON;
             }
