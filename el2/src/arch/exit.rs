@@ -27,15 +27,25 @@ pub mod status {
     pub const UNEXPECTED_TRAP: u32 = 6;
     /// el2 panicked (a bug).
     pub const PANIC: u32 = 7;
+
+    /// The host reset the machine (PSCI `SYSTEM_RESET`/`SYSTEM_RESET2`);
+    /// QEMU runs with `-no-reboot`, which would otherwise exit with 0.
+    pub const HOST_RESET: u32 = 12;
 }
 
-/// Exits QEMU with `code` as its exit status (see the module docs).
-pub fn exit(code: u32) -> ! {
+/// Exits QEMU with `code` through semihosting; returns only when
+/// semihosting is off (see the module docs).
+pub fn semihost_exit(code: u32) {
     let block: [u64; 2] = [ADP_STOPPED_APPLICATION_EXIT, u64::from(code)];
     // SAFETY: the AArch64 semihosting call: w0 = SYS_EXIT, x1 points to a
     // parameter block that lives on this stack for the whole call. If
     // semihosting is off the EL2 fault handler skips the `hlt`.
     unsafe { el2_semihost_call(SYS_EXIT, block.as_ptr() as u64) };
+}
+
+/// Exits QEMU with `code` as its exit status (see the module docs).
+pub fn exit(code: u32) -> ! {
+    semihost_exit(code);
     psci::system_off();
     entry::park()
 }

@@ -11,7 +11,9 @@
 //! - `GITS_BASER<n>`: a table the host programs must lie in host-owned RAM;
 //!   its pages are pinned ([`super::devpin`]) while the register holds it.
 //!   Two-level (`Indirect`) tables are not offered: el2 clears the bit,
-//!   which the host reads back (Linux then uses flat tables). A refused
+//!   which the host reads back (Linux then uses flat tables). If the
+//!   hardware reads the value back as a table outside the one checked
+//!   (a page size it does not support), the write is undone. A refused
 //!   value leaves the register as it was.
 //! - Commands: the ITS reads a shadow command queue in hypervisor memory,
 //!   never the host's. `GITS_CBASER` names the host's queue (pinned, so it
@@ -277,10 +279,27 @@ impl Its {
         } else {
             None
         };
+        write64(reg, v);
+        // The hardware may not take every field as written (a fixed page
+        // size changes both the size and how the address bits read): the
+        // table it will use must lie inside what was claimed.
+        let took = read64(reg);
+        if let Some((b, s)) = claim
+            && took & VALID != 0
+        {
+            let (tb, ts) = baser_table(took);
+            if tb < b || tb.saturating_add(ts) > b + s {
+                log::warn!(
+                    "ITS: GITS_BASER{n} {v:#x} reads back as {took:#x}, a table outside the one checked: refused"
+                );
+                write64(reg, cur);
+                devpin::release(hyp, b, s);
+                return;
+            }
+        }
         if let Some((b, s)) = core::mem::replace(&mut self.tables[n], claim) {
             devpin::release(hyp, b, s);
         }
-        write64(reg, v);
     }
 
     /// Checks one command (4 doublewords) and claims what it needs.

@@ -39,8 +39,12 @@
 //!   PSCI ignores; Linux passes 0) is taken as an exit status for test
 //!   hosts: el2 then exits QEMU through semihosting with that status
 //!   (1..=255, larger values become 255), falling back to PSCI SYSTEM_OFF.
+//! - `SYSTEM_RESET`/`SYSTEM_RESET2`: under QEMU with semihosting el2
+//!   exits with status 12 ([`exit::status::HOST_RESET`]): QEMU runs with
+//!   `-no-reboot`, where a reset would look like a clean power-off.
+//!   Without semihosting the call is forwarded.
 //! - The other allowed calls (PSCI_VERSION, FEATURES, AFFINITY_INFO,
-//!   SYSTEM_RESET, SMCCC_VERSION...) are forwarded unchanged with
+//!   SMCCC_VERSION...) are forwarded unchanged with
 //!   `x0`..`x17`; what the firmware returns in `x0`..`x3` goes back to the
 //!   host. A function the firmware does not implement (QEMU makes the
 //!   `smc` UNDEFINED) returns NOT_SUPPORTED.
@@ -180,10 +184,16 @@ pub fn host_smc(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
             let out = forward(regs_of(frame));
             frame.x[0] = out[0];
         }
+        psci::PSCI_SYSTEM_RESET | psci::PSCI_SYSTEM_RESET2_64 | psci::PSCI_SYSTEM_RESET2_32 => {
+            log::info!("host requested a system reset ({id:#x})");
+            // Under QEMU (-no-reboot) a reset would end the run with
+            // status 0, indistinguishable from a power-off: say what
+            // happened instead. Without semihosting, reset for real.
+            exit::semihost_exit(exit::status::HOST_RESET);
+            let out = forward(regs_of(frame));
+            frame.x[0] = out[0];
+        }
         _ => {
-            if id == psci::PSCI_SYSTEM_RESET {
-                log::info!("host requested SYSTEM_RESET");
-            }
             let out = forward(regs_of(frame));
             frame.x[..4].copy_from_slice(&out[..4]);
         }

@@ -31,6 +31,7 @@ pub fn describe_exit(code: i32) -> Option<&'static str> {
             "the VMM failed (bad guest image, a hypervisor call failed, or the teardown check \
              failed)"
         }
+        12 => "the host reset the machine (PSCI SYSTEM_RESET; a Linux host's reboot or panic)",
         _ => return None,
     })
 }
@@ -277,16 +278,17 @@ mod tests {
                 .contains("guest reported failing checks")
         );
         assert!(describe_exit(9).unwrap().contains("SYSTEM_RESET"));
+        assert!(describe_exit(12).unwrap().contains("host reset the machine"));
         assert!(
             describe_exit(10)
                 .unwrap()
                 .contains("crashed or el2 stopped it")
         );
         assert!(describe_exit(11).unwrap().contains("teardown check failed"));
-        for code in 1..=11 {
+        for code in 1..=12 {
             assert!(describe_exit(code).is_some(), "{code}");
         }
-        assert_eq!(describe_exit(12), None);
+        assert_eq!(describe_exit(13), None);
         assert_eq!(describe_exit(42), None);
     }
 
