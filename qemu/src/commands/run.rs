@@ -278,7 +278,11 @@ mod tests {
                 .contains("guest reported failing checks")
         );
         assert!(describe_exit(9).unwrap().contains("SYSTEM_RESET"));
-        assert!(describe_exit(12).unwrap().contains("host reset the machine"));
+        assert!(
+            describe_exit(12)
+                .unwrap()
+                .contains("host reset the machine")
+        );
         assert!(
             describe_exit(10)
                 .unwrap()
