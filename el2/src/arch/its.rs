@@ -48,8 +48,8 @@ const GITS_CBASER: u64 = 0x0080;
 const GITS_CWRITER: u64 = 0x0088;
 const GITS_CREADR: u64 = 0x0090;
 const GITS_BASER0: u64 = 0x0100;
-const CTLR_ENABLED: u64 = 1 << 0;
-const CTLR_QUIESCENT: u64 = 1 << 31;
+const CTLR_ENABLED: u32 = 1 << 0;
+const CTLR_QUIESCENT: u32 = 1 << 31;
 const VALID: u64 = 1 << 63;
 const INDIRECT: u64 = 1 << 62;
 const QUEUE_OFFSET: u64 = 0xf_ffe0;
@@ -181,7 +181,7 @@ fn baser_table(v: u64) -> (u64, u64) {
 
 impl Its {
     fn enabled(&self) -> bool {
-        read64(self.base + GITS_CTLR) & CTLR_ENABLED != 0
+        read32(self.base + GITS_CTLR) & CTLR_ENABLED != 0
     }
 
     fn queue_bytes(&self) -> u64 {
@@ -378,9 +378,9 @@ impl Its {
     fn set_ctlr(&mut self, hyp: &Hypervisor, v: u64) {
         let was = self.enabled();
         write32(self.base + GITS_CTLR, v as u32);
-        if was && v & CTLR_ENABLED == 0 {
+        if was && v as u32 & CTLR_ENABLED == 0 {
             for _ in 0..1_000_000 {
-                if read64(self.base + GITS_CTLR) & CTLR_QUIESCENT != 0 {
+                if read32(self.base + GITS_CTLR) & CTLR_QUIESCENT != 0 {
                     break;
                 }
                 core::hint::spin_loop();

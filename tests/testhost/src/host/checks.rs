@@ -30,7 +30,9 @@
 //! 5. **FP/SIMD state**: V0–V31 and FPCR hold a pattern across a host
 //!    call, a trapped SMC and an injected abort (el2 runs Rust code that
 //!    may use them; it must save and restore the host's).
-//! 6. `testhost.fail` in bootargs: one check that fails on purpose.
+//! 6. **ITS and LPI tables** ([`super::its`]): el2's mediation of the
+//!    GICv3 ITS and the redistributors' LPI registers.
+//! 7. `testhost.fail` in bootargs: one check that fails on purpose.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -57,7 +59,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+    pub(super) fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
         if ok {
             self.passed += 1;
             println!("testhost: ok   {name}");
@@ -67,7 +69,7 @@ impl Summary {
         }
     }
 
-    fn skip(&mut self, name: &str, why: &str) {
+    pub(super) fn skip(&mut self, name: &str, why: &str) {
         self.skipped += 1;
         println!("testhost: skip {name}: {why}");
     }
@@ -120,6 +122,7 @@ pub fn run(p: &Platform) -> Summary {
     hyp_memory_checks(&mut s, p);
     psci_checks(&mut s, p);
     fp_checks(&mut s, p);
+    super::its::run(&mut s, p);
     if p.inject_failure {
         s.check(
             "deliberate failure (testhost.fail on the command line)",

@@ -8,6 +8,7 @@ pub mod arch;
 mod checks;
 mod entry;
 mod gic;
+mod its;
 mod vmm;
 
 use core::cell::UnsafeCell;
