@@ -417,12 +417,12 @@ pub fn host_args(host: &Host<'_>) -> Result<Vec<String>, String> {
 /// The `-machine` options every QEMU command of the runner shares (el2
 /// boots, device-tree dumps and the direct-boot baseline).
 ///
-/// `its=off`: QEMU's GICv3 ITS reads and writes its tables (device, ITT,
-/// collection tables) by physical address, bypassing stage-2, so a host
-/// could point it at hypervisor memory. DMA-capable devices (the ITS,
-/// virtio devices doing DMA) are outside what stage-2 protects until el2
-/// manages an SMMU; the ITS is the one el2's hosts would program, so it is
-/// left out of the machine.
+/// `its=on`: the GICv3 ITS reads and writes its tables by physical
+/// address, past stage-2; el2 mediates its control frame and the
+/// redistributors' LPI registers (el2's `arch::its`, `arch::gicr_lpi`),
+/// so the tables must be host-owned RAM, pinned while in use. Other
+/// DMA-capable devices (virtio-pci doing DMA) remain outside what stage-2
+/// protects until el2 manages an SMMU.
 const MACHINE_OPTS: &str = "virt,gic-version=3,its=on";
 
 /// The `-machine` value for `machine` under el2.
@@ -548,12 +548,12 @@ mod tests {
         let machine = Machine::default();
         assert_eq!(
             dumpdtb_args(&machine, Path::new("virt.dtb")).join(" "),
-            "-machine virt,gic-version=3,its=off,virtualization=on,dumpdtb=virt.dtb \
+            "-machine virt,gic-version=3,its=on,virtualization=on,dumpdtb=virt.dtb \
              -cpu cortex-a72 -smp 2 -m 1G -nographic -nic none"
         );
         assert_eq!(
             direct_args(&machine, Path::new("Image"), Path::new("initrd"), "quiet").join(" "),
-            "-machine virt,gic-version=3,its=off -cpu cortex-a72 -smp 2 -m 1G -nographic \
+            "-machine virt,gic-version=3,its=on -cpu cortex-a72 -smp 2 -m 1G -nographic \
              -nic none -no-reboot -kernel Image -initrd initrd -append quiet"
         );
     }
@@ -571,7 +571,7 @@ mod tests {
         };
         assert_eq!(
             boot_args(&boot).unwrap().join(" "),
-            "-machine virt,gic-version=3,its=off,virtualization=on -cpu cortex-a72 -smp 2 -m 1G \
+            "-machine virt,gic-version=3,its=on,virtualization=on -cpu cortex-a72 -smp 2 -m 1G \
              -nographic -nic none -semihosting -no-reboot -kernel el2 \
              -device loader,file=testhost.bin,addr=0x44000000,force-raw=on"
         );

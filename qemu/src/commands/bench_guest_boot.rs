@@ -4,7 +4,7 @@
 //! The guest kernel and initramfs of `cargo qemu guest-kernel` boot
 //! [`RUNS`] times each way, interleaved (direct, el2, direct, el2, ...):
 //!
-//! - direct: QEMU loads the kernel (`-machine virt,gic-version=3,its=off
+//! - direct: QEMU loads the kernel (`-machine virt,gic-version=3,its=on
 //!   -cpu cortex-a72 -m 256M -smp 2 -kernel Image -initrd initramfs.cpio
 //!   -append 'console=ttyAMA0 panic=-1'`) and starts it at EL1, no EL2;
 //! - under el2: the default machine (`virtualization=on`, 2 CPUs, 1 GiB)
