@@ -644,6 +644,17 @@ impl Platform {
 
         // GIC.
         if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
+            // el2 mediates the LPI registers of the redistributors it
+            // finds in one region; a second region would be the host's.
+            let regions = gic
+                .property("#redistributor-regions")
+                .and_then(|p| p.as_usize())
+                .unwrap_or(1);
+            if regions > 1 {
+                return Err(DtError::TooMany(
+                    "GICv3 redistributor regions (el2 mediates one)",
+                ));
+            }
             let mut r = regs(gic);
             let dist = r
                 .next()
@@ -662,10 +673,22 @@ impl Platform {
                 .ok_or(DtError::Missing("the GICv2 CPU interface reg"))?;
             p.gic = Gic::V2 { dist, cpu };
         }
-        p.its = fdt
-            .find_compatible(&["arm,gic-v3-its"])
-            .filter(|n| node_status_ok(*n))
-            .and_then(|n| regs(n).next());
+        let mut its_nodes = fdt.all_nodes().filter(|n| {
+            node_status_ok(*n)
+                && n.compatible()
+                    .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
+        });
+        if let Some(its) = its_nodes.next() {
+            // An ITS el2 does not mediate could be pointed at any memory.
+            if its_nodes.next().is_some() {
+                return Err(DtError::TooMany("GICv3 ITS nodes (el2 mediates one)"));
+            }
+            p.its = Some(
+                regs(its)
+                    .next()
+                    .ok_or(DtError::Missing("the GICv3 ITS reg"))?,
+            );
+        }
 
         // Console: /chosen stdout-path if it is a PL011, else the first PL011.
         let is_pl011 = |n: FdtNode<'_, '_>| {

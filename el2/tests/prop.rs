@@ -282,6 +282,8 @@ enum Req {
     Finalize,
     PoolDonate(u64, u64),
     Stats,
+    /// `CheckInvariants`: el2's checker must find nothing, at every step.
+    Invariants,
     /// An SPI line's level: it changes nothing the model tracks.
     IrqLine(u16, u32),
 }
@@ -290,7 +292,7 @@ enum Req {
 fn arity(call: HostCall) -> usize {
     use HostCall::*;
     match call {
-        Version | Finalize | HostStats => 0,
+        Version | Finalize | HostStats | CheckInvariants => 0,
         ShareHyp | UnshareHyp | ConvertRefuse | ForceReclaim | TeardownStart | TeardownFinish
         | PageState => 1,
         GuestPageState | HypPoolDonate => 2,
@@ -353,6 +355,7 @@ fn decode(call: HostCall, a: [u64; 5]) -> Option<Req> {
         Finalize => Req::Finalize,
         HypPoolDonate => Req::PoolDonate(a[0], a[1]),
         HostStats => Req::Stats,
+        CheckInvariants => Req::Invariants,
         IrqLine => {
             if a[2] > 1 {
                 return None;
@@ -888,6 +891,7 @@ impl Model {
                 NONE
             }
             Req::Stats => Ok(None),
+            Req::Invariants => NONE,
             Req::IrqLine(h, intid) => {
                 self.vm_of(h).ok_or(EINVAL)?;
                 // Only SPIs (32..96) are the host's to drive.
@@ -1785,7 +1789,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (h(), gfn()).prop_map(move |(h, g)| host(GuestPageState, [h, g, 0, 0, 0])),
         1 => (h(), 0..3u64, any::<u64>(), any::<u64>()).prop_map(move |(h, v, e, x)| host(VcpuInit, [h, v, e, x, 0])),
         1 => (h(), pfn(), prop::sample::select(vec![1u64, 2, 0, 513])).prop_map(move |(h, p, n)| host(MemcacheTopup, [h, p, n, 0, 0])),
-        1 => prop::sample::select(vec![Version, Finalize, HostStats]).prop_map(move |c| host(c, [0; 5])),
+        1 => prop::sample::select(vec![Version, Finalize, HostStats, CheckInvariants]).prop_map(move |c| host(c, [0; 5])),
         1 => (pfn(), 0..3u64).prop_map(move |(p, n)| host(HypPoolDonate, [p, n, 0, 0, 0])),
         1 => (h(), prop::sample::select(vec![0u64, 31, 32, 95, 96, 1 << 33]), 0..3u64).prop_map(move |(h, i, l)| host(IrqLine, [h, i, l, 0, 0])),
         1 => (0..22usize, any::<[u64; 5]>(), any::<prop::sample::Index>()).prop_map(move |(n, mut a, at)| {

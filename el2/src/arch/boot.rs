@@ -54,7 +54,7 @@ use super::{
     console, entry, exit, gic, gicr_lpi, host, hostimg, its, layout, mem, mmu, percpu, pl011,
     sysreg,
 };
-use el2::fdt::{self, ChosenEdits, DtError, Gic, Platform, Range, Ranges};
+use el2::fdt::{self, ChosenEdits, DtError, Gic, Platform, Range};
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -263,9 +263,13 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     }
     // The ITS control frame, which el2 mediates (see `its`).
     let its_frame = match (platform.gic, platform.its) {
-        (Gic::V3 { .. }, Some(r))
-            if r.base.is_multiple_of(PAGE) && r.size >= its::CONTROL_FRAME =>
-        {
+        (Gic::V3 { .. }, Some(r)) => {
+            // An ITS el2 cannot mediate could be pointed at any memory.
+            if !r.base.is_multiple_of(PAGE) || r.size < its::CONTROL_FRAME {
+                return Err(BootError::Other(
+                    "the GICv3 ITS reg is not a page-aligned 64 KiB control frame",
+                ));
+            }
             if ram
                 .iter()
                 .any(|m| m.base < r.base + its::CONTROL_FRAME && r.base < m.end())
@@ -320,15 +324,34 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         })
         .collect();
     // Device frames el2 mediates leave the host's stage-2: the ITS control
-    // frame and each redistributor's RD_base frame.
+    // frame and each redistributor's RD_base frame. So do a GICv4
+    // redistributor's VLPI_base (and reserved) frames, which el2 does not
+    // offer, and the rest of the redistributor region past the frames el2
+    // found (redistributors of CPUs beyond el2's, whose LPI registers el2
+    // would not see).
     let rd_frames = gic::rd_frames();
-    let mut held: Vec<Range> = rd_frames
-        .iter()
-        .map(|&b| Range {
-            base: b,
+    let mut held: Vec<Range> = Vec::new();
+    for f in &rd_frames {
+        held.push(Range {
+            base: f.base,
             size: gicr_lpi::RD_FRAME,
-        })
-        .collect();
+        });
+        if f.vlpis {
+            held.push(Range {
+                base: f.base + 2 * gicr_lpi::RD_FRAME,
+                size: 2 * gicr_lpi::RD_FRAME,
+            });
+        }
+    }
+    if let Gic::V3 { redist, .. } = platform.gic {
+        let mediated_end = rd_frames.last().map_or(redist.base, |f| f.base + f.size());
+        if mediated_end < redist.end() {
+            held.push(Range {
+                base: mediated_end,
+                size: redist.end() - mediated_end,
+            });
+        }
+    }
     if let Some(b) = its_frame {
         held.push(Range {
             base: b,
@@ -427,9 +450,10 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     if let Some(cpu) = percpu::get(0) {
         cpu.set_power(Power::On);
     }
-    gicr_lpi::init(&rd_frames);
+    let rd_bases: Vec<u64> = rd_frames.iter().map(|f| f.base).collect();
+    gicr_lpi::init(&rd_bases).map_err(BootError::Other)?;
     if let Some(b) = its_frame {
-        its::init(b);
+        its::init(b).map_err(BootError::Other)?;
     }
     // Host exceptions save Z/P/FFR instead of Q registers from now on.
     entry::HAS_SVE.store(u8::from(sysreg::has_sve()), Ordering::Relaxed);
@@ -492,15 +516,14 @@ fn image_tree(
 fn host_mmio(platform: &Platform, pa_limit: u64, held: &[Range]) -> Vec<(PhysAddr, u64)> {
     let mut out: Vec<(PhysAddr, u64)> = Vec::new();
     for r in platform.mmio.as_slice() {
-        let mut pieces: Ranges<{ fdt::MAX_RAM + 1 }> = Ranges::new();
-        pieces.push(Range {
+        let mut pieces: Vec<Range> = alloc::vec![Range {
             base: r.base & !(PAGE - 1),
             size: (r.end().min(pa_limit).next_multiple_of(PAGE))
                 .saturating_sub(r.base & !(PAGE - 1)),
-        });
+        }];
         for ram in platform.ram.as_slice().iter().chain(held) {
-            let mut next: Ranges<{ fdt::MAX_RAM + 1 }> = Ranges::new();
-            for p in pieces.as_slice() {
+            let mut next: Vec<Range> = Vec::new();
+            for p in &pieces {
                 if !p.overlaps(ram) {
                     next.push(*p);
                     continue;
@@ -520,11 +543,7 @@ fn host_mmio(platform: &Platform, pa_limit: u64, held: &[Range]) -> Vec<(PhysAdd
             }
             pieces = next;
         }
-        for p in pieces
-            .as_slice()
-            .iter()
-            .filter(|p| p.size > 0 && p.base < pa_limit)
-        {
+        for p in pieces.iter().filter(|p| p.size > 0 && p.base < pa_limit) {
             out.push((PhysAddr(p.base), p.size));
         }
     }

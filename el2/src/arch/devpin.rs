@@ -1,23 +1,36 @@
-//! Pinning host memory a device writes by physical address (the GICv3 ITS
-//! and the redistributors' LPI tables), so the host can no longer hand it
-//! to anyone while the device uses it.
+//! Host memory a device reads or writes by physical address (the GICv3
+//! ITS and the redistributors' LPI tables), held so the host can no longer
+//! hand it to anyone while the device uses it. Two kinds of hold:
 //!
-//! A claimed range must be RAM the host owns (or has already shared with
-//! the hypervisor). Each page is shared with the hypervisor if it was not
-//! (`host_share_hyp`) and pinned (`hyp_pin_shared`): while pinned the host
-//! keeps its access but can neither donate nor lend the page to a guest
-//! (`EPERM`) nor take it back from the hypervisor (`EBUSY`). Releasing
-//! drops the pin and, on a page's last claim, undoes the share if el2 made
-//! it. A claim is all or nothing: a page that fails leaves every page as it
-//! was.
+//! - [`claim`]: for tables that hold no addresses (the LPI property and
+//!   pending tables, ITTs, the command queue el2 copies from). Each page
+//!   is shared with the hypervisor if it was not (`host_share_hyp`) and
+//!   pinned (`hyp_pin_shared`): the host keeps its access but can neither
+//!   donate nor lend the page to a guest (`EPERM`) nor take it back from
+//!   the hypervisor (`EBUSY`). [`release`] drops the pin and, on a page's
+//!   last claim, undoes the share if el2 made it.
+//! - [`take`]: for tables the device reads addresses from (the ITS device
+//!   and collection tables: a device-table entry names the ITT the ITS
+//!   writes). The pages are donated to the hypervisor (`host_donate_hyp`),
+//!   so the host cannot write an address into them; [`give_back`] returns
+//!   them zeroed.
+//!
+//! Both are all or nothing: a range that fails leaves every page as it
+//! was. At most [`MAX_CLAIMED_PAGES`] pages are claimed at once, which
+//! bounds el2's bookkeeping whatever the host asks for.
 
 use alloc::collections::BTreeMap;
 
 use ownership::{Errno, PageState, Pfn};
+use stage2::tlb::arm::ArmTlb;
 
 use super::host::Hypervisor;
 
 const PAGE: u64 = 4096;
+
+/// Most pages [`claim`] holds at once (64 MiB): far more than a host's
+/// ITS and LPI tables need, small enough for el2's heap to track.
+pub const MAX_CLAIMED_PAGES: usize = 16384;
 
 /// Per page el2 pinned: claims on it, and whether el2 shared it.
 static CLAIMS: spin::Mutex<BTreeMap<u64, (u32, bool)>> = spin::Mutex::new(BTreeMap::new());
@@ -47,6 +60,10 @@ pub fn claim(hyp: &Hypervisor, base: u64, size: u64) -> Result<(), Errno> {
         }
     }
     let mut claims = CLAIMS.lock();
+    let new_pages = range.clone().filter(|p| !claims.contains_key(p)).count();
+    if claims.len() + new_pages > MAX_CLAIMED_PAGES {
+        return Err(Errno::Enomem);
+    }
     let mut done = 0u64;
     let mut failed = None;
     for pfn in range.clone() {
@@ -105,5 +122,32 @@ pub fn release(hyp: &Hypervisor, base: u64, size: u64) {
     let mut claims = CLAIMS.lock();
     for pfn in range {
         release_page(hyp, &mut claims, pfn);
+    }
+}
+
+/// Takes `[base, base + size)` (page-aligned, host-owned and not shared)
+/// from the host for a device (module docs).
+pub fn take(hyp: &Hypervisor, base: u64, size: u64) -> Result<(), Errno> {
+    if !base.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) {
+        return Err(Errno::Einval);
+    }
+    let range = pages(base, size).ok_or(Errno::Einval)?;
+    hyp.core
+        .mem
+        .host_donate_hyp(&mut ArmTlb, Pfn(range.start), range.end - range.start)
+}
+
+/// Returns a range [`take`] took to the host, zeroed.
+pub fn give_back(hyp: &Hypervisor, base: u64, size: u64) {
+    let Some(range) = pages(base, size) else {
+        return;
+    };
+    if let Err(e) =
+        hyp.core
+            .mem
+            .hyp_donate_host(&mut ArmTlb, Pfn(range.start), range.end - range.start)
+    {
+        // Only if the pages are not el2's: a bug in the bookkeeping.
+        log::error!("device table {base:#x}+{size:#x}: cannot return it to the host: {e:?}");
     }
 }

@@ -79,24 +79,48 @@ fn write32(addr: u64, v: u32) {
     unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
 }
 
-/// The `RD_base` of every redistributor in the mapped region (walked
-/// with `GICR_TYPER.Last`), at most [`MAX_CPUS`].
-pub fn rd_frames() -> alloc::vec::Vec<u64> {
+/// A redistributor's frames in the mapped region.
+#[derive(Clone, Copy, Debug)]
+pub struct RdFrame {
+    /// Its `RD_base` (the `SGI_base` frame follows).
+    pub base: u64,
+    /// GICv4 (`GICR_TYPER.VLPIS`): a `VLPI_base` frame and a reserved one
+    /// follow the `SGI_base` frame.
+    pub vlpis: bool,
+}
+
+impl RdFrame {
+    /// Bytes of all its frames.
+    pub fn size(&self) -> u64 {
+        if self.vlpis {
+            4 * SGI_BASE_OFFSET
+        } else {
+            2 * SGI_BASE_OFFSET
+        }
+    }
+}
+
+/// Every redistributor in the mapped region (walked with
+/// `GICR_TYPER.Last`), at most [`MAX_CPUS`].
+pub fn rd_frames() -> alloc::vec::Vec<RdFrame> {
     let base = REDIST.load(Ordering::Acquire);
     let size = REDIST_SIZE.load(Ordering::Relaxed);
     let mut out = alloc::vec::Vec::new();
     let mut at = base;
     while base != 0 && at + 2 * SGI_BASE_OFFSET <= base + size && out.len() < MAX_CPUS {
-        out.push(at);
         let typer = read64(at + GICR_TYPER);
+        let frame = RdFrame {
+            base: at,
+            vlpis: typer & GICR_TYPER_VLPIS != 0,
+        };
+        if at + frame.size() > base + size {
+            break;
+        }
+        out.push(frame);
         if typer & GICR_TYPER_LAST != 0 {
             break;
         }
-        at += if typer & GICR_TYPER_VLPIS != 0 {
-            4 * SGI_BASE_OFFSET
-        } else {
-            2 * SGI_BASE_OFFSET
-        };
+        at += frame.size();
     }
     out
 }

@@ -12,6 +12,9 @@
 //!   [`guest_sysreg`] (trapped system registers, ID register
 //!   sanitising), [`timer`] (the host's and the guests' timers),
 //!   [`gic`] (the GICv3 CPU interface and redistributors).
+//! - Devices that write memory by physical address: [`its`] (the GICv3
+//!   ITS), [`gicr_lpi`] (the redistributors' LPI tables), [`devpin`] (the
+//!   host memory they use), [`lograte`] (host-triggered warnings).
 //!
 //! From the host's first instruction on, el2 runs only in its trap
 //! handlers ([`trap`]): host calls ([`hvc`], which runs vCPUs through
@@ -36,6 +39,7 @@ mod hvc;
 mod inject;
 mod its;
 pub mod layout;
+mod lograte;
 mod mem;
 mod mmu;
 mod percpu;

@@ -5,16 +5,20 @@
 //!
 //! ITS (the device tree's `arm,gic-v3-its`; skipped without one):
 //! `GITS_TYPER` reads through; a device-table `GITS_BASER<n>` in
-//! hypervisor memory, past the end of RAM, or straddling host RAM and
-//! hypervisor memory is refused (register unchanged, the host page
-//! untouched); one in host RAM is taken (Indirect cleared), its page shared
-//! with el2 and pinned, and `UnshareHyp` of it → -EBUSY; `GITS_CBASER` in
-//! hypervisor memory is refused, in host RAM taken and pinned; with the
-//! ITS enabled, SYNC / MAPD (ITT in host RAM) / SYNC reach the hardware
-//! (`GITS_CREADR` catches up, the ITT pinned), a MAPD whose ITT is
-//! hypervisor memory stalls the queue at its offset (`CREADR.Stalled`);
-//! `GITS_BASER` writes while enabled are ignored; disabling the ITS
-//! releases every page.
+//! hypervisor memory, past the end of RAM, straddling host RAM and
+//! hypervisor memory, or in a page the host shares is refused (register
+//! unchanged, the pages untouched); one in host RAM is taken (Indirect
+//! cleared): donated to el2, the host's read of it aborts, `UnshareHyp`
+//! → -EPERM, and invalidating the register gives it back zeroed.
+//! `GITS_CBASER` in hypervisor memory is refused, in host RAM taken and
+//! pinned. With the ITS enabled: SYNC / MAPD (ITT in host RAM) / SYNC
+//! reach the hardware (the ITT pinned) and a MAPD whose ITT is hypervisor
+//! memory stalls the queue at its offset (`CREADR.Stalled`); `GITS_BASER`
+//! writes while enabled are ignored; disabling the ITS releases every
+//! page. Commands refused at the head of the queue: a DeviceID beyond the
+//! device table, more EventID bits than the ITS has, a GICv4 command, an
+//! unknown one. MAPD V=0 releases the ITT once the ITS has run it; a
+//! `CWRITER` past the queue moves nothing.
 //!
 //! LPIs (redistributor 0): `PROPBASER.IDbits` above 16 bits reads back
 //! clamped; `EnableLPIs` with a property table in hypervisor memory reads
@@ -43,6 +47,7 @@ const GICR_PROPBASER: u64 = 0x70;
 const GICR_PENDBASER: u64 = 0x78;
 const ENABLE_LPIS: u32 = 1;
 const EBUSY: u64 = (-errno::EBUSY) as u64;
+const EPERM: u64 = (-errno::EPERM) as u64;
 const PAGE: u64 = 4096;
 
 #[repr(C, align(4096))]
@@ -132,6 +137,57 @@ pub fn run(s: &mut Summary, p: &Platform) {
     );
 }
 
+/// The ITS under test: its frame and the device table's register.
+struct ItsUnderTest {
+    base: u64,
+    baser: u64,
+    /// The device table register's read-only fields (type, entry size...).
+    keep: u64,
+}
+
+impl ItsUnderTest {
+    /// A valid device-table `GITS_BASER` value: `pages` 4 KiB pages at `pa`.
+    fn table(&self, pa: u64, pages: u64) -> u64 {
+        self.keep | VALID | pa | (pages - 1)
+    }
+
+    /// Programs the device table and a 1-page queue, enables the ITS,
+    /// writes `cmds` at the start of the queue and moves `CWRITER` past
+    /// them; returns `GITS_CREADR` once it reaches `want` (or after 100 ms).
+    fn run(&self, cmds: &[[u64; 4]], want: u64) -> u64 {
+        let queue = &raw mut QUEUE as u64;
+        write64(self.baser, self.table(&raw mut DEVICE_TABLE as u64, 1));
+        write64(self.base + GITS_CBASER, VALID | CBASER_ATTRS | queue);
+        for (i, c) in cmds.iter().enumerate() {
+            // SAFETY: at most a few commands in our own 4 KiB queue page.
+            unsafe { (queue as *mut [u64; 4]).add(i).write_volatile(*c) };
+        }
+        arch::clean_to_poc(queue, PAGE);
+        write32(self.base + GITS_CTLR, 1);
+        write64(self.base + GITS_CWRITER, 32 * cmds.len() as u64);
+        arch::wait_for(100_000, || read64(self.base + GITS_CREADR) == want);
+        read64(self.base + GITS_CREADR)
+    }
+
+    /// Disables the ITS (el2 then releases every table).
+    fn stop(&self) {
+        write32(self.base + GITS_CTLR, 0);
+    }
+}
+
+/// CBASER attributes: RaWb inner cacheable, inner shareable.
+const CBASER_ATTRS: u64 = (0b001 << 59) | (0b01 << 10);
+/// Page state of a page donated to el2.
+const TAKEN: (u64, u64, u64) = (page_state::NOPAGE, page_state::OWNED, 0);
+const SYNC: [u64; 4] = [0x05, 0, 0, 0];
+
+/// MAPD of `dev` with an ITT of 2^`bits` events at `itt` (V = 1), or
+/// unmapping it (`itt` = `None`).
+fn mapd(dev: u64, bits: u64, itt: Option<u64>) -> [u64; 4] {
+    let dw2 = itt.map_or(0, |a| VALID | a);
+    [0x08 | (dev << 32), bits - 1, dw2, 0]
+}
+
 fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
     let typer = read64(its + GITS_TYPER);
     s.check(
@@ -144,15 +200,17 @@ fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
         return;
     };
     let baser = its + GITS_BASER0 + 8 * n;
-    let keep = read64(baser) & !(VALID | INDIRECT | 0x0000_ffff_ffff_f3ff);
-    // A 1-page table of 4 KiB pages at `pa`.
-    let table = |pa: u64, pages: u64| keep | VALID | pa | (pages - 1);
+    let t = ItsUnderTest {
+        base: its,
+        baser,
+        keep: read64(baser) & !(VALID | INDIRECT | 0x0000_ffff_ffff_f3ff),
+    };
     let (hyp, ram_end) = not_host(p);
 
     let before = read64(baser);
-    write64(baser, table(hyp, 1));
+    write64(baser, t.table(hyp, 1));
     let a = read64(baser);
-    write64(baser, table(ram_end, 1));
+    write64(baser, t.table(ram_end, 1));
     let b = read64(baser);
     s.check(
         "ITS: GITS_BASER with a table in hypervisor memory or past RAM is refused",
@@ -167,7 +225,7 @@ fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
     {
         let host_page = h - PAGE;
         let st = state(host_page);
-        write64(baser, table(host_page, 2));
+        write64(baser, t.table(host_page, 2));
         let after = read64(baser);
         let st2 = state(host_page);
         s.check(
@@ -176,84 +234,146 @@ fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
             format_args!("register {after:#x}, host page {st:x?} -> {st2:x?}"),
         );
     }
-
+    // A shared page cannot become a table: the host could still write it.
     let dt = &raw mut DEVICE_TABLE as u64;
-    write64(baser, table(dt, 1) | INDIRECT);
+    let shared = hvc([HostCall::ShareHyp.id(), dt / PAGE, 0, 0, 0, 0])[1] == 0;
+    write64(baser, t.table(dt, 1));
+    let got = read64(baser);
+    let unshared = unshare(dt) == 0;
+    s.check(
+        "ITS: a device table in a page the host shares with el2 is refused",
+        shared && unshared && got == before,
+        format_args!("share ok {shared}, register {got:#x}, unshare ok {unshared}"),
+    );
+
+    write64(baser, t.table(dt, 1) | INDIRECT);
     let got = read64(baser);
     let st = state(dt);
     s.check(
-        "ITS: GITS_BASER in host RAM is taken (Indirect cleared); the page is shared with el2 and pinned",
-        got & VALID != 0 && got & INDIRECT == 0 && got & 0x0000_ffff_ffff_f000 == dt && st == PINNED,
+        "ITS: GITS_BASER in host RAM is taken (Indirect cleared); the page is donated to el2",
+        got & VALID != 0 && got & INDIRECT == 0 && got & 0x0000_ffff_ffff_f000 == dt && st == TAKEN,
         format_args!("register {got:#x}, page {st:x?}"),
     );
+    let log = &arch::ABORTS[arch::slot()];
+    let aborts = log.count();
+    let v = arch::probe_read(dt);
     let r = unshare(dt);
     s.check(
-        "ITS: UnshareHyp of the device table's page -> -EBUSY",
-        r == EBUSY && state(dt) == PINNED,
-        format_args!("{r:#x}"),
+        "ITS: the host can no longer read the device table, nor UnshareHyp it (-EPERM)",
+        log.count() == aborts + 1 && v == arch::SENTINEL && r == EPERM,
+        format_args!(
+            "{} aborts, read {v:#x}, unshare {r:#x}",
+            log.count() - aborts
+        ),
+    );
+    write64(baser, 0);
+    let st = state(dt);
+    // SAFETY: our own page, back in our hands.
+    let v = unsafe { core::ptr::read_volatile(dt as *const u64) };
+    s.check(
+        "ITS: invalidating GITS_BASER gives the page back, zeroed",
+        read64(baser) & VALID == 0 && st == FREE && v == 0,
+        format_args!("page {st:x?}, first word {v:#x}"),
     );
 
     let queue = &raw mut QUEUE as u64;
-    let cb_attrs = (0b001 << 59) | (0b01 << 10); // RaWb inner, inner shareable
-    write64(its + GITS_CBASER, VALID | cb_attrs | hyp);
+    write64(its + GITS_CBASER, VALID | CBASER_ATTRS | hyp);
     let a = read64(its + GITS_CBASER);
-    write64(its + GITS_CBASER, VALID | cb_attrs | queue);
+    write64(its + GITS_CBASER, VALID | CBASER_ATTRS | queue);
     let b = read64(its + GITS_CBASER);
     s.check(
         "ITS: GITS_CBASER in hypervisor memory is refused, in host RAM taken and pinned",
-        a & VALID == 0 && b == VALID | cb_attrs | queue && state(queue) == PINNED,
+        a & VALID == 0 && b == VALID | CBASER_ATTRS | queue && state(queue) == PINNED,
         format_args!("{a:#x} / {b:#x}, queue page {:x?}", state(queue)),
     );
 
-    // Commands: SYNC, MAPD device 1 (ITT in host RAM, 32 events), SYNC.
+    // Round 1: SYNC, MAPD device 1 (ITT in host RAM, 32 events), SYNC,
+    // then a MAPD whose ITT is hypervisor memory.
     let itt = &raw mut ITT as u64;
-    let cmds = queue as *mut [u64; 4];
-    let put = |slot: usize, cmd: [u64; 4]| {
-        // SAFETY: `slot` < 128 commands of our own queue page.
-        unsafe { cmds.add(slot).write_volatile(cmd) };
-    };
-    put(0, [0x05, 0, 0, 0]);
-    put(1, [0x08 | (1 << 32), 4, VALID | itt, 0]);
-    put(2, [0x05, 0, 0, 0]);
-    arch::clean_to_poc(queue, PAGE);
-    write32(its + GITS_CTLR, 1);
-    write64(its + GITS_CWRITER, 0x60);
-    let done = arch::wait_for(100_000, || read64(its + GITS_CREADR) == 0x60);
-    let creadr = read64(its + GITS_CREADR);
+    let cmds = [
+        SYNC,
+        mapd(1, 5, Some(itt)),
+        SYNC,
+        mapd(2, 5, Some(hyp)),
+        SYNC,
+    ];
+    let creadr = t.run(&cmds, 0x60 | 1);
     s.check(
-        "ITS: SYNC, MAPD (ITT in host RAM), SYNC reach the ITS; the ITT is pinned",
-        done && state(itt) == PINNED,
-        format_args!("GITS_CREADR = {creadr:#x}, ITT page {:x?}", state(itt)),
+        "ITS: SYNC, MAPD (ITT in host RAM), SYNC reach the ITS (ITT pinned); a MAPD whose ITT is hypervisor memory stalls the queue at its offset",
+        creadr == 0x60 | 1 && state(itt) == PINNED,
+        format_args!("GITS_CREADR = {creadr:#x} (want 0x61), ITT page {:x?}", state(itt)),
     );
-
-    // MAPD device 2 with its ITT in hypervisor memory, then a SYNC.
-    put(3, [0x08 | (2 << 32), 4, VALID | hyp, 0]);
-    put(4, [0x05, 0, 0, 0]);
-    arch::clean_to_poc(queue, PAGE);
-    write64(its + GITS_CWRITER, 0xa0);
-    let stalled = arch::wait_for(100_000, || read64(its + GITS_CREADR) == 0x60 | 1);
-    let creadr = read64(its + GITS_CREADR);
-    s.check(
-        "ITS: a MAPD whose ITT is hypervisor memory stalls the queue at its offset (CREADR.Stalled)",
-        stalled,
-        format_args!("GITS_CREADR = {creadr:#x}, want 0x61"),
-    );
-
+    let cur = read64(baser);
     write64(baser, 0);
     let still = read64(baser);
     s.check(
         "ITS: GITS_BASER writes while the ITS is enabled are ignored",
-        still == got,
-        format_args!("{still:#x}, was {got:#x}"),
+        still == cur && cur & VALID != 0,
+        format_args!("{still:#x}, was {cur:#x}"),
     );
-
-    write32(its + GITS_CTLR, 0);
+    t.stop();
     let (b, c) = (read64(baser), read64(its + GITS_CBASER));
     let pages = [state(dt), state(queue), state(itt)];
     s.check(
         "ITS: disabling it releases every table (pages host-owned, unpinned; BASER, CBASER invalid)",
         b & VALID == 0 && c & VALID == 0 && pages == [FREE; 3],
         format_args!("BASER {b:#x}, CBASER {c:#x}, pages {pages:x?}"),
+    );
+
+    // Rounds 2-4: commands refused at the head of the queue.
+    let id_bits = ((typer >> 8) & 0x1f) + 1;
+    for (name, cmd) in [
+        (
+            "ITS: a MAPD of a DeviceID beyond the device table stalls the queue",
+            mapd(4096, 5, Some(itt)),
+        ),
+        (
+            "ITS: a MAPD with more EventID bits than the ITS has stalls the queue",
+            mapd(3, id_bits + 1, Some(itt)),
+        ),
+        (
+            "ITS: a GICv4 command (VMAPP) stalls the queue",
+            [0x29, 0, 0, 0],
+        ),
+        (
+            "ITS: an unknown command (0xff) stalls the queue",
+            [0xff, 0, 0, 0],
+        ),
+    ] {
+        let creadr = t.run(&[cmd, SYNC], 1);
+        t.stop();
+        s.check(
+            name,
+            creadr == 1 && state(itt) == FREE,
+            format_args!(
+                "GITS_CREADR = {creadr:#x} (want 0x1), ITT {:x?}",
+                state(itt)
+            ),
+        );
+    }
+
+    // Round 5: an ITT is released once the MAPD that unmaps it has run.
+    let creadr = t.run(&[mapd(1, 5, Some(itt)), SYNC, mapd(1, 5, None), SYNC], 0x80);
+    let st = state(itt);
+    let on = read32(its + GITS_CTLR) & 1;
+    t.stop();
+    s.check(
+        "ITS: MAPD V=0 releases the ITT once the ITS has run it (ITS still enabled)",
+        creadr == 0x80 && st == FREE && on == 1,
+        format_args!("GITS_CREADR = {creadr:#x}, ITT {st:x?}, enabled {on}"),
+    );
+
+    // A CWRITER past the end of the queue moves nothing.
+    write64(baser, t.table(dt, 1));
+    write64(its + GITS_CBASER, VALID | CBASER_ATTRS | queue);
+    write32(its + GITS_CTLR, 1);
+    write64(its + GITS_CWRITER, 0x2000);
+    let creadr = read64(its + GITS_CREADR);
+    t.stop();
+    s.check(
+        "ITS: a GITS_CWRITER beyond the queue is ignored",
+        creadr == 0 && [state(dt), state(queue)] == [FREE; 2],
+        format_args!("GITS_CREADR = {creadr:#x}"),
     );
 }
 

@@ -1,0 +1,151 @@
+//! `el2::fdt::Platform::parse` on QEMU-virt-like trees: the GICv3 ITS and
+//! redistributor regions el2 must be able to mediate (an ITS or a
+//! redistributor el2 does not mediate could be pointed at any memory).
+
+use el2::fdt::{DtError, Platform, validate};
+use flat_device_tree::Fdt;
+use vm_fdt::FdtWriter;
+
+/// What to put in the tree.
+#[derive(Clone, Copy)]
+struct Shape {
+    its_nodes: usize,
+    its_disabled: bool,
+    redist_regions: Option<u32>,
+}
+
+fn reg(w: &mut FdtWriter, pairs: &[(u64, u64)]) {
+    let cells: Vec<u64> = pairs.iter().flat_map(|&(b, s)| [b, s]).collect();
+    w.property_array_u64("reg", &cells).unwrap();
+}
+
+fn tree(shape: Shape) -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_string("compatible", "linux,dummy-virt").unwrap();
+
+    let mem = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    reg(&mut w, &[(0x4000_0000, 0x4000_0000)]);
+    w.end_node(mem).unwrap();
+
+    let cpus = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    for i in 0..2u32 {
+        let cpu = w.begin_node(&format!("cpu@{i}")).unwrap();
+        w.property_string("device_type", "cpu").unwrap();
+        w.property_string("compatible", "arm,cortex-a72").unwrap();
+        w.property_u32("reg", i).unwrap();
+        w.property_string("enable-method", "psci").unwrap();
+        w.end_node(cpu).unwrap();
+    }
+    w.end_node(cpus).unwrap();
+
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string("compatible", "arm,psci-1.0").unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(psci).unwrap();
+
+    let gic = w.begin_node("intc@8000000").unwrap();
+    w.property_string("compatible", "arm,gic-v3").unwrap();
+    w.property_null("interrupt-controller").unwrap();
+    w.property_u32("#interrupt-cells", 3).unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_null("ranges").unwrap();
+    if let Some(n) = shape.redist_regions {
+        w.property_u32("#redistributor-regions", n).unwrap();
+    }
+    reg(
+        &mut w,
+        &[(0x0800_0000, 0x1_0000), (0x080a_0000, 0x00f6_0000)],
+    );
+    for i in 0..shape.its_nodes {
+        let base = 0x0808_0000 + 0x2_0000 * i as u64;
+        let its = w.begin_node(&format!("its@{base:x}")).unwrap();
+        w.property_string("compatible", "arm,gic-v3-its").unwrap();
+        w.property_null("msi-controller").unwrap();
+        if shape.its_disabled {
+            w.property_string("status", "disabled").unwrap();
+        }
+        reg(&mut w, &[(base, 0x2_0000)]);
+        w.end_node(its).unwrap();
+    }
+    w.end_node(gic).unwrap();
+
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+fn parse(shape: Shape) -> Result<Platform, DtError> {
+    let blob = tree(shape);
+    validate(&blob).expect("a valid tree");
+    let fdt = Fdt::new(&blob).expect("parsable");
+    Platform::parse(&fdt, 0)
+}
+
+const ONE_ITS: Shape = Shape {
+    its_nodes: 1,
+    its_disabled: false,
+    redist_regions: None,
+};
+
+#[test]
+fn one_its_is_found() {
+    let p = parse(ONE_ITS).unwrap();
+    let its = p.its.expect("the ITS");
+    assert_eq!((its.base, its.size), (0x0808_0000, 0x2_0000));
+    assert_eq!(p.cpu_count, 2);
+}
+
+#[test]
+fn no_its_or_a_disabled_one_is_none() {
+    let none = parse(Shape {
+        its_nodes: 0,
+        ..ONE_ITS
+    })
+    .unwrap();
+    assert!(none.its.is_none());
+    let disabled = parse(Shape {
+        its_disabled: true,
+        ..ONE_ITS
+    })
+    .unwrap();
+    assert!(disabled.its.is_none());
+}
+
+#[test]
+fn a_second_its_is_refused() {
+    let e = parse(Shape {
+        its_nodes: 2,
+        ..ONE_ITS
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, DtError::TooMany(what) if what.contains("ITS")),
+        "{e}"
+    );
+}
+
+#[test]
+fn more_than_one_redistributor_region_is_refused() {
+    assert!(
+        parse(Shape {
+            redist_regions: Some(1),
+            ..ONE_ITS
+        })
+        .is_ok()
+    );
+    let e = parse(Shape {
+        redist_regions: Some(2),
+        ..ONE_ITS
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, DtError::TooMany(what) if what.contains("redistributor")),
+        "{e}"
+    );
+}
