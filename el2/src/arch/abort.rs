@@ -118,15 +118,23 @@ fn emulate_device(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64, ipa: u64) -
         return false;
     };
     if !write && reg < 31 {
+        let sse = esr & (1 << 21) != 0;
         let sf = esr & (1 << 15) != 0;
         let bits = u32::from(size) * 8;
         let mut v = if bits == 64 { v } else { v & ((1 << bits) - 1) };
+        if sse && bits < 64 {
+            // A sign-extending load (LDRSB/LDRSH/LDRSW).
+            let shift = 64 - bits;
+            v = (((v << shift) as i64) >> shift) as u64;
+        }
         if !sf {
             v &= 0xffff_ffff;
         }
         frame.x[reg] = v;
     }
-    frame.elr = frame.elr.wrapping_add(4);
+    // ESR.IL: a 32-bit instruction (always, for an AArch64 host).
+    let len = if esr & (1 << 25) != 0 { 4 } else { 2 };
+    frame.elr = frame.elr.wrapping_add(len);
     true
 }
 

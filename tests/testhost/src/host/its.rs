@@ -4,7 +4,8 @@
 //! does not own, and memory it uses must stay put.
 //!
 //! ITS (the device tree's `arm,gic-v3-its`; skipped without one):
-//! `GITS_TYPER` reads through; a device-table `GITS_BASER<n>` in
+//! `GITS_TYPER` reads through; `LDRSW` of `GITS_CTLR` (Quiescent, bit
+//! 31) is sign-extended; a device-table `GITS_BASER<n>` in
 //! hypervisor memory, past the end of RAM, straddling host RAM and
 //! hypervisor memory, or in a page the host shares is refused (register
 //! unchanged, the pages untouched); one in host RAM is taken (Indirect
@@ -194,6 +195,20 @@ fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
         "ITS: GITS_TYPER reads through el2 (physical LPIs)",
         typer & 1 == 1,
         format_args!("GITS_TYPER = {typer:#x}"),
+    );
+    // GITS_CTLR of a disabled ITS reads Quiescent (bit 31): LDRSW must
+    // sign-extend it, as the hardware access would.
+    let ctlr = read32(its + GITS_CTLR);
+    let sext: u64;
+    // SAFETY: a 32-bit load of the ITS's GITS_CTLR (see `read64`).
+    unsafe {
+        core::arch::asm!("ldrsw {v}, [{a}]", v = out(reg) sext, a = in(reg) its + GITS_CTLR,
+            options(nostack, readonly, preserves_flags))
+    };
+    s.check(
+        "ITS: a sign-extending load (LDRSW) of an emulated register is sign-extended",
+        ctlr & (1 << 31) != 0 && sext == ctlr as i32 as i64 as u64,
+        format_args!("GITS_CTLR {ctlr:#x}, LDRSW gave {sext:#x}"),
     );
     let Some(n) = (0..8u64).find(|n| (read64(its + GITS_BASER0 + 8 * n) >> 56) & 7 == 1) else {
         s.skip("ITS tables", "no device table among GITS_BASER<n>");
