@@ -15,9 +15,11 @@
 //! - [`vm`]: the VM layer (memslots, in-place conversion, the vCPU run loop)
 //!   and the crosvm-shaped VMM API ([`vm::Vm`], [`vm::Vcpu`],
 //!   [`vm::VcpuExit`]).
-//! - [`vmm`]: a small VMM over that API that runs one protected guest
-//!   (loading, device tree, PL011, test device, PSCI `CPU_ON`, verified
-//!   teardown), for the built-in test host today and Linux userspace later.
+//! - [`vmm`]: a small VMM that runs one protected guest (loading, device
+//!   tree, PL011, test device, PSCI `CPU_ON`, teardown) over any VM
+//!   backend ([`vmm::VmBackend`]): [`vm::KvmVm`] for the built-in test
+//!   host (verified teardown), the Linux driver's ioctls for the userspace
+//!   VMM `pkvm-vmm` (`linux-vmm/`).
 //!
 //! `no_std` + `alloc`; this crate does not depend on `el2`.
 #![no_std]

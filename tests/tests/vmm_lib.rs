@@ -16,6 +16,15 @@
 //! caught), and console input: the host's bytes reach the guest through
 //! the PL011's receive FIFO, never more than it has room for, and its
 //! interrupt line drives SPI 33 with the `IrqLine` host call.
+//!
+//! The backend abstraction (`VmBackend`): the loop's parts driven by the
+//! host (`handle_exit`, `poll_console`, `set_run_time`: what the Linux
+//! VMM's vCPU threads call) serve a guest as `Vmm::run` does; and the
+//! whole library over a backend that is not `KvmVm` (a scripted one that,
+//! like the Linux driver's, cannot verify its teardown): loading in place
+//! through its mapping, the boot vCPU, every exit completed through it,
+//! PROBE_PHYS refused on a private page, `Teardown::Closed` and status 0,
+//! and a VM the host stopped (status 128 + signal).
 
 use el2::sim::{GuestOp, Machine, SimPages};
 use flat_device_tree::Fdt;
@@ -24,9 +33,10 @@ use host_interface::gmem::MmapError;
 use host_interface::hypervisor::{AccessFault, CallError, Hypervisor};
 use host_interface::kvm::errno;
 use host_interface::platform::{RAM_BASE, TEST_DEVICE, UART, testdev};
+use host_interface::vm::KvmVm;
 use host_interface::vmm::image::{HEADER_SIZE, MAGIC, MAGIC_OFFSET};
 use host_interface::vmm::stats::{self, ExitKind};
-use host_interface::vmm::teardown::TeardownError;
+use host_interface::vmm::teardown::{TeardownError, TeardownReport};
 use host_interface::vmm::{
     GuestReport, Outcome, STATUS_CRASHED, STATUS_GUEST_FAILED, STATUS_OK, STATUS_RESET,
     STATUS_VMM_ERROR, Vmm, VmmConfig, VmmError, VmmHost, VmmReport, run_guest,
@@ -113,7 +123,7 @@ impl Script {
     }
 }
 
-type SimVmm<'a, 'm> = Vmm<'a, &'m mut Machine, SimPages>;
+type SimVmm<'a, 'm> = Vmm<'a, KvmVm<&'m mut Machine, SimPages>>;
 
 fn handle(vmm: &mut SimVmm<'_, '_>) -> GuestHandle {
     GuestHandle(vmm.vm().handle() as u16)
@@ -154,8 +164,18 @@ fn finish(vmm: SimVmm<'_, '_>, outcome: Outcome, host: &mut RecordingHost) -> Vm
     report
 }
 
+/// The verified teardown of a run over [`KvmVm`].
+fn verified(report: &VmmReport) -> TeardownReport {
+    *report
+        .teardown
+        .expect("a VM was created")
+        .expect("the teardown passed")
+        .verified()
+        .expect("KvmVm verifies its teardown")
+}
+
 fn verified_line(report: &VmmReport) -> String {
-    let t = report.teardown.unwrap().unwrap();
+    let t = verified(report);
     format!(
         "vmm: teardown verified: {} pages reclaimed, {} private pages read back zero; host pages \
          {} -> {}, host stage-2 leaves {} -> {}",
@@ -236,7 +256,7 @@ fn loading_puts_kernel_initrd_and_device_tree_in_place() {
     assert_eq!(leaf.level.get(), 2, "the kernel is one 2 MiB guest block");
     let report = finish(vmm, outcome, &mut host);
     assert_eq!(report.exit_status(), STATUS_OK);
-    let t = report.teardown.unwrap().unwrap();
+    let t = verified(&report);
     assert_eq!(t.before, t.after);
     assert_eq!(t.reclaimed, 3 * 512, "three blocks the guest touched");
     assert_eq!(t.private_zeroed, 3 * 512);
@@ -277,7 +297,7 @@ fn small_pages_load_and_map_4k() {
     assert_eq!(leaf.level.get(), 3, "4 KiB guest pages");
     let report = finish(vmm, outcome, &mut host);
     assert_eq!(report.exit_status(), STATUS_OK);
-    let t = report.teardown.unwrap().unwrap();
+    let t = verified(&report);
     assert_eq!(t.before, t.after, "small pages merge back too");
     assert_eq!(t.reclaimed, 1);
 }
@@ -510,7 +530,7 @@ fn every_test_device_command() {
             verified_line(&report),
         ]
     );
-    let t = report.teardown.unwrap().unwrap();
+    let t = verified(&report);
     assert_eq!(t.before, t.after);
     assert!(t.private_zeroed >= 2, "{t:?}");
 }
@@ -1168,4 +1188,442 @@ fn a_refused_irq_line_ends_the_run_with_a_vmm_error() {
         matches!(report.teardown, Some(Ok(_))),
         "torn down all the same"
     );
+}
+
+// ---------------------------------------------------------------------
+// The backend abstraction: the loop's parts driven by the host, and a
+// backend that is not KvmVm.
+
+#[test]
+fn a_host_driven_loop_serves_exits_as_the_round_robin_does() {
+    use host_interface::vmm::{Step, VmBackend};
+    // The same guest twice: once with `Vmm::run`, once with the calls a
+    // host that schedules vCPUs itself makes (the Linux VMM's threads).
+    let k = kernel(0, 0x1000, 4096);
+    let script = || {
+        let mut s = Script::default();
+        for b in b"hi\n" {
+            s.op(GuestOp::Store32 {
+                ipa: UART,
+                value: u32::from(*b),
+            });
+        }
+        let on = s.hvc(PSCI_CPU_ON_64, [1, RAM_BASE + 0x2000, 5]);
+        s.cmd(testdev::REPORT, [3, 0, 0]);
+        (s.0, on)
+    };
+    let second = vec![GuestOp::Hvc {
+        id: PSCI_CPU_OFF,
+        args: [0; 3],
+    }];
+    let mut m = Machine::new();
+    let mut rr = RecordingHost::default();
+    let (s0, _) = script();
+    let report_rr = run_scripted(
+        &mut m,
+        config(&k, None, 2),
+        vec![s0, second.clone()],
+        &mut rr,
+    );
+
+    let mut m = Machine::new();
+    let mut host = RecordingHost::default();
+    let mut vmm: SimVmm<'_, '_> = Vmm::create_with(config(&k, None, 2), |c| {
+        assert_eq!(c.vcpus, 2);
+        let before = m.call(HostCall::HostStats, &[]).vals;
+        let vm = KvmVm::new(&mut m, SimPages::for_machine(), c.vcpus).unwrap();
+        Ok((
+            vm,
+            Some(host_interface::vmm::teardown::HostStats {
+                owned_pages: before[0],
+                leaves: before[1],
+                tables: before[2],
+            }),
+        ))
+    })
+    .unwrap();
+    assert_eq!(vmm.vcpus(), 2);
+    vmm.load().unwrap();
+    let h = handle(&mut vmm);
+    let (s0, on) = script();
+    vmm.vm().hypervisor().arch.script(h, 0, s0);
+    vmm.vm().hypervisor().arch.script(h, 1, second);
+    // Run vCPU 0 to its end, then vCPU 1 (which the guest started).
+    let mut outcome = None;
+    'vcpus: for vcpu in [0, 1] {
+        for _ in 0..1000 {
+            vmm.poll_console(&mut host).unwrap();
+            let result = vmm.vm().run_vcpu(vcpu);
+            match vmm.handle_exit(vcpu, result, &mut host) {
+                Step::End(o) => {
+                    outcome = Some(o);
+                    break 'vcpus;
+                }
+                Step::Yield => break,
+                Step::Continue => {}
+            }
+        }
+    }
+    assert_eq!(hvc_x0(&mut vmm, 0, on), 0, "CPU_ON accepted");
+    let outcome = outcome.expect("the guest powered off");
+    assert_eq!(outcome, Outcome::PoweredOff);
+    vmm.set_run_time(1_000_000);
+    let report = finish(vmm, outcome, &mut host);
+    assert_eq!(report.exit_status(), STATUS_OK);
+    assert_eq!(host.console, rr.console);
+    assert_eq!(report.guest, report_rr.guest);
+    assert_eq!(report.stats.conversions, report_rr.stats.conversions);
+    assert!(host.log[2].contains(" in 1 ms ("), "{:?}", host.log);
+}
+
+/// A backend that is not [`KvmVm`]: RAM is a byte vector with a private
+/// bit per page (a private page is refused, as a guest_memfd mapping
+/// refuses it), exits come from a script, and destroying it is all it
+/// can do (like the Linux driver's backend).
+#[derive(Default)]
+struct ScriptedVm {
+    ram: Vec<u8>,
+    private: Vec<bool>,
+    regions: Vec<host_interface::kvm::KvmUserspaceMemoryRegion2>,
+    allocated: Vec<(u64, u64)>,
+    boot: Option<(u64, u64)>,
+    exits: std::collections::VecDeque<Result<host_interface::vm::VcpuExit, i32>>,
+    runs: Vec<usize>,
+    mmio_data: Vec<(usize, u64)>,
+    hypercall_results: Vec<(usize, u64)>,
+    irq: Vec<(u32, bool)>,
+    punched: Vec<(u64, u64)>,
+}
+
+const SCRIPTED_GMEM: host_interface::vm::GmemId = host_interface::vm::GmemId(7);
+const PAGE: usize = 4096;
+
+impl ScriptedVm {
+    fn first_private(&self, offset: u64, len: usize) -> Option<u64> {
+        let first = offset as usize / PAGE;
+        let end = (offset as usize + len).div_ceil(PAGE);
+        (first..end)
+            .find(|p| self.private[*p])
+            .map(|p| (p * PAGE).max(offset as usize) as u64)
+    }
+}
+
+impl host_interface::vm::Vm for ScriptedVm {
+    fn create_guest_memfd(
+        &mut self,
+        args: &host_interface::kvm::KvmCreateGuestMemfd,
+    ) -> Result<host_interface::vm::GmemId, i32> {
+        self.ram = vec![0; args.size as usize];
+        // guest_memfd is private by default.
+        self.private = vec![true; args.size as usize / PAGE];
+        Ok(SCRIPTED_GMEM)
+    }
+
+    fn set_memory_region(
+        &mut self,
+        region: &host_interface::kvm::KvmUserspaceMemoryRegion2,
+    ) -> Result<(), i32> {
+        assert_eq!(region.guest_memfd, SCRIPTED_GMEM.0);
+        self.regions.push(*region);
+        Ok(())
+    }
+
+    fn set_memory_attributes(
+        &mut self,
+        gmem: host_interface::vm::GmemId,
+        a: &mut host_interface::kvm::KvmMemoryAttributes2,
+    ) -> Result<(), i32> {
+        assert_eq!(gmem, SCRIPTED_GMEM);
+        let (first, end) = (
+            a.offset as usize / PAGE,
+            (a.offset + a.size) as usize / PAGE,
+        );
+        if end > self.private.len() {
+            a.error_offset = a.offset;
+            return Err(errno::EINVAL);
+        }
+        let private = a.attributes != 0;
+        self.private[first..end].fill(private);
+        Ok(())
+    }
+}
+
+impl host_interface::vmm::VmBackend for ScriptedVm {
+    type Remains = ScriptedVm;
+
+    fn gmem_size(&self, _gmem: host_interface::vm::GmemId) -> Option<u64> {
+        Some(self.ram.len() as u64)
+    }
+
+    fn gmem_read(
+        &mut self,
+        _gmem: host_interface::vm::GmemId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), MmapError> {
+        if let Some(offset) = self.first_private(offset, buf.len()) {
+            return Err(MmapError::Sigbus { offset });
+        }
+        buf.copy_from_slice(&self.ram[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+
+    fn gmem_write(
+        &mut self,
+        _gmem: host_interface::vm::GmemId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), MmapError> {
+        if let Some(offset) = self.first_private(offset, data.len()) {
+            return Err(MmapError::Sigbus { offset });
+        }
+        self.ram[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn gmem_punch_hole(
+        &mut self,
+        _gmem: host_interface::vm::GmemId,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), i32> {
+        self.punched.push((offset, len));
+        Ok(())
+    }
+
+    fn huge_folios(&self) -> bool {
+        true
+    }
+
+    fn gmem_allocate(
+        &mut self,
+        _gmem: host_interface::vm::GmemId,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), i32> {
+        self.allocated.push((offset, len));
+        Ok(())
+    }
+
+    fn init_boot_vcpu(&mut self, pc: u64, x0: u64) -> Result<(), i32> {
+        self.boot = Some((pc, x0));
+        Ok(())
+    }
+
+    fn set_irq_line(&mut self, intid: u32, high: bool) -> Result<(), i32> {
+        self.irq.push((intid, high));
+        Ok(())
+    }
+
+    fn run_vcpu(&mut self, index: usize) -> Result<host_interface::vm::VcpuExit, i32> {
+        self.runs.push(index);
+        self.exits
+            .pop_front()
+            .unwrap_or(Ok(host_interface::vm::VcpuExit::SystemEvent(0)))
+    }
+
+    fn set_mmio_data(&mut self, index: usize, value: u64) {
+        self.mmio_data.push((index, value));
+    }
+
+    fn set_hypercall_result(&mut self, index: usize, x0: u64, _x1: u64) {
+        self.hypercall_results.push((index, x0));
+    }
+
+    fn probe(
+        &mut self,
+        gmem: host_interface::vm::GmemId,
+        offset: u64,
+    ) -> host_interface::vmm::backend::Probe {
+        let mut page = [0u8; PAGE];
+        match self.gmem_read(gmem, offset, &mut page) {
+            Ok(()) => host_interface::vmm::backend::Probe::Read,
+            Err(_) => host_interface::vmm::backend::Probe::Refused,
+        }
+    }
+
+    fn destroy(
+        self,
+        baseline: Option<host_interface::vmm::teardown::HostStats>,
+    ) -> (
+        Result<host_interface::vmm::teardown::Teardown, TeardownError>,
+        Option<ScriptedVm>,
+    ) {
+        assert_eq!(baseline, None, "no baseline was given");
+        (
+            Ok(host_interface::vmm::teardown::Teardown::Closed),
+            Some(self),
+        )
+    }
+}
+
+fn mmio(address: u64, write: bool, data: u64) -> Result<host_interface::vm::VcpuExit, i32> {
+    Ok(host_interface::vm::VcpuExit::Mmio {
+        address,
+        size: if address >= TEST_DEVICE { 8 } else { 4 },
+        write,
+        data,
+    })
+}
+
+/// A test-device command as exits: the three argument stores, the
+/// command, the RESULT load.
+fn cmd_exits(cmd: u64, args: [u64; 3]) -> Vec<Result<host_interface::vm::VcpuExit, i32>> {
+    let mut v: Vec<_> = [testdev::ARG0, testdev::ARG1, testdev::ARG2]
+        .into_iter()
+        .zip(args)
+        .map(|(r, a)| mmio(TEST_DEVICE + r, true, a))
+        .collect();
+    v.push(mmio(TEST_DEVICE + testdev::CMD, true, cmd));
+    v.push(mmio(TEST_DEVICE + testdev::RESULT, false, 0));
+    v
+}
+
+#[test]
+fn the_library_runs_over_a_backend_that_cannot_verify_its_teardown() {
+    use host_interface::vm::VcpuExit;
+    use host_interface::vmm::teardown::Teardown;
+    let k = kernel(0, 0x1000, 5000);
+    let rd = initrd(3000);
+    let mut exits = vec![
+        mmio(UART, true, u64::from(b'o')),
+        mmio(UART, true, u64::from(b'k')),
+        mmio(UART + 0x18, false, 0),
+        Ok(VcpuExit::MemoryFault {
+            gpa: FREE,
+            size: 0x2000,
+            flags: 0,
+        }),
+    ];
+    // The kernel's first page is private: PROBE_PHYS is refused; the
+    // converted page reads fine.
+    exits.extend(cmd_exits(testdev::PROBE_PHYS, [RAM_BASE, 0, 0]));
+    exits.extend(cmd_exits(testdev::FILL_PATTERN, [FREE, 0x5a, 0]));
+    exits.extend(cmd_exits(testdev::CHECK_PATTERN, [FREE, 0x5a, 0]));
+    exits.extend(cmd_exits(testdev::CHECK_PATTERN, [RAM_BASE, 0, 0]));
+    exits.extend(cmd_exits(testdev::PROBE_PHYS, [FREE, 0, 0]));
+    exits.push(Ok(VcpuExit::Hypercall {
+        id: PSCI_CPU_ON_64,
+        args: [1, RAM_BASE + 0x1000, 0],
+    }));
+    // vCPU 0 waits: vCPU 1 (on now) gets the next turn, and the rest of
+    // the script (exits are one queue here).
+    exits.push(Ok(VcpuExit::Wfi));
+    exits.extend(cmd_exits(testdev::REPORT, [5, 0, 0]));
+    exits.push(Ok(VcpuExit::Relinquished {
+        gpa: FREE + 0x1000,
+        size: 0x1000,
+    }));
+    exits.push(Ok(VcpuExit::SystemEvent(0)));
+    let vm = ScriptedVm {
+        exits: exits.into(),
+        ..ScriptedVm::default()
+    };
+    let mut host = RecordingHost::default();
+    let mut vmm = Vmm::create_with(config(&k, Some(&rd), 2), |_| Ok((vm, None))).unwrap();
+    assert_eq!(vmm.stats_before(), None);
+    vmm.load().unwrap();
+    let l = *vmm.layout();
+    let fdt = vmm.device_tree().to_vec();
+    {
+        let vm = vmm.vm();
+        assert_eq!(vm.regions.len(), 1);
+        assert_eq!(vm.regions[0].guest_phys_addr, RAM_BASE);
+        assert_eq!(vm.regions[0].memory_size, MEM);
+        assert_eq!(vm.boot, Some((l.entry(), l.fdt.ipa())));
+        // Loaded in place: the bytes are there, and private.
+        let at = l.kernel.offset as usize;
+        assert_eq!(&vm.ram[at..at + k.len()], &k[..]);
+        let at = l.initrd.unwrap().offset as usize;
+        assert_eq!(&vm.ram[at..at + rd.len()], &rd[..]);
+        let at = l.fdt.offset as usize;
+        assert_eq!(&vm.ram[at..at + fdt.len()], &fdt[..]);
+        assert!(vm.private[l.kernel.offset as usize / PAGE]);
+        // 2 MiB folios: whole blocks allocated before each file.
+        assert!(
+            vm.allocated
+                .iter()
+                .all(|(o, n)| o % MIB2 == 0 && n % MIB2 == 0),
+            "{:?}",
+            vm.allocated
+        );
+        assert_eq!(vm.allocated.len(), 3);
+    }
+    let outcome = vmm.run(&mut host);
+    assert_eq!(outcome, Outcome::PoweredOff);
+    assert_eq!(host.console, b"ok");
+    let (report, vm) = vmm.finish(outcome, &mut host);
+    let vm = vm.unwrap();
+    assert_eq!(report.teardown, Some(Ok(Teardown::Closed)));
+    assert_eq!(report.exit_status(), STATUS_OK);
+    assert_eq!(
+        report.guest,
+        Some(GuestReport {
+            passed: 5,
+            failed: 0
+        })
+    );
+    assert_eq!(report.refused, 1, "the private page's probe");
+    // Every MMIO exit is completed (stores with 0); the non-zero answers
+    // are the UART's flag register, the refused probe, the refused read.
+    let results: Vec<u64> = vm.mmio_data.iter().map(|(_, v)| *v).collect();
+    assert_eq!(results.len(), 3 + 6 * 5);
+    let neg_efault = -i64::from(errno::EFAULT) as u64;
+    let nonzero: Vec<u64> = results.into_iter().filter(|v| *v != 0).collect();
+    assert_eq!(nonzero, [0x90, 1, neg_efault]);
+    assert_eq!(vm.hypercall_results, [(0, 0)], "CPU_ON accepted");
+    assert_eq!(vm.punched, [(2 * MIB2 + 0x1000, 0x1000)]);
+    assert!(
+        !vm.private[(2 * MIB2) as usize / PAGE],
+        "converted to shared"
+    );
+    // vCPU 1 got turns once vCPU 0's CPU_ON was answered.
+    let first_1 = vm.runs.iter().position(|v| *v == 1).unwrap();
+    assert_eq!(first_1, 3 + 1 + 5 * 5 + 2, "{:?}", vm.runs);
+    let n = host.log.len();
+    assert_eq!(
+        host.log[n - 2..],
+        [
+            "vmm: 1 host accesses to guest-private memory were refused (EFAULT from the host \
+             kernel)"
+                .to_owned(),
+            "vmm: teardown: VM closed; the host kernel reclaims and frees its pages (not \
+             verifiable here)"
+                .to_owned()
+        ]
+    );
+}
+
+#[test]
+fn a_vm_the_host_stopped_exits_128_plus_the_signal() {
+    use host_interface::vmm::Step;
+    let k = kernel(0, 0x1000, 4096);
+    let vm = ScriptedVm {
+        exits: vec![Ok(host_interface::vm::VcpuExit::Interrupted)].into(),
+        ..ScriptedVm::default()
+    };
+    let mut host = RecordingHost::default();
+    let mut vmm = Vmm::create_with(config(&k, None, 1), |_| Ok((vm, None))).unwrap();
+    vmm.load().unwrap();
+    let result = host_interface::vmm::VmBackend::run_vcpu(vmm.vm(), 0);
+    assert_eq!(vmm.handle_exit(0, result, &mut host), Step::Yield);
+    let (report, _) = vmm.finish(Outcome::Stopped { signal: 2 }, &mut host);
+    assert_eq!(report.exit_status(), 130);
+    assert_eq!(report.meaning(), "stopped by the host");
+    assert_eq!(host.log[0], "vmm: stopped by the host (signal 2)");
+    assert!(host.log[2].contains("interrupted 1,"), "{:?}", host.log);
+    let failed = VmmReport::failed(VmmError::Config("x"));
+    assert_eq!(failed.exit_status(), STATUS_VMM_ERROR);
+    // A run that fails to create its VM creates nothing.
+    let mut called = false;
+    let bad = VmmConfig {
+        vcpus: 9,
+        ..config(&k, None, 1)
+    };
+    let r = Vmm::<ScriptedVm>::create_with(bad, |_| {
+        called = true;
+        Ok((ScriptedVm::default(), None))
+    });
+    assert!(matches!(r, Err(VmmError::Config(_))));
+    assert!(!called);
 }

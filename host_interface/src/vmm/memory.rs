@@ -17,14 +17,14 @@
 use alloc::boxed::Box;
 
 use crate::gmem::{MmapError, PAGE};
-use crate::hypervisor::{AccessFault, Hypervisor};
 use crate::kvm::{
     GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEMORY_ATTRIBUTE_PRIVATE, KvmCreateGuestMemfd,
     KvmMemoryAttributes2, KvmUserspaceMemoryRegion2, errno,
 };
 use crate::platform::RAM_BASE;
-use crate::vm::{GmemId, HostPages, KvmVm, Vm};
+use crate::vm::GmemId;
 
+use super::backend::{Probe, VmBackend};
 use super::image::BLOCK;
 
 /// Why a range of guest addresses was refused before anything was done.
@@ -32,25 +32,25 @@ use super::image::BLOCK;
 pub struct BadRange;
 
 /// Setting up guest RAM failed: the VM (to tear down) and the errno.
-pub struct SetupError<H: Hypervisor, A: HostPages> {
+pub struct SetupError<B: VmBackend> {
     /// The VM, as it was.
-    pub vm: KvmVm<H, A>,
+    pub vm: B,
     /// Why (positive errno).
     pub errno: i32,
 }
 
-/// Guest RAM over a [`KvmVm`].
-pub struct GuestMemory<H: Hypervisor, A: HostPages> {
-    vm: KvmVm<H, A>,
+/// Guest RAM over a [`VmBackend`].
+pub struct GuestMemory<B: VmBackend> {
+    vm: B,
     ram: GmemId,
     size: u64,
 }
 
-impl<H: Hypervisor, A: HostPages> GuestMemory<H, A> {
+impl<B: VmBackend> GuestMemory<B> {
     /// Creates the RAM guest_memfd of `size` bytes in `vm` and binds it at
     /// [`RAM_BASE`] as memslot 0. On failure the VM is handed back with
     /// the errno, so it can still be torn down.
-    pub fn new(mut vm: KvmVm<H, A>, size: u64) -> Result<Self, Box<SetupError<H, A>>> {
+    pub fn new(mut vm: B, size: u64) -> Result<Self, Box<SetupError<B>>> {
         let ram = match vm.create_guest_memfd(&KvmCreateGuestMemfd {
             size,
             flags: GUEST_MEMFD_FLAG_MMAP,
@@ -73,12 +73,17 @@ impl<H: Hypervisor, A: HostPages> GuestMemory<H, A> {
     }
 
     /// The VM.
-    pub fn vm(&mut self) -> &mut KvmVm<H, A> {
+    pub fn vm(&mut self) -> &mut B {
         &mut self.vm
     }
 
+    /// The VM, to look at.
+    pub fn vm_ref(&self) -> &B {
+        &self.vm
+    }
+
     /// Gives the VM back (to tear it down).
-    pub fn into_vm(self) -> KvmVm<H, A> {
+    pub fn into_vm(self) -> B {
         self.vm
     }
 
@@ -137,24 +142,20 @@ impl<H: Hypervisor, A: HostPages> GuestMemory<H, A> {
         self.vm.gmem_punch_hole(self.ram, offset, len)
     }
 
-    /// The host frame backing RAM offset `offset`, if any.
-    pub fn backing_pfn(&self, offset: u64) -> Option<u64> {
-        self.vm.gmem(self.ram)?.pfn(offset / PAGE)
-    }
-
-    /// Reads the host frame `pfn` directly through the conduit, bypassing
-    /// the mapping's checks (as a buggy or malicious host would): the
-    /// hypervisor refuses it if the page is not the host's to read.
-    pub fn read_frame(&mut self, pfn: u64, buf: &mut [u8]) -> Result<(), AccessFault> {
-        self.vm.hypervisor().read(pfn * PAGE, buf)
+    /// Reads the page at RAM offset `offset` the most direct way the
+    /// backend has ([`VmBackend::probe`]): over the hypervisor's conduit,
+    /// the backing frame itself, bypassing the mapping's checks (as a
+    /// buggy or malicious host would).
+    pub fn probe(&mut self, offset: u64) -> Probe {
+        self.vm.probe(self.ram, offset)
     }
 }
 
 /// `KVM_SET_MEMORY_ATTRIBUTES2` on `[offset, offset + len)` of guest_memfd
 /// `gmem`: to private or to shared. On failure, the errno and the error
 /// offset.
-pub fn convert<H: Hypervisor, A: HostPages>(
-    vm: &mut KvmVm<H, A>,
+pub fn convert<B: VmBackend + ?Sized>(
+    vm: &mut B,
     gmem: GmemId,
     offset: u64,
     len: u64,
@@ -177,10 +178,11 @@ pub fn convert<H: Hypervisor, A: HostPages>(
 /// Loads `data` at offset `offset` (page aligned) of guest_memfd `gmem` in
 /// place (module docs): the range (rounded up to whole pages) is converted
 /// to shared, written through the mapping, and converted to private. With
-/// 2 MiB folios on, the 2 MiB blocks it touches are allocated first
-/// ([`KvmVm::gmem_allocate`]). On failure, which step failed and its errno.
-pub fn load_in_place<H: Hypervisor, A: HostPages>(
-    vm: &mut KvmVm<H, A>,
+/// 2 MiB folios on ([`VmBackend::huge_folios`]), the 2 MiB blocks it
+/// touches are allocated first ([`VmBackend::gmem_allocate`]). On failure,
+/// which step failed and its errno.
+pub fn load_in_place<B: VmBackend + ?Sized>(
+    vm: &mut B,
     gmem: GmemId,
     offset: u64,
     data: &[u8],
@@ -189,8 +191,7 @@ pub fn load_in_place<H: Hypervisor, A: HostPages>(
         return Ok(());
     }
     let size = vm
-        .gmem(gmem)
-        .map(|g| g.size())
+        .gmem_size(gmem)
         .ok_or(("finding its guest_memfd", errno::EBADF))?;
     let len = (data.len() as u64).next_multiple_of(PAGE);
     let end = offset

@@ -1,42 +1,52 @@
 //! A small crosvm-shaped VMM: runs one protected guest (a Linux arm64
 //! `Image`, or anything booting like one) on the platform of
-//! [`crate::platform`], over any [`Hypervisor`] conduit and any
-//! [`HostPages`] allocator. `no_std` + `alloc`, no dependency on the
-//! hypervisor or on a particular host: the built-in test host runs it over
-//! real HVCs, host tests over the simulated machine, and a Linux userspace
-//! VMM would run it over its KVM device.
+//! [`crate::platform`], over any VM backend ([`VmBackend`]). `no_std` +
+//! `alloc`, no dependency on the hypervisor or on a particular host: the
+//! built-in test host runs it over [`KvmVm`] on real HVCs, host tests over
+//! [`KvmVm`] on the simulated machine, and the Linux userspace VMM
+//! (`pkvm-vmm`, `host_interface/linux-vmm/`) over the Linux host driver's
+//! ioctls.
 //!
-//! What differs between those hosts is behind [`VmmHost`]: where the
-//! guest's console bytes and the VMM's log lines go, where typed input for
-//! the guest's console comes from, a clock, and a hook before each vCPU
-//! run (the test host arms its timer there, so a vCPU that spins in the
-//! guest comes back).
+//! What differs between those hosts is behind two traits:
+//!
+//! - [`VmBackend`] ([`backend`]): how the VM is driven — guest_memfd,
+//!   memslots, conversions, the guest_memfd mapping, the boot vCPU, an
+//!   SPI line, running a vCPU and completing its exits, punching, and
+//!   what the backend can verify at teardown.
+//! - [`VmmHost`]: where the guest's console bytes and the VMM's log lines
+//!   go, where typed input for the guest's console comes from, a clock,
+//!   and a hook before each vCPU run (the test host arms its timer there,
+//!   so a vCPU that spins in the guest comes back).
 //!
 //! # A run
 //!
 //! [`run_guest`] does everything; the steps are public for hosts and tests
 //! that need them apart:
 //!
-//! 1. [`Vmm::create`]: checks the [`VmmConfig`] and the kernel's `Image`
-//!    header ([`image`]), plans guest RAM ([`image::BootLayout`]), writes
-//!    the device tree ([`fdt`]), reads [`HostStats`](crate::abi::HostCall::HostStats)
-//!    ([`teardown::HostStats`]), creates the VM and its RAM guest_memfd
+//! 1. [`Vmm::create`] (over [`KvmVm`]) or [`Vmm::create_with`] (any
+//!    backend): checks the [`VmmConfig`] and the kernel's `Image` header
+//!    ([`image`]), plans guest RAM ([`image::BootLayout`]), writes the
+//!    device tree ([`fdt`]), then has the backend create the VM ([`KvmVm`]
+//!    reads [`HostStats`](crate::abi::HostCall::HostStats)
+//!    ([`teardown::HostStats`]) first), and creates its RAM guest_memfd
 //!    ([`memory`]).
 //! 2. [`Vmm::load`]: kernel, initrd and device tree go into RAM in place
 //!    (shared, written, private); vCPU 0 starts at the kernel's entry with
 //!    `x0` = the device tree's IPA. The other vCPUs stay off until the
 //!    guest starts them with PSCI `CPU_ON`.
 //! 3. [`Vmm::run`]: the vCPUs that are on run round-robin, one
-//!    [`Vcpu::run`](crate::vm::Vcpu::run) at a time, and their exits are served ([`run`](mod@run)):
+//!    [`VmBackend::run_vcpu`] at a time, and their exits are served ([`run`](mod@run)):
 //!    conversions the guest asked for, relinquished memory, MMIO to the
 //!    PL011 ([`pl011`]) and the test device ([`testdev`]), `CPU_ON`, system
 //!    events; each is counted ([`stats`]). Between runs the host's console
 //!    input goes into the PL011's receive FIFO, and the PL011's interrupt
 //!    line drives its SPI with the `IrqLine` host call. It ends when the
 //!    guest powers off or resets, a vCPU crashes, every vCPU is off, or the
-//!    VMM fails — never on a timer.
-//! 4. [`Vmm::finish`]: tears the VM down and verifies it ([`teardown`]),
-//!    logs the outcome and returns a [`VmmReport`].
+//!    VMM fails — never on a timer. A host that schedules the vCPUs
+//!    itself (a thread per vCPU) calls [`Vmm::handle_exit`] and
+//!    [`Vmm::poll_console`] instead ([`run::Step`]).
+//! 4. [`Vmm::finish`]: tears the VM down and verifies what the backend
+//!    can ([`teardown`]), logs the outcome and returns a [`VmmReport`].
 //!
 //! # Log lines
 //!
@@ -44,7 +54,7 @@
 //!
 //! - `vmm: guest powered off` | `vmm: guest reset` |
 //!   `vmm: guest stopped: exception class {ec:#x}` | `vmm: all vCPUs off` |
-//!   `vmm: error: {what}`
+//!   `vmm: stopped by the host (signal {n})` | `vmm: error: {what}`
 //! - once a VM was created, the counts ([`stats`]):
 //!   `vmm: conversions: {n} to shared ({p} pages), {m} to private ({q}
 //!   pages), {r} refused` and `vmm: exits: {kind} {count}, ..., total {t}
@@ -52,14 +62,18 @@
 //! - `vmm: guest reported {p} passed, {f} failed` (if the guest used
 //!   `REPORT`)
 //! - `vmm: {n} host accesses to guest-private memory were refused
-//!   (injected aborts)`
+//!   (injected aborts)` (over a backend whose teardown is
+//!   [`Teardown::Closed`]: `(EFAULT from the host kernel)`)
 //! - `vmm: teardown verified: {n} pages reclaimed, {k} private pages read
-//!   back zero; host pages {a} -> {b}, host stage-2 leaves {c} -> {d}` or
-//!   `vmm: TEARDOWN-CHECK-FAILED: {what}`
+//!   back zero; host pages {a} -> {b}, host stage-2 leaves {c} -> {d}`
+//!   ([`Teardown::Verified`]) or `vmm: teardown: VM closed; the host
+//!   kernel reclaims and frees its pages (not verifiable here)`
+//!   ([`Teardown::Closed`]) or `vmm: TEARDOWN-CHECK-FAILED: {what}`
 //!
 //! Nothing a guest does makes the VMM panic: every guest-controlled value
 //! is range-checked, and failures are values ([`Outcome`], [`VmmError`]).
 
+pub mod backend;
 pub mod console;
 pub mod fdt;
 pub mod image;
@@ -78,12 +92,14 @@ use crate::hypervisor::{CallError, Hypervisor};
 use crate::platform::RAM_BASE;
 use crate::vm::{HostPages, KvmVm};
 
+pub use backend::VmBackend;
 use image::{Arm64Image, BootLayout, ImageError, LayoutError};
 use memory::GuestMemory;
 use pl011::Pl011;
 use run::Power;
+pub use run::Step;
 use stats::VmmStats;
-use teardown::{HostStats, TeardownError, TeardownReport};
+use teardown::{HostStats, Teardown, TeardownError};
 pub use testdev::GuestReport;
 use testdev::TestDevice;
 
@@ -119,8 +135,9 @@ pub trait VmmHost {
     fn console(&mut self, bytes: &[u8]);
     /// One line of the VMM's log (no newline).
     fn log(&mut self, line: fmt::Arguments<'_>);
-    /// Called before every [`Vcpu::run`](crate::vm::Vcpu::run) of vCPU `vcpu` (e.g. to arm a
-    /// timer that ends the run if the guest does not exit by itself).
+    /// Called before every [`VmBackend::run_vcpu`] of vCPU `vcpu` in
+    /// [`Vmm::run`] (e.g. to arm a timer that ends the run if the guest
+    /// does not exit by itself).
     fn before_run(&mut self, vcpu: usize);
     /// Bytes typed for the guest's console: fills the start of `buf` (at
     /// most `buf.len()` bytes, what the PL011's receive FIFO can take
@@ -246,6 +263,13 @@ pub enum Outcome {
     },
     /// Every vCPU turned itself off (PSCI `CPU_OFF`).
     AllVcpusOff,
+    /// The host stopped the VM before the guest ended it (the Linux VMM
+    /// on `SIGINT` or `SIGTERM`): exit status 128 + `signal`, as a shell
+    /// reports a process that signal ended.
+    Stopped {
+        /// The signal's number.
+        signal: u8,
+    },
     /// The VMM failed.
     Error(VmmError),
 }
@@ -275,19 +299,33 @@ pub struct VmmReport {
     pub unbacked_mmio: u64,
     /// The run's counts (all zero if no VM was created).
     pub stats: VmmStats,
-    /// The teardown check; `None` if no VM was created.
-    pub teardown: Option<Result<TeardownReport, TeardownError>>,
+    /// The teardown (verified, or just done, as far as the backend can
+    /// tell); `None` if no VM was created.
+    pub teardown: Option<Result<Teardown, TeardownError>>,
 }
 
 impl VmmReport {
+    /// The report of a run that failed before a VM existed.
+    pub fn failed(e: VmmError) -> VmmReport {
+        VmmReport {
+            outcome: Outcome::Error(e),
+            guest: None,
+            refused: 0,
+            unbacked_mmio: 0,
+            stats: VmmStats::default(),
+            teardown: None,
+        }
+    }
+
     /// The run's exit status, most serious first: [`STATUS_VMM_ERROR`],
-    /// [`STATUS_CRASHED`], [`STATUS_RESET`], [`STATUS_GUEST_FAILED`],
-    /// [`STATUS_OK`].
+    /// 128 + signal ([`Outcome::Stopped`]), [`STATUS_CRASHED`],
+    /// [`STATUS_RESET`], [`STATUS_GUEST_FAILED`], [`STATUS_OK`].
     pub fn exit_status(&self) -> u8 {
         let teardown_ok = matches!(self.teardown, Some(Ok(_)));
         match self.outcome {
             Outcome::Error(_) => STATUS_VMM_ERROR,
             _ if !teardown_ok => STATUS_VMM_ERROR,
+            Outcome::Stopped { signal } => 128u8.saturating_add(signal),
             Outcome::Crashed { .. } | Outcome::AllVcpusOff => STATUS_CRASHED,
             Outcome::Reset => STATUS_RESET,
             Outcome::PoweredOff if self.guest.is_some_and(|g| g.failed > 0) => STATUS_GUEST_FAILED,
@@ -301,6 +339,7 @@ impl VmmReport {
             STATUS_OK => "the guest powered off",
             STATUS_GUEST_FAILED => "the guest reported failing checks",
             STATUS_RESET => "the guest reset",
+            s if s >= 128 => "stopped by the host",
             STATUS_CRASHED => match self.outcome {
                 Outcome::AllVcpusOff => "every vCPU of the guest is off",
                 _ => "the guest crashed",
@@ -313,13 +352,13 @@ impl VmmReport {
     }
 }
 
-/// One protected guest: its VM, its RAM, its devices.
-pub struct Vmm<'a, H: Hypervisor, A: HostPages> {
+/// One protected guest: its VM (over backend `B`), its RAM, its devices.
+pub struct Vmm<'a, B: VmBackend> {
     config: VmmConfig<'a>,
-    mem: GuestMemory<H, A>,
+    mem: GuestMemory<B>,
     layout: BootLayout,
     fdt: Vec<u8>,
-    before: HostStats,
+    before: Option<HostStats>,
     power: Vec<Power>,
     uart: Pl011,
     testdev: TestDevice,
@@ -343,39 +382,64 @@ fn check_config(c: &VmmConfig<'_>) -> Result<(), VmmError> {
     Ok(())
 }
 
-impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
-    /// Checks `config`, plans guest RAM, writes the device tree, reads
-    /// `HostStats`, then creates the VM and its RAM. Nothing is created if
-    /// a check fails.
+/// Checks `config` and the kernel, plans guest RAM and writes the device
+/// tree: everything that needs no VM.
+fn plan(config: &VmmConfig<'_>) -> Result<(BootLayout, Vec<u8>), VmmError> {
+    check_config(config)?;
+    let image = Arm64Image::parse(config.kernel).map_err(VmmError::Image)?;
+    let kernel_len = config.kernel.len() as u64;
+    let initrd_len = config.initrd.map(|i| i.len() as u64);
+    let layout = BootLayout::plan(config.mem, &image, kernel_len, initrd_len, 0)
+        .map_err(VmmError::Layout)?;
+    let fdt = fdt::build(&fdt::FdtConfig {
+        mem: config.mem,
+        vcpus: config.vcpus,
+        cmdline: config.cmdline,
+        initrd: layout.initrd.map(|i| (i.ipa(), i.ipa() + i.len)),
+    })
+    .map_err(|e| VmmError::DeviceTree(alloc::string::ToString::to_string(&e)))?;
+    let layout = BootLayout::plan(config.mem, &image, kernel_len, initrd_len, fdt.len() as u64)
+        .map_err(VmmError::Layout)?;
+    Ok((layout, fdt))
+}
+
+impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, KvmVm<H, A>> {
+    /// Over [`KvmVm`]: checks `config`, plans guest RAM, writes the device
+    /// tree, reads `HostStats` (the teardown's baseline), then creates the
+    /// VM (2 MiB folios unless [`VmmConfig::small_pages`]) and its RAM.
+    /// Nothing is created if a check fails.
     pub fn create(mut hv: H, pages: A, config: VmmConfig<'a>) -> Result<Self, VmmError> {
-        check_config(&config)?;
-        let image = Arm64Image::parse(config.kernel).map_err(VmmError::Image)?;
-        let kernel_len = config.kernel.len() as u64;
-        let initrd_len = config.initrd.map(|i| i.len() as u64);
-        let mut layout = BootLayout::plan(config.mem, &image, kernel_len, initrd_len, 0)
-            .map_err(VmmError::Layout)?;
-        let fdt = fdt::build(&fdt::FdtConfig {
-            mem: config.mem,
-            vcpus: config.vcpus,
-            cmdline: config.cmdline,
-            initrd: layout.initrd.map(|i| (i.ipa(), i.ipa() + i.len)),
+        Vmm::create_with(config, |c| {
+            let before = HostStats::read(&mut hv).map_err(VmmError::Stats)?;
+            let mut vm = KvmVm::new(hv, pages, c.vcpus).map_err(|errno| VmmError::Host {
+                what: "creating the VM",
+                errno,
+            })?;
+            vm.set_huge_folios(!c.small_pages);
+            Ok((vm, Some(before)))
         })
-        .map_err(|e| VmmError::DeviceTree(alloc::string::ToString::to_string(&e)))?;
-        layout = BootLayout::plan(config.mem, &image, kernel_len, initrd_len, fdt.len() as u64)
-            .map_err(VmmError::Layout)?;
-        let before = HostStats::read(&mut hv).map_err(VmmError::Stats)?;
-        let mut vm = KvmVm::new(hv, pages, config.vcpus).map_err(|errno| VmmError::Host {
-            what: "creating the VM",
-            errno,
-        })?;
-        vm.set_huge_folios(!config.small_pages);
+    }
+}
+
+impl<'a, B: VmBackend> Vmm<'a, B> {
+    /// Checks `config`, plans guest RAM and writes the device tree; then
+    /// `create` makes the VM (with `config.vcpus` vCPUs) and gives it with
+    /// the teardown's baseline, if its backend verifies against one; then
+    /// the VM's RAM is created. `create` is not called if a check fails;
+    /// if RAM cannot be set up, the VM is destroyed again.
+    pub fn create_with(
+        config: VmmConfig<'a>,
+        create: impl FnOnce(&VmmConfig<'a>) -> Result<(B, Option<HostStats>), VmmError>,
+    ) -> Result<Self, VmmError> {
+        let (layout, fdt) = plan(&config)?;
+        let (vm, before) = create(&config)?;
         let mem = match GuestMemory::new(vm, config.mem) {
             Ok(m) => m,
             Err(failed) => {
                 let memory::SetupError { vm, errno } = *failed;
                 // Nothing of the guest's exists yet: give the VM back
                 // unverified.
-                let _ = vm.destroy();
+                let _ = vm.destroy(None);
                 return Err(VmmError::Host {
                     what: "setting up guest RAM",
                     errno,
@@ -416,7 +480,7 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
         }
         self.mem
             .vm()
-            .init_vcpu(0, l.entry(), l.fdt.ipa())
+            .init_boot_vcpu(l.entry(), l.fdt.ipa())
             .map_err(|errno| VmmError::Host {
                 what: "setting vCPU 0's entry point",
                 errno,
@@ -424,12 +488,12 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
     }
 
     /// The VM (for hosts and tests that look inside it).
-    pub fn vm(&mut self) -> &mut KvmVm<H, A> {
+    pub fn vm(&mut self) -> &mut B {
         self.mem.vm()
     }
 
     /// The guest's RAM.
-    pub fn memory(&mut self) -> &mut GuestMemory<H, A> {
+    pub fn memory(&mut self) -> &mut GuestMemory<B> {
         &mut self.mem
     }
 
@@ -443,9 +507,15 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
         &self.fdt
     }
 
-    /// `HostStats` as read before the VM was created.
-    pub fn stats_before(&self) -> HostStats {
+    /// `HostStats` as read before the VM was created, if the backend
+    /// verifies its teardown against it.
+    pub fn stats_before(&self) -> Option<HostStats> {
         self.before
+    }
+
+    /// The number of vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.power.len()
     }
 
     /// The guest's `REPORT`, if it gave one so far.
@@ -473,14 +543,19 @@ impl<'a, H: Hypervisor, A: HostPages> Vmm<'a, H, A> {
         &self.uart
     }
 
-    /// Tears the VM down, verifies the teardown, logs the outcome (see
-    /// the module docs) and returns the report, with the conduit and the
-    /// page allocator unless a teardown call failed.
-    pub fn finish(self, outcome: Outcome, host: &mut impl VmmHost) -> (VmmReport, Option<(H, A)>) {
+    /// Tears the VM down, verifies what the backend can, logs the outcome
+    /// (see the module docs) and returns the report, with what the VM
+    /// leaves ([`KvmVm`]: the conduit and the page allocator) unless the
+    /// teardown failed.
+    pub fn finish(
+        self,
+        outcome: Outcome,
+        host: &mut impl VmmHost,
+    ) -> (VmmReport, Option<B::Remains>) {
         let guest = self.testdev.report;
         let refused = self.testdev.refused;
         let counts = self.stats;
-        let (verdict, parts) = teardown::teardown(self.mem.into_vm(), self.before);
+        let (verdict, parts) = self.mem.into_vm().destroy(self.before);
         let report = VmmReport {
             outcome,
             guest,
@@ -503,6 +578,9 @@ pub fn log_report(report: &VmmReport, host: &mut impl VmmHost) {
             host.log(format_args!("vmm: guest stopped: exception class {ec:#x}"))
         }
         Outcome::AllVcpusOff => host.log(format_args!("vmm: all vCPUs off")),
+        Outcome::Stopped { signal } => {
+            host.log(format_args!("vmm: stopped by the host (signal {signal})"))
+        }
         Outcome::Error(e) => host.log(format_args!("vmm: error: {e}")),
     }
     if report.teardown.is_some() {
@@ -527,11 +605,20 @@ pub fn log_report(report: &VmmReport, host: &mut impl VmmHost) {
         return;
     };
     host.log(format_args!(
-        "vmm: {} host accesses to guest-private memory were refused (injected aborts)",
-        report.refused
+        "vmm: {} host accesses to guest-private memory were refused ({})",
+        report.refused,
+        match teardown {
+            // A userspace backend's probes go through the kernel.
+            Ok(Teardown::Closed) => "EFAULT from the host kernel",
+            _ => "injected aborts",
+        }
     ));
     match teardown {
-        Ok(t) => host.log(format_args!(
+        Ok(Teardown::Closed) => host.log(format_args!(
+            "vmm: teardown: VM closed; the host kernel reclaims and frees its pages (not \
+             verifiable here)"
+        )),
+        Ok(Teardown::Verified(t)) => host.log(format_args!(
             "vmm: teardown verified: {} pages reclaimed, {} private pages read back zero; host \
              pages {} -> {}, host stage-2 leaves {} -> {}",
             t.reclaimed,
@@ -545,30 +632,28 @@ pub fn log_report(report: &VmmReport, host: &mut impl VmmHost) {
     }
 }
 
-/// Runs the guest `config` describes from start to end: creates the VM,
-/// loads it, runs it, tears it down and verifies the teardown, logging as
-/// the module docs say. The outcome is the returned report.
+/// Runs the guest `config` describes over [`KvmVm`] from start to end:
+/// creates the VM, loads it, runs it, tears it down and verifies the
+/// teardown, logging as the module docs say. The outcome is the returned
+/// report.
 pub fn run_guest<H: Hypervisor, A: HostPages>(
     hv: H,
     pages: A,
     config: VmmConfig<'_>,
     host: &mut impl VmmHost,
 ) -> VmmReport {
-    let mut vmm = match Vmm::create(hv, pages, config) {
-        Ok(v) => v,
+    match Vmm::create(hv, pages, config) {
+        Ok(vmm) => run_created(vmm, host),
         Err(e) => {
-            let report = VmmReport {
-                outcome: Outcome::Error(e),
-                guest: None,
-                refused: 0,
-                unbacked_mmio: 0,
-                stats: VmmStats::default(),
-                teardown: None,
-            };
+            let report = VmmReport::failed(e);
             log_report(&report, host);
-            return report;
+            report
         }
-    };
+    }
+}
+
+/// Loads, runs round-robin ([`Vmm::run`]) and finishes a created VMM.
+pub fn run_created<B: VmBackend>(mut vmm: Vmm<'_, B>, host: &mut impl VmmHost) -> VmmReport {
     let outcome = match vmm.load() {
         Ok(()) => vmm.run(host),
         Err(e) => Outcome::Error(e),

@@ -1,21 +1,29 @@
 //! The run loop: the vCPUs that are on run round-robin, one
-//! [`Vcpu::run`] at a time, with [`VmmHost::before_run`] before each; each
-//! exit is served (and counted, [`super::stats`]) before that vCPU runs
-//! again.
+//! [`VmBackend::run_vcpu`] at a time, with [`VmmHost::before_run`] before
+//! each; each exit is served (and counted, [`super::stats`]) before that
+//! vCPU runs again.
+//!
+//! A host that schedules vCPUs itself (the Linux VMM: one thread per vCPU,
+//! each blocking in `KVM_RUN`) uses the loop's parts instead:
+//! [`Vmm::handle_exit`] serves one run's result and says what comes next
+//! ([`Step`]), [`Vmm::poll_console`] moves console input in, and
+//! [`Vmm::set_run_time`] records how long it all took. The loop below is
+//! exactly those calls in round-robin order.
 //!
 //! Before each run the host's console input ([`VmmHost::input`]) goes into
 //! the PL011's receive FIFO, as much as it can take; a poll that brings
 //! nothing while bytes wait is the line going idle (the receive timeout
 //! interrupt). Each time the PL011's interrupt line changes level (on a
 //! register access or on input) the VMM drives its SPI
-//! ([`pl011::UART_INTID`]) with the `IrqLine` host call; a failure of that
+//! ([`pl011::UART_INTID`]) with [`VmBackend::set_irq_line`] (the `IrqLine`
+//! host call, `KVM_IRQ_LINE` under the Linux driver); a failure of that
 //! call ends the run with a VMM error.
 //!
 //! | exit | what the VMM does |
 //! |------|-------------------|
 //! | `MemoryFault` | converts that range of RAM: the guest asked (a failure leaves the guest's call to fail) |
 //! | `Relinquished` | punches that range (the part inside RAM) out of the guest_memfd |
-//! | `Mmio` | the PL011, the test device, or nothing (reads 0, writes dropped); completed with [`Vcpu::set_mmio_data`] |
+//! | `Mmio` | the PL011, the test device, or nothing (reads 0, writes dropped); completed with [`VmBackend::set_mmio_data`] |
 //! | `Hypercall` PSCI `CPU_ON` | INVALID_ADDRESS (-9) if the entry is not in RAM, else 0 and the target is on; anything else NOT_SUPPORTED (-1) |
 //! | `SystemEvent(0)` / `(1)` | the run ends: powered off / reset |
 //! | `Wfi`, `Interrupted` | the next vCPU's turn (a lone vCPU runs again) |
@@ -29,12 +37,10 @@
 //! returns: that run is what hands the VMM's answer to the hypervisor,
 //! which only then starts the target.
 
-use crate::abi::HostCall;
-use crate::hypervisor::{CallError, Hypervisor};
-use crate::kvm::errno;
 use crate::platform::{TEST_DEVICE, UART, vcpu_mpidr};
-use crate::vm::{HostPages, KvmVm, Vcpu, VcpuExit};
+use crate::vm::VcpuExit;
 
+use super::backend::VmBackend;
 use super::fdt::DEVICE_SIZE;
 use super::pl011::{self, IrqLine};
 use super::stats::ExitKind;
@@ -70,26 +76,29 @@ pub enum Power {
     },
 }
 
-/// What serving one exit means for the loop.
-enum Next {
-    /// The same vCPU may go on.
+/// What serving one exit means for the vCPU that made it
+/// ([`Vmm::handle_exit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// It may run again at once.
     Continue,
-    /// The next vCPU's turn.
+    /// Let another vCPU have a turn (it waits, it was interrupted, or it
+    /// is off); a host with one thread per vCPU just runs it again.
     Yield,
     /// The run is over.
     End(Outcome),
 }
 
 /// The PL011's interrupt line as the VM's SPI [`pl011::UART_INTID`]: each
-/// level change is an `IrqLine` host call; the first failure is kept and
-/// no further call is made.
-struct UartSpi<'v, H: Hypervisor, A: HostPages> {
-    vm: &'v mut KvmVm<H, A>,
+/// level change is a [`VmBackend::set_irq_line`]; the first failure is
+/// kept and no further call is made.
+struct UartSpi<'v, B: VmBackend> {
+    vm: &'v mut B,
     failed: Option<i32>,
 }
 
-impl<'v, H: Hypervisor, A: HostPages> UartSpi<'v, H, A> {
-    fn new(vm: &'v mut KvmVm<H, A>) -> Self {
+impl<'v, B: VmBackend> UartSpi<'v, B> {
+    fn new(vm: &'v mut B) -> Self {
         UartSpi { vm, failed: None }
     }
 
@@ -105,18 +114,13 @@ impl<'v, H: Hypervisor, A: HostPages> UartSpi<'v, H, A> {
     }
 }
 
-impl<H: Hypervisor, A: HostPages> IrqLine for UartSpi<'_, H, A> {
+impl<B: VmBackend> IrqLine for UartSpi<'_, B> {
     fn set_level(&mut self, high: bool) {
         if self.failed.is_some() {
             return;
         }
-        let handle = self.vm.handle();
-        let args = [handle, u64::from(pl011::UART_INTID), u64::from(high)];
-        if let Err(e) = self.vm.hypervisor().call(HostCall::IrqLine, &args) {
-            self.failed = Some(match e {
-                CallError::NotSupported => errno::EINVAL,
-                CallError::Errno(n) => i32::try_from(n).unwrap_or(errno::EINVAL),
-            });
+        if let Err(errno) = self.vm.set_irq_line(pl011::UART_INTID, high) {
+            self.failed = Some(errno);
         }
     }
 }
@@ -128,7 +132,7 @@ fn mask(value: u64, size: u8) -> u64 {
     }
 }
 
-impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
+impl<B: VmBackend> Vmm<'_, B> {
     /// Runs the guest until it powers off or resets, crashes, turns every
     /// vCPU off, or the VMM fails. Not bounded by time:
     /// [`VmmHost::before_run`] is how a host gets control back from a
@@ -140,9 +144,15 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
         let start = host.now_ns();
         let outcome = self.run_loop(host);
         if let (Some(t0), Some(t1)) = (start, host.now_ns()) {
-            self.stats.run_ns = Some(t1.saturating_sub(t0));
+            self.set_run_time(t1.saturating_sub(t0));
         }
         outcome
+    }
+
+    /// Records how long the run took (for a host that schedules the vCPUs
+    /// itself; [`Vmm::run`] does it).
+    pub fn set_run_time(&mut self, ns: u64) {
+        self.stats.run_ns = Some(ns);
     }
 
     fn run_loop(&mut self, host: &mut impl VmmHost) -> Outcome {
@@ -160,25 +170,13 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
                 return Outcome::Error(e);
             }
             host.before_run(index);
-            let result = self.mem.vm().vcpu(index).run();
-            for p in &mut self.power {
-                if *p == (Power::Starting { caller: index }) {
-                    *p = Power::On;
-                }
-            }
-            let next = match result {
-                Ok(exit) => self.serve(index, exit, host),
-                Err(errno) => Next::End(Outcome::Error(VmmError::Run {
-                    vcpu: index,
-                    errno,
-                    access: self.mem.vm().unhandled_access(),
-                })),
-            };
+            let result = self.mem.vm().run_vcpu(index);
+            let step = self.handle_exit(index, result, host);
             streak += 1;
-            match next {
-                Next::End(outcome) => return outcome,
-                Next::Continue if streak < EXITS_PER_TURN => current = index,
-                Next::Continue | Next::Yield => {
+            match step {
+                Step::End(outcome) => return outcome,
+                Step::Continue if streak < EXITS_PER_TURN => current = index,
+                Step::Continue | Step::Yield => {
                     current = (index + 1) % n;
                     streak = 0;
                 }
@@ -186,9 +184,36 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
         }
     }
 
+    /// Serves what one run of vCPU `index` returned: an exit (completed
+    /// through the backend before this returns, so the vCPU can run
+    /// again) or the run's failure. A vCPU that vCPU `index` started with
+    /// `CPU_ON` counts as on from here.
+    pub fn handle_exit(
+        &mut self,
+        index: usize,
+        result: Result<VcpuExit, i32>,
+        host: &mut impl VmmHost,
+    ) -> Step {
+        for p in &mut self.power {
+            if *p == (Power::Starting { caller: index }) {
+                *p = Power::On;
+            }
+        }
+        match result {
+            Ok(exit) => self.serve(index, exit, host),
+            Err(errno) => Step::End(Outcome::Error(VmmError::Run {
+                vcpu: index,
+                errno,
+                access: self.mem.vm_ref().unhandled_access(),
+            })),
+        }
+    }
+
     /// Moves the host's console input into the PL011's receive FIFO (as
-    /// much as it takes now), or tells it the line is idle.
-    fn poll_console(&mut self, host: &mut impl VmmHost) -> Result<(), VmmError> {
+    /// much as it takes now), or tells it the line is idle. [`Vmm::run`]
+    /// calls it before every vCPU run; a host that schedules the vCPUs
+    /// itself calls it when input comes and every few milliseconds.
+    pub fn poll_console(&mut self, host: &mut impl VmmHost) -> Result<(), VmmError> {
         let room = self.uart.rx_room().min(pl011::RX_FIFO);
         let mut buf = [0u8; pl011::RX_FIFO];
         let got = if room > 0 {
@@ -206,7 +231,7 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
     }
 
     /// Serves one exit of vCPU `index`.
-    fn serve(&mut self, index: usize, exit: VcpuExit, host: &mut impl VmmHost) -> Next {
+    fn serve(&mut self, index: usize, exit: VcpuExit, host: &mut impl VmmHost) -> Step {
         let kind = match exit {
             VcpuExit::MemoryFault { .. } => Some(ExitKind::MemoryFault),
             VcpuExit::Relinquished { .. } => Some(ExitKind::Relinquished),
@@ -232,7 +257,7 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
                     Err(_) => None,
                 };
                 self.stats.conversions.record(private, size, done);
-                Next::Continue
+                Step::Continue
             }
             VcpuExit::Relinquished { gpa, size } => {
                 // The part inside RAM (the guest may give back IPAs that
@@ -245,9 +270,9 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
                     && let Ok(offset) = self.mem.offset_of(start, end - start)
                     && let Err(errno) = self.mem.punch(offset, end - start)
                 {
-                    return Next::End(Outcome::Error(VmmError::Punch { gpa, size, errno }));
+                    return Step::End(Outcome::Error(VmmError::Punch { gpa, size, errno }));
                 }
-                Next::Continue
+                Step::Continue
             }
             VcpuExit::Mmio {
                 address,
@@ -256,25 +281,25 @@ impl<H: Hypervisor, A: HostPages> Vmm<'_, H, A> {
                 data,
             } => match self.mmio(address, size, write, data, host) {
                 Ok(value) => {
-                    self.mem.vm().vcpu(index).set_mmio_data(value);
-                    Next::Continue
+                    self.mem.vm().set_mmio_data(index, value);
+                    Step::Continue
                 }
-                Err(e) => Next::End(Outcome::Error(e)),
+                Err(e) => Step::End(Outcome::Error(e)),
             },
             VcpuExit::Hypercall { id, args } => {
                 let x0 = self.hypercall(index, id, args);
-                self.mem.vm().vcpu(index).set_hypercall_result(x0 as u64, 0);
-                Next::Continue
+                self.mem.vm().set_hypercall_result(index, x0 as u64, 0);
+                Step::Continue
             }
-            VcpuExit::SystemEvent(0) => Next::End(Outcome::PoweredOff),
-            VcpuExit::SystemEvent(1) => Next::End(Outcome::Reset),
-            VcpuExit::SystemEvent(kind) => Next::End(Outcome::Error(VmmError::SystemEvent(kind))),
-            VcpuExit::Wfi | VcpuExit::Interrupted => Next::Yield,
+            VcpuExit::SystemEvent(0) => Step::End(Outcome::PoweredOff),
+            VcpuExit::SystemEvent(1) => Step::End(Outcome::Reset),
+            VcpuExit::SystemEvent(kind) => Step::End(Outcome::Error(VmmError::SystemEvent(kind))),
+            VcpuExit::Wfi | VcpuExit::Interrupted => Step::Yield,
             VcpuExit::PoweredOff => {
                 self.power[index] = Power::Off;
-                Next::Yield
+                Step::Yield
             }
-            VcpuExit::InternalError { ec } => Next::End(Outcome::Crashed { vcpu: index, ec }),
+            VcpuExit::InternalError { ec } => Step::End(Outcome::Crashed { vcpu: index, ec }),
         }
     }
 

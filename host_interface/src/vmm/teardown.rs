@@ -1,5 +1,11 @@
 //! Tearing the VM down and proving nothing leaked.
 //!
+//! How much can be proved depends on the backend ([`Teardown`]): the
+//! [`KvmVm`] backend has the host's physical view and verifies everything
+//! below ([`Teardown::Verified`]); a userspace VMM over the Linux driver
+//! only closes the VM's files, and the driver reclaims and frees its pages
+//! out of its sight ([`Teardown::Closed`]).
+//!
 //! The VMM reads [`HostCall::HostStats`] before it creates the VM. At the
 //! end it destroys the VM ([`KvmVm::destroy_checked`]): every guest page
 //! is reclaimed and, between `TeardownFinish` and freeing, every page that
@@ -39,6 +45,26 @@ impl HostStats {
             leaves: v[1],
             tables: v[2],
         })
+    }
+}
+
+/// How the VM ended, as far as its backend can tell.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Teardown {
+    /// Every check below passed.
+    Verified(TeardownReport),
+    /// The VM was destroyed (its files closed); the backend cannot see
+    /// what became of its pages.
+    Closed,
+}
+
+impl Teardown {
+    /// The verified report, if the backend could verify.
+    pub fn verified(&self) -> Option<&TeardownReport> {
+        match self {
+            Teardown::Verified(r) => Some(r),
+            Teardown::Closed => None,
+        }
     }
 }
 

@@ -6,17 +6,22 @@
 //! store to `CMD` runs the command while the VMM handles that MMIO exit,
 //! so `RESULT` holds its outcome when the guest's store completes. Errors
 //! are KVM's positive errno values ([`crate::kvm::errno`]), negated.
+//!
+//! `PROBE_PHYS` is the backend's most direct read of the page
+//! ([`super::backend::VmBackend::probe`]): over [`crate::vm::KvmVm`] the
+//! backing frame itself, through the host's own mapping (a refusal is
+//! el2's injected abort); over the Linux driver, from userspace, the
+//! guest_memfd mapping read by the kernel (a refusal is the driver's
+//! SIGBUS or el2's abort, seen as `EFAULT`).
 
+use super::backend::{Probe, VmBackend};
+use super::memory::GuestMemory;
 use crate::gmem::{MmapError, PAGE};
-use crate::hypervisor::Hypervisor;
 use crate::kvm::errno;
 use crate::platform::testdev::{
     ABORTS, ARG0, ARG1, ARG2, CHECK_PATTERN, CMD, CONVERT, FILL_PATTERN, ID, MAGIC, PROBE_PHYS,
     PUNCH, REPORT, RESULT,
 };
-use crate::vm::HostPages;
-
-use super::memory::GuestMemory;
 
 /// What the guest reported with `REPORT`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -61,9 +66,9 @@ impl TestDevice {
 
     /// A write of `size` bytes of `value` at `offset`; a store to `CMD`
     /// runs the command against `mem`.
-    pub fn write<H: Hypervisor, A: HostPages>(
+    pub fn write<B: VmBackend>(
         &mut self,
-        mem: &mut GuestMemory<H, A>,
+        mem: &mut GuestMemory<B>,
         offset: u64,
         size: u8,
         value: u64,
@@ -81,11 +86,7 @@ impl TestDevice {
     }
 
     /// Runs command `cmd` with the current arguments; returns RESULT.
-    fn command<H: Hypervisor, A: HostPages>(
-        &mut self,
-        mem: &mut GuestMemory<H, A>,
-        cmd: u64,
-    ) -> i64 {
+    fn command<B: VmBackend>(&mut self, mem: &mut GuestMemory<B>, cmd: u64) -> i64 {
         let [a0, a1, a2] = self.args;
         match cmd {
             CHECK_PATTERN | FILL_PATTERN | PROBE_PHYS => {
@@ -126,44 +127,30 @@ impl TestDevice {
         }
     }
 
-    /// `PROBE_PHYS`: reads the frame backing RAM offset `offset` directly.
-    fn probe<H: Hypervisor, A: HostPages>(
-        &mut self,
-        mem: &mut GuestMemory<H, A>,
-        offset: u64,
-    ) -> i64 {
-        let Some(pfn) = mem.backing_pfn(offset) else {
-            return neg(errno::ENOENT);
-        };
-        let mut page = alloc::vec![0u8; PAGE as usize];
-        match mem.read_frame(pfn, &mut page) {
-            Ok(()) => 0,
-            Err(_) => {
+    /// `PROBE_PHYS`: reads the page at RAM offset `offset` the most
+    /// direct way the backend has ([`GuestMemory::probe`]).
+    fn probe<B: VmBackend>(&mut self, mem: &mut GuestMemory<B>, offset: u64) -> i64 {
+        match mem.probe(offset) {
+            Probe::Read => 0,
+            Probe::Refused => {
                 self.refused += 1;
                 1
             }
+            Probe::Unbacked => neg(errno::ENOENT),
         }
     }
 }
 
 /// The RAM offset of `[gpa, gpa + size)` when `gpa` is page aligned,
 /// `size` a non-zero multiple of 4 KiB and the range inside RAM.
-fn page_offset<H: Hypervisor, A: HostPages>(
-    mem: &GuestMemory<H, A>,
-    gpa: u64,
-    size: u64,
-) -> Option<u64> {
+fn page_offset<B: VmBackend>(mem: &GuestMemory<B>, gpa: u64, size: u64) -> Option<u64> {
     if !gpa.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) || size == 0 {
         return None;
     }
     mem.offset_of(gpa, size).ok()
 }
 
-fn check_pattern<H: Hypervisor, A: HostPages>(
-    mem: &mut GuestMemory<H, A>,
-    offset: u64,
-    byte: u8,
-) -> i64 {
+fn check_pattern<B: VmBackend>(mem: &mut GuestMemory<B>, offset: u64, byte: u8) -> i64 {
     let mut page = alloc::vec![0u8; PAGE as usize];
     match mem.read(offset, &mut page) {
         Ok(()) => i64::from(page.iter().any(|b| *b != byte)),
@@ -171,11 +158,7 @@ fn check_pattern<H: Hypervisor, A: HostPages>(
     }
 }
 
-fn fill_pattern<H: Hypervisor, A: HostPages>(
-    mem: &mut GuestMemory<H, A>,
-    offset: u64,
-    byte: u8,
-) -> i64 {
+fn fill_pattern<B: VmBackend>(mem: &mut GuestMemory<B>, offset: u64, byte: u8) -> i64 {
     match mem.write(offset, &alloc::vec![byte; PAGE as usize]) {
         Ok(()) => 0,
         Err(MmapError::Sigbus { .. } | MmapError::NoMmap) => neg(errno::EFAULT),
