@@ -12,6 +12,8 @@ use crate::process;
 /// The bare-metal target el2, the test host and the test guest are built
 /// for.
 pub const EL2_TARGET: &str = "aarch64-unknown-none";
+/// The target of the static Linux userspace VMM (`pkvm-vmm`).
+pub const VMM_TARGET: &str = "aarch64-unknown-linux-musl";
 
 /// Root of the workspace (the parent of this package's directory).
 pub fn root() -> &'static Path {
@@ -52,7 +54,8 @@ fn rustc() -> Command {
 }
 
 /// Makes sure the toolchain `rust-toolchain.toml` names has what the
-/// workspace needs: the `aarch64-unknown-none` target and the `clippy`,
+/// workspace needs: the `aarch64-unknown-none` and
+/// `aarch64-unknown-linux-musl` targets and the `clippy`,
 /// `rustfmt` and `llvm-tools` components. rustup installs the toolchain
 /// itself on first use, but does not always add the target and components
 /// the file lists to a toolchain that is already installed (seen here), so
@@ -71,10 +74,12 @@ pub fn ensure_toolchain() {
         );
         return;
     };
-    if !targets.lines().any(|l| l.trim() == EL2_TARGET) {
-        println!("==> installing the {EL2_TARGET} target (rustup target add {EL2_TARGET})");
-        if let Err(e) = process::checked(&mut rustup(&["target", "add", EL2_TARGET])) {
-            eprintln!("==> could not add {EL2_TARGET}: {e}");
+    for target in [EL2_TARGET, VMM_TARGET] {
+        if !targets.lines().any(|l| l.trim() == target) {
+            println!("==> installing the {target} target (rustup target add {target})");
+            if let Err(e) = process::checked(&mut rustup(&["target", "add", target])) {
+                eprintln!("==> could not add {target}: {e}");
+            }
         }
     }
     let components =
