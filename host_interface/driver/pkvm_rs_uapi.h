@@ -155,6 +155,7 @@ struct pkvm_rs_run {
 
 #define PKVM_RS_EXIT_HYPERCALL 3
 #define PKVM_RS_EXIT_MMIO 6
+#define PKVM_RS_EXIT_INTR 10 /* KVM_RUN returned -EINTR: a signal, or immediate_exit */
 #define PKVM_RS_EXIT_INTERNAL_ERROR 17
 #define PKVM_RS_EXIT_SYSTEM_EVENT 24
 #define PKVM_RS_EXIT_MEMORY_FAULT 39

@@ -82,6 +82,9 @@ pub mod exit {
     pub const HYPERCALL: u32 = 3;
     /// `KVM_EXIT_MMIO`.
     pub const MMIO: u32 = 6;
+    /// `KVM_EXIT_INTR`: `KVM_RUN` returned `-EINTR` (a signal, or
+    /// `immediate_exit`).
+    pub const INTR: u32 = 10;
     /// `KVM_EXIT_INTERNAL_ERROR`: el2 stopped the vCPU.
     pub const INTERNAL_ERROR: u32 = 17;
     /// `KVM_EXIT_SYSTEM_EVENT`.

@@ -33,6 +33,14 @@ Commands:
               /init prints GUEST-* lines; print both paths. Installs the
               cross compiler and build tools with apt-get when root and
               missing, otherwise says what to install.
+  host-driver Build the Linux host driver pkvm_rs.ko (host_interface/driver)
+              against the headers of the exact Debian kernel linux-images
+              boots (linux-headers-<release>, its -common package and
+              linux-kbuild, apt-get download, cached outside the
+              repository), and its static smoke test pkvm-rs-smoke; print
+              both paths. Installs the cross compiler and the arm64 C
+              library with apt-get when root and missing, otherwise says
+              what to install.
   bench-boot  Boot the same Debian kernel and initramfs five times directly
               at EL1 (no hypervisor) and five times under el2 (the v4 boot
               image), interleaved; print the median time to user space of
@@ -149,6 +157,8 @@ pub enum Command {
     LinuxImages,
     /// Build the pKVM guest kernel and its initramfs.
     GuestKernel,
+    /// Build the Linux host driver and its smoke test.
+    HostDriver,
     /// Benchmark Linux boot time directly at EL1 vs under el2.
     BenchBoot,
     /// Benchmark the test guest's hypervisor paths (null HVC, MMIO exit,
@@ -347,6 +357,7 @@ where
         "test" => no_arguments("test", rest).map(|()| Command::Test),
         "linux-images" => no_arguments("linux-images", rest).map(|()| Command::LinuxImages),
         "guest-kernel" => no_arguments("guest-kernel", rest).map(|()| Command::GuestKernel),
+        "host-driver" => no_arguments("host-driver", rest).map(|()| Command::HostDriver),
         "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
         "bench-guest" => no_arguments("bench-guest", rest).map(|()| Command::BenchGuest),
         "bench-guest-boot" => {
@@ -656,6 +667,32 @@ mod tests {
         );
         assert!(USAGE.contains("\n  guest-kernel\n"));
         assert!(USAGE.contains("linux-source-6.12"));
+    }
+
+    #[test]
+    fn host_driver_command() {
+        assert_eq!(parse(["host-driver"]), Ok(Command::HostDriver));
+        assert_eq!(parse(["host-driver", "-h"]), Ok(Command::Help));
+        assert_eq!(
+            parse(["host-driver", "--rebuild"]),
+            Err(ArgError::UnknownOption {
+                command: "host-driver",
+                option: "--rebuild".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(["host-driver", "pkvm_rs.ko"]),
+            Err(ArgError::UnexpectedArgument {
+                command: "host-driver",
+                argument: "pkvm_rs.ko".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(["host_driver"]),
+            Err(ArgError::UnknownCommand("host_driver".to_owned()))
+        );
+        assert!(USAGE.contains("\n  host-driver Build the Linux host driver pkvm_rs.ko"));
+        assert!(USAGE.contains("linux-kbuild"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bench_guest;
 pub mod bench_guest_boot;
 pub mod build;
 pub mod guest_kernel;
+pub mod host_driver;
 pub mod linux_images;
 pub mod run;
 pub mod test;

@@ -250,10 +250,13 @@ pub fn installed_packages(dpkg_status: &str) -> Vec<String> {
         .collect()
 }
 
-/// The [`TOOLS`] packages not in `installed` (a package may carry an
+/// The `packages` (name, why) not in `installed` (a package may carry an
 /// architecture qualifier there, `bc:amd64`).
-pub fn missing_tools(installed: &[String]) -> Vec<&'static str> {
-    TOOLS
+pub fn missing_packages(
+    packages: &[(&'static str, &'static str)],
+    installed: &[String],
+) -> Vec<&'static str> {
+    packages
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| {
@@ -297,7 +300,7 @@ pub fn guest_initramfs(busybox: &[u8]) -> Vec<u8> {
 
 /// The newest (by modification time) file of `dir` named
 /// `<prefix>...<suffix>`.
-fn newest_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
+pub(crate) fn newest_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
@@ -464,25 +467,35 @@ fn source_tree(gk: &Path, deb: &Path, key_version: &str) -> Result<PathBuf, Fail
     Ok(dest)
 }
 
-/// Makes sure the [`TOOLS`] are installed: as root, installs the missing
-/// ones with apt-get (saying so first, retrying once); otherwise fails
-/// naming them.
+/// Makes sure the [`TOOLS`] are installed (see [`ensure_packages`]).
 fn ensure_tools() -> Result<(), Failure> {
+    ensure_packages("building the guest kernel", &TOOLS)
+}
+
+/// Makes sure the Debian `packages` (name, why) are installed for
+/// `purpose` (e.g. "building the guest kernel"): as root, installs the
+/// missing ones with apt-get (saying so first, retrying once); otherwise
+/// fails naming them and the command that installs them
+/// ([`Failure::unavailable`]).
+pub(crate) fn ensure_packages(
+    purpose: &str,
+    packages: &[(&'static str, &'static str)],
+) -> Result<(), Failure> {
     need_program("dpkg", "dpkg").map_err(|_| {
-        Failure::unavailable(
-            "dpkg not found: guest-kernel needs a Debian system (dpkg and apt-get) to find \
-             and install its build tools",
-        )
+        Failure::unavailable(format!(
+            "dpkg not found: {purpose} needs a Debian system (dpkg and apt-get) to find \
+             and install its build tools"
+        ))
     })?;
     let missing = || -> Vec<&'static str> {
         let out = Command::new("dpkg")
             .arg("-s")
-            .args(TOOLS.iter().map(|(p, _)| *p))
+            .args(packages.iter().map(|(p, _)| *p))
             .stderr(Stdio::null())
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        missing_tools(&installed_packages(&out))
+        missing_packages(packages, &installed_packages(&out))
     };
     let first = missing();
     if first.is_empty() {
@@ -490,14 +503,14 @@ fn ensure_tools() -> Result<(), Failure> {
     }
     let list = first.join(" ");
     let install = format!("apt-get install -y --no-install-recommends {list}");
-    let why: Vec<String> = TOOLS
+    let why: Vec<String> = packages
         .iter()
         .filter(|(p, _)| first.contains(p))
         .map(|(p, w)| format!("{p} ({w})"))
         .collect();
     if !is_root() {
         return Err(Failure::unavailable(format!(
-            "building the guest kernel needs Debian packages that are not installed: {}. \
+            "{purpose} needs Debian packages that are not installed: {}. \
              Install them, then run this again:\n  sudo sh -c 'apt-get update && \
              DEBIAN_FRONTEND=noninteractive {install}'",
             why.join(", ")
@@ -505,7 +518,7 @@ fn ensure_tools() -> Result<(), Failure> {
     }
     need_program("apt-get", "apt")?;
     eprintln!(
-        "==> building the guest kernel needs {}; running as root, so installing them:",
+        "==> {purpose} needs {}; running as root, so installing them:",
         why.join(", ")
     );
     eprintln!("==> apt-get update && {install}");
@@ -545,16 +558,18 @@ fn ensure_tools() -> Result<(), Failure> {
 
 /// What a logged command did: lines, and the compile lines among them.
 #[derive(Default)]
-struct LogStats {
-    lines: usize,
-    compiled: usize,
+pub(crate) struct LogStats {
+    /// Lines of output.
+    pub(crate) lines: usize,
+    /// `CC`, `AS` and `HOSTCC` lines.
+    pub(crate) compiled: usize,
 }
 
 /// Runs `cmd` with its stdout and stderr appended to `log` (not shown),
 /// printing `==> <label>` first and, with `progress`, a line every
 /// [`PROGRESS_EVERY`]. On failure, the error carries the last lines and
 /// the log's path.
-fn run_logged(
+pub(crate) fn run_logged(
     cmd: &mut Command,
     label: &str,
     log: &mut File,
@@ -655,7 +670,7 @@ fn run_logged(
 }
 
 /// The first line of `aarch64-linux-gnu-gcc --version`, for build-info.
-fn compiler_version() -> String {
+pub(crate) fn compiler_version() -> String {
     process::stdout_of(Command::new(format!("{CROSS_COMPILE}gcc")).arg("--version"))
         .ok()
         .and_then(|v| v.lines().next().map(str::to_owned))
@@ -868,7 +883,13 @@ fn ensure_initramfs(cache: &Path, gk: &Path) -> Result<PathBuf, Failure> {
 /// Holds `<gk>/lock` (an advisory lock) while one run downloads and
 /// builds: two runs never share the build tree.
 fn lock(gk: &Path) -> Result<File, Failure> {
-    let path = gk.join("lock");
+    lock_dir(gk, "guest-kernel")
+}
+
+/// Holds `<dir>/lock` (an advisory lock) while one `cargo qemu <what>`
+/// run downloads and builds; another run waits for it, saying so.
+pub(crate) fn lock_dir(dir: &Path, what: &str) -> Result<File, Failure> {
+    let path = dir.join("lock");
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -877,7 +898,7 @@ fn lock(gk: &Path) -> Result<File, Failure> {
         .map_err(|e| io_err(&path, e))?;
     if file.try_lock().is_err() {
         eprintln!(
-            "==> waiting for another guest-kernel run to finish (it holds {})",
+            "==> waiting for another {what} run to finish (it holds {})",
             path.display()
         );
         file.lock().map_err(|e| io_err(&path, e))?;
@@ -1054,7 +1075,7 @@ Status: install ok installed
 ";
         let installed = installed_packages(out);
         assert_eq!(installed, vec!["make".to_owned(), "bc".to_owned()]);
-        let missing = missing_tools(&installed);
+        let missing = missing_packages(&TOOLS, &installed);
         assert!(
             missing.contains(&"flex"),
             "config files only is not installed"
@@ -1062,7 +1083,7 @@ Status: install ok installed
         assert!(missing.contains(&"gcc-aarch64-linux-gnu"));
         assert!(!missing.contains(&"make") && !missing.contains(&"bc"));
         let all: Vec<String> = TOOLS.iter().map(|(p, _)| format!("{p}:amd64")).collect();
-        assert!(missing_tools(&all).is_empty());
+        assert!(missing_packages(&TOOLS, &all).is_empty());
     }
 
     #[test]

@@ -21,10 +21,13 @@
 //! Everything lives outside the repository; nothing here is committed.
 //!
 //! The pKVM guest kernel and its initramfs (`cargo qemu guest-kernel`) are
-//! built by [`guest_kernel`].
+//! built by [`guest_kernel`]; the host driver `pkvm_rs.ko` and its smoke
+//! test (`cargo qemu host-driver`), for the kernel built here, by
+//! [`host_driver`].
 
 pub mod apt;
 pub mod guest_kernel;
+pub mod host_driver;
 
 use std::env;
 use std::fs;
