@@ -81,6 +81,9 @@ Options for `run`:
   --cpu <model>    QEMU CPU model (default: cortex-a72)
   --smp <N>        Number of CPUs (default: 2)
   --mem <size>     Machine RAM, e.g. 1G or 512M (default: 1G)
+  --its on|off     The GICv3 ITS, which el2 mediates (default: on)
+  --device <spec>  Add a QEMU device (-device <spec>), e.g. virtio-rng-pci
+                   (a PCI device using MSIs through the ITS); repeatable
 
   A protected guest run by the built-in test host's VMM (not with --host):
   --guest <Image>  A raw arm64 Image (\"ARM\\x64\" at +0x38) to run as the
@@ -111,7 +114,8 @@ exception / panicked; 4 el2 was not entered at EL2; 5 el2 could not boot;
 6 el2 took an unexpected exception; 7 el2 panicked; with --guest: 8 the
 guest reported failing checks; 9 the guest reset (PSCI SYSTEM_RESET);
 10 the guest crashed or el2 stopped it; 11 the VMM failed (bad guest
-image, a hypervisor call failed, or the teardown check failed).
+image, a hypervisor call failed, or the teardown check failed); 12 the
+host reset the machine (a Linux host's reboot, or panic with panic=-1).
 
 If qemu-system-aarch64 is missing and cargo qemu runs as root, it installs
 Debian's qemu-system-arm with apt-get; otherwise it says what to install.
@@ -193,6 +197,10 @@ pub struct RunOptions {
     pub smp: u32,
     /// Machine RAM size in QEMU's `-m` syntax (`--mem`).
     pub mem: String,
+    /// The GICv3 ITS (`--its on|off`, on by default).
+    pub its: bool,
+    /// Extra QEMU devices (`--device <spec>`, repeatable).
+    pub devices: Vec<String>,
     /// A protected guest for the built-in test host's VMM (`--guest` and
     /// the `--guest-*` options).
     pub guest: Option<GuestOptions>,
@@ -250,6 +258,8 @@ impl Default for RunOptions {
             cpu: DEFAULT_CPU.to_owned(),
             smp: DEFAULT_SMP,
             mem: DEFAULT_MEM.to_owned(),
+            its: true,
+            devices: Vec::new(),
             guest: None,
         }
     }
@@ -457,6 +467,31 @@ fn parse_run(rest: &[String]) -> Result<RunOptions, ArgError> {
                 flag("--gdb")?;
                 options.gdb = true;
             }
+            "--its" => {
+                let v = value("--its")?;
+                options.its = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(ArgError::InvalidValue {
+                            option: "--its",
+                            value: v,
+                            expected: "on or off",
+                        });
+                    }
+                };
+            }
+            "--device" => {
+                let d = value("--device")?;
+                if d.is_empty() || d.starts_with('-') {
+                    return Err(ArgError::InvalidValue {
+                        option: "--device",
+                        value: d,
+                        expected: "a QEMU -device value such as virtio-rng-pci",
+                    });
+                }
+                options.devices.push(d);
+            }
             "--guest" => {
                 let image = value("--guest")?;
                 guest_image = Some(match image.as_str() {
@@ -593,6 +628,38 @@ mod tests {
             Command::Run(options) => Ok(*options),
             other => panic!("expected run, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn its_and_devices() {
+        let o = run(&[]).unwrap();
+        assert!(o.its && o.devices.is_empty());
+        let o = run(&[
+            "--its",
+            "off",
+            "--device",
+            "virtio-rng-pci",
+            "--device=pcie-root-port",
+        ])
+        .unwrap();
+        assert!(!o.its);
+        assert_eq!(o.devices, ["virtio-rng-pci", "pcie-root-port"]);
+        assert!(run(&["--its=on"]).unwrap().its);
+        assert!(matches!(
+            run(&["--its", "maybe"]),
+            Err(ArgError::InvalidValue {
+                option: "--its",
+                ..
+            })
+        ));
+        assert!(matches!(
+            run(&["--device", "-s"]),
+            Err(ArgError::InvalidValue {
+                option: "--device",
+                ..
+            })
+        ));
+        assert_eq!(run(&["--device"]), Err(ArgError::MissingValue("--device")));
     }
 
     #[test]
@@ -760,6 +827,8 @@ mod tests {
                 cpu: "max".to_owned(),
                 smp: 4,
                 mem: "2G".to_owned(),
+                its: true,
+                devices: Vec::new(),
                 guest: None,
             }
         );

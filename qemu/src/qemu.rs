@@ -125,6 +125,10 @@ pub struct Machine {
     pub mem: String,
     /// Wait for gdb on :1234 (`-s -S`).
     pub gdb: bool,
+    /// The GICv3 ITS (`its=on`, the default; see [`MACHINE_OPTS`]).
+    pub its: bool,
+    /// Extra devices, each a QEMU `-device` value (e.g. `virtio-rng-pci`).
+    pub devices: Vec<String>,
 }
 
 impl Default for Machine {
@@ -134,6 +138,8 @@ impl Default for Machine {
             smp: crate::args::DEFAULT_SMP,
             mem: crate::args::DEFAULT_MEM.to_owned(),
             gdb: false,
+            its: true,
+            devices: Vec::new(),
         }
     }
 }
@@ -417,17 +423,23 @@ pub fn host_args(host: &Host<'_>) -> Result<Vec<String>, String> {
 /// The `-machine` options every QEMU command of the runner shares (el2
 /// boots, device-tree dumps and the direct-boot baseline).
 ///
-/// `its=on`: the GICv3 ITS reads and writes its tables by physical
-/// address, past stage-2; el2 mediates its control frame and the
-/// redistributors' LPI registers (el2's `arch::its`, `arch::gicr_lpi`),
-/// so the tables must be host-owned RAM, pinned while in use. Other
-/// DMA-capable devices (virtio-pci doing DMA) remain outside what stage-2
-/// protects until el2 manages an SMMU.
-const MACHINE_OPTS: &str = "virt,gic-version=3,its=on";
+/// `its=on` (unless [`Machine::its`] is off): the GICv3 ITS reads and
+/// writes its tables by physical address, past stage-2; el2 mediates its
+/// control frame and the redistributors' LPI registers (el2's
+/// `arch::its`, `arch::gicr_lpi`), so the tables must be host-owned RAM,
+/// held while in use. Other DMA-capable devices (virtio-pci doing DMA)
+/// remain outside what stage-2 protects until el2 manages an SMMU.
+const MACHINE_OPTS: &str = "virt,gic-version=3";
+
+/// The `-machine` value for `machine` without EL2.
+fn machine_base(machine: &Machine) -> String {
+    let its = if machine.its { "on" } else { "off" };
+    format!("{MACHINE_OPTS},its={its}")
+}
 
 /// The `-machine` value for `machine` under el2.
-fn machine_arg(extra: &str) -> String {
-    format!("{MACHINE_OPTS},virtualization=on{extra}")
+fn machine_arg(machine: &Machine, extra: &str) -> String {
+    format!("{},virtualization=on{extra}", machine_base(machine))
 }
 
 /// `-machine <machine_value>` and the options that size the machine (CPU
@@ -449,6 +461,9 @@ fn machine_args(machine_value: String, machine: &Machine) -> Vec<String> {
         ]
         .map(str::to_owned),
     );
+    for d in &machine.devices {
+        args.extend(["-device".to_owned(), d.clone()]);
+    }
     args
 }
 
@@ -462,7 +477,7 @@ fn machine_args(machine_value: String, machine: &Machine) -> Vec<String> {
 /// descriptor go in the same way, after the host's; see [`guest_args`].
 pub fn boot_args(boot: &Boot<'_>) -> Result<Vec<String>, String> {
     let machine = boot.machine;
-    let mut args = machine_args(machine_arg(""), machine);
+    let mut args = machine_args(machine_arg(machine, ""), machine);
     args.extend(["-semihosting", "-no-reboot", "-kernel"].map(str::to_owned));
     args.push(boot.kernel.display().to_string());
     args.extend(host_args(&boot.host)?);
@@ -520,7 +535,7 @@ pub fn boot_command(qemu: &Path, boot: &Boot<'_>) -> Result<Command, String> {
 /// [`boot_args`] would build it) to `path` and exit.
 pub fn dumpdtb_args(machine: &Machine, path: &Path) -> Vec<String> {
     machine_args(
-        machine_arg(&format!(",dumpdtb={}", path.display())),
+        machine_arg(machine, &format!(",dumpdtb={}", path.display())),
         machine,
     )
 }
@@ -529,7 +544,7 @@ pub fn dumpdtb_args(machine: &Machine, path: &Path) -> Vec<String> {
 /// `virtualization=on`; QEMU's own loader, PSCI over HVC): the
 /// benchmark's baseline.
 pub fn direct_args(machine: &Machine, kernel: &Path, initrd: &Path, append: &str) -> Vec<String> {
-    let mut args = machine_args(MACHINE_OPTS.to_owned(), machine);
+    let mut args = machine_args(machine_base(machine), machine);
     args.extend(["-no-reboot", "-kernel"].map(str::to_owned));
     args.push(kernel.display().to_string());
     args.push("-initrd".to_owned());
@@ -584,6 +599,8 @@ mod tests {
             smp: 4,
             mem: "2G".to_owned(),
             gdb: true,
+            its: false,
+            devices: vec!["virtio-rng-pci".to_owned()],
         };
         let boot = Boot {
             kernel: Path::new("/t/el2"),
@@ -613,6 +630,11 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["-cpu", "max"]));
         assert!(args.windows(2).any(|w| w == ["-smp", "4"]));
         assert!(args.windows(2).any(|w| w == ["-m", "2G"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["-machine", "virt,gic-version=3,its=off,virtualization=on"])
+        );
+        assert!(args.windows(2).any(|w| w == ["-device", "virtio-rng-pci"]));
     }
 
     #[test]

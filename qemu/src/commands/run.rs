@@ -195,6 +195,8 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, Failure> {
         smp: options.smp,
         mem: options.mem.clone(),
         gdb: options.gdb,
+        its: options.its,
+        devices: options.devices.clone(),
     };
     let host = match &host_arg {
         Some(h) => host_of(h, vendor.as_deref(), initrd.as_deref())?,

@@ -49,6 +49,27 @@ done
 if [ "$probed" = 0 ]; then
     echo "HOST-PROBE-SKIPPED: no el2-hypervisor node under /reserved-memory (not running under el2)"
 fi
+# MSIs through the GICv3 ITS (which el2 mediates): with a virtio PCI
+# device on the machine (cargo qemu run --device virtio-rng-pci), load the
+# kernel package's virtio-pci and virtio-rng modules, read random bytes
+# from the device, and count the interrupts the ITS delivered to it.
+if grep -qs 0x1af4 /sys/bus/pci/devices/*/vendor; then
+    for m in virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio-rng; do
+        insmod /lib/virtio/$m.ko || echo "HOST-MSI-FAILED: insmod $m.ko failed"
+    done
+    bytes=$(dd if=/dev/hwrng bs=64 count=16 2>/dev/null | wc -c)
+    msis=$(awk '/ITS-MSI/ && /virtio/ {
+        for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i
+    } END { print s + 0 }' /proc/interrupts)
+    if [ "$msis" -gt 0 ] && [ "$bytes" -gt 0 ]; then
+        echo "HOST-MSI: $msis interrupts from virtio PCI devices through the ITS (ITS-MSI); read $bytes bytes from /dev/hwrng"
+    else
+        echo "HOST-MSI-FAILED: $msis ITS-MSI interrupts from virtio devices, $bytes bytes from /dev/hwrng:"
+        grep -E 'ITS|virtio' /proc/interrupts
+    fi
+else
+    echo "HOST-MSI-SKIPPED: no virtio PCI device on the machine"
+fi
 echo "HOST-ALIVE: the kernel still runs after the probes ($(cut -d' ' -f1 /proc/uptime) s of uptime)"
 echo "HOST-POWEROFF"
 poweroff -f

@@ -8,8 +8,11 @@
 //! 2. A busybox initramfs (uncompressed cpio "newc", written by [`cpio`]
 //!    with its device node, no root needed) runs `init.sh`: it prints
 //!    `HOST-*` marker lines (user space reached, every CPU at EL1, CPU
-//!    count, the /dev/mem probe of hypervisor memory refused, still alive)
-//!    and powers off.
+//!    count, the /dev/mem probe of hypervisor memory refused, MSIs through
+//!    the ITS when the machine has a virtio PCI device, still alive) and
+//!    powers off. It carries the kernel package's virtio-pci and
+//!    virtio-rng modules ([`VIRTIO_MODULES`], under `/lib/virtio/`) for
+//!    the MSI check.
 //! 3. QEMU's device tree for the default machine is dumped
 //!    (`-machine ...,dumpdtb=`) for the images that carry a DTB.
 //! 4. The project's packer (`el2::bootimg::pack`) builds a header v2 image
@@ -221,23 +224,97 @@ fn write_if_changed(path: &Path, data: &[u8]) -> Result<(), Failure> {
 }
 
 /// The directories every ramdisk has.
-const DIRS: [&str; 6] = ["bin", "dev", "etc", "proc", "sys", "tmp"];
+const DIRS: [&str; 8] = [
+    "bin",
+    "dev",
+    "etc",
+    "lib",
+    "lib/virtio",
+    "proc",
+    "sys",
+    "tmp",
+];
 
-/// The complete initramfs: busybox, `/init`, `/dev/console`.
-pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
+/// The kernel package's modules init loads for the MSI check, in load
+/// order (`/lib/virtio/<name>.ko`), with their paths under
+/// `lib/modules/<release>/kernel/`. Debian builds virtio-pci as modules;
+/// virtio itself and the hwrng core are built in.
+pub const VIRTIO_MODULES: [(&str, &str); 4] = [
+    (
+        "virtio_pci_legacy_dev",
+        "drivers/virtio/virtio_pci_legacy_dev.ko",
+    ),
+    (
+        "virtio_pci_modern_dev",
+        "drivers/virtio/virtio_pci_modern_dev.ko",
+    ),
+    ("virtio_pci", "drivers/virtio/virtio_pci.ko"),
+    ("virtio-rng", "drivers/char/hw_random/virtio-rng.ko"),
+];
+
+/// Modules for a ramdisk: `(name, contents)`, see [`VIRTIO_MODULES`].
+pub type Modules = Vec<(String, Vec<u8>)>;
+
+/// Reads [`VIRTIO_MODULES`] from an extracted kernel package.
+fn virtio_modules(kernel_root: &Path) -> Result<Modules, Failure> {
+    let dir = kernel_root.join("lib/modules");
+    let release = fs::read_dir(&dir)
+        .map_err(|e| io_err(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.join("kernel").is_dir())
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "no lib/modules/<release>/kernel in {}",
+                dir.display()
+            ))
+        })?;
+    VIRTIO_MODULES
+        .iter()
+        .map(|(name, path)| {
+            let file = release.join("kernel").join(path);
+            let data = fs::read(&file).map_err(|e| io_err(&file, e))?;
+            Ok(((*name).to_owned(), data))
+        })
+        .collect()
+}
+
+/// The entries every ramdisk with busybox has: directories, the console,
+/// busybox, the modules.
+fn base_entries<'a>(
+    busybox: &'a [u8],
+    modules: &'a [(String, Vec<u8>)],
+    names: &'a [String],
+) -> Vec<Entry<'a>> {
     let mut e: Vec<Entry<'_>> = DIRS.iter().map(|d| Entry::Dir(d)).collect();
     e.push(Entry::CharDev("dev/console", 5, 1));
     e.push(Entry::File("bin/busybox", 0o755, busybox));
+    for (path, (_, data)) in names.iter().zip(modules) {
+        e.push(Entry::File(path, 0o644, data));
+    }
+    e
+}
+
+/// Ramdisk paths of `modules`.
+fn module_paths(modules: &[(String, Vec<u8>)]) -> Vec<String> {
+    modules
+        .iter()
+        .map(|(name, _)| format!("lib/virtio/{name}.ko"))
+        .collect()
+}
+
+/// The complete initramfs: busybox, the modules, `/init`, `/dev/console`.
+pub fn initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let names = module_paths(modules);
+    let mut e = base_entries(busybox, modules, &names);
     e.push(Entry::File("init", 0o755, INIT_SCRIPT.as_bytes()));
     cpio::archive(&e)
 }
 
 /// The vendor ramdisk of the pair: everything but `/init`, plus
 /// `/etc/vendor-ramdisk`, which init reports.
-pub fn vendor_ramdisk(busybox: &[u8]) -> Vec<u8> {
-    let mut e: Vec<Entry<'_>> = DIRS.iter().map(|d| Entry::Dir(d)).collect();
-    e.push(Entry::CharDev("dev/console", 5, 1));
-    e.push(Entry::File("bin/busybox", 0o755, busybox));
+pub fn vendor_ramdisk(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let names = module_paths(modules);
+    let mut e = base_entries(busybox, modules, &names);
     e.push(Entry::File(
         "etc/vendor-ramdisk",
         0o644,
@@ -299,6 +376,7 @@ pub fn ensure() -> Result<LinuxImages, Failure> {
     })?;
     let busybox_path = busybox_root.join("bin/busybox");
     let busybox = fs::read(&busybox_path).map_err(|e| io_err(&busybox_path, e))?;
+    let modules = virtio_modules(&kernel_root)?;
 
     let out = cache.join("images");
     fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
@@ -307,7 +385,7 @@ pub fn ensure() -> Result<LinuxImages, Failure> {
     dump_dtb(&qemu_bin, &Machine::default(), &dtb_path)?;
     let dtb = fs::read(&dtb_path).map_err(|e| io_err(&dtb_path, e))?;
 
-    let full = initramfs(&busybox);
+    let full = initramfs(&busybox, &modules);
     let initramfs_path = out.join("initramfs.cpio");
     write_if_changed(&initramfs_path, &full)?;
 
@@ -334,8 +412,13 @@ pub fn ensure() -> Result<LinuxImages, Failure> {
     write_if_changed(&images.boot_v4, &v4)?;
     drop(v4);
     let pair = bootimg::pack::boot_v3_v4(4, &kernel, &pair_boot_ramdisk(), PAIR_BOOT_CMDLINE);
-    let vendor =
-        bootimg::pack::vendor_boot(4, &vendor_ramdisk(&busybox), &dtb, VENDOR_CMDLINE, b"");
+    let vendor = bootimg::pack::vendor_boot(
+        4,
+        &vendor_ramdisk(&busybox, &modules),
+        &dtb,
+        VENDOR_CMDLINE,
+        b"",
+    );
     check_image(&images.boot_v4_pair, &pair, Some(&vendor))?;
     write_if_changed(&images.boot_v4_pair, &pair)?;
     write_if_changed(&images.vendor_boot, &vendor)?;
@@ -358,14 +441,17 @@ mod tests {
     #[test]
     fn ramdisks_split_between_vendor_and_boot() {
         let bb = b"\x7fELF-busybox";
-        let full = initramfs(bb);
-        let vendor = vendor_ramdisk(bb);
+        let modules = vec![("virtio-rng".to_owned(), b"\x7fELF-module".to_vec())];
+        let full = initramfs(bb, &modules);
+        let vendor = vendor_ramdisk(bb, &modules);
         let boot = pair_boot_ramdisk();
         let has = |a: &[u8], s: &[u8]| a.windows(s.len()).any(|w| w == s);
         assert!(has(&full, b"init\0") && has(&full, b"bin/busybox\0"));
         assert!(has(&full, b"dev/console\0"));
         assert!(has(&vendor, b"bin/busybox\0") && !has(&vendor, b"init\0"));
         assert!(has(&vendor, b"etc/vendor-ramdisk\0"));
+        assert!(has(&full, b"lib/virtio/virtio-rng.ko\0") && has(&full, b"ELF-module"));
+        assert!(has(&vendor, b"lib/virtio/virtio-rng.ko\0"));
         assert!(has(&boot, b"init\0") && !has(&boot, b"busybox\0"));
         // Concatenated archives stay 4-byte aligned (vendor first).
         assert_eq!(vendor.len() % 4, 0);
