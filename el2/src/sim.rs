@@ -454,6 +454,7 @@ impl Arch for SimArch {
                                 reg: 1,
                                 sign: false,
                                 wide: true,
+                                permission: false,
                             });
                         }
                     }
@@ -486,6 +487,7 @@ impl Arch for SimArch {
                                 reg: 1,
                                 sign: false,
                                 wide: false,
+                                permission: false,
                             });
                         }
                     }
@@ -518,6 +520,7 @@ impl Arch for SimArch {
                             reg: 1,
                             sign: false,
                             wide: true,
+                            permission: false,
                         });
                     }
                 },
@@ -549,6 +552,7 @@ impl Arch for SimArch {
                                 reg: 0,
                                 sign: false,
                                 wide: false,
+                                permission: false,
                             });
                         }
                     }

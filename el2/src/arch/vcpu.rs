@@ -288,8 +288,9 @@ impl El2Arch {
                     return None;
                 }
                 let ipa = fault_ipa(esr, far)?;
+                let permission = fsc_class(esr) == 0b0011;
                 if ec == EC_IABT_LOW {
-                    return Some(Trap::InstructionAbort { ipa });
+                    return Some(Trap::InstructionAbort { ipa, permission });
                 }
                 let s1ptw = esr & inject::ESR_S1PTW != 0;
                 Some(Trap::DataAbort(Abort {
@@ -300,6 +301,7 @@ impl El2Arch {
                     reg: ((esr >> 16) & 0x1f) as u8,
                     sign: esr & (1 << 21) != 0,
                     wide: esr & (1 << 15) != 0,
+                    permission,
                 }))
             }
             _ => {

@@ -174,6 +174,11 @@ pub struct Abort {
     /// The register is 64 bits wide (ESR.SF); else a load writes `W`
     /// (zeroing bits 63:32).
     pub wide: bool,
+    /// A permission fault (DFSC 0b0011xx): the page was mapped with
+    /// rights the access lacks. Otherwise a translation, access-flag or
+    /// address-size fault, which a concurrent mapping may already have
+    /// resolved.
+    pub permission: bool,
 }
 
 /// Why the guest stopped running.
@@ -197,6 +202,8 @@ pub enum Trap {
     InstructionAbort {
         /// The faulting IPA.
         ipa: u64,
+        /// A permission fault (IFSC 0b0011xx), as [`Abort::permission`].
+        permission: bool,
     },
     /// WFI or WFE (or a PSCI CPU_SUSPEND); the PC is past it.
     Wfi,

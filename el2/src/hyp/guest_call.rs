@@ -143,11 +143,14 @@ pub(crate) fn run<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
     vcpu: usize,
     complete: Option<Completion>,
 ) -> Result<Exit, Errno> {
-    let dying = hyp.mem.with_guest(handle, |g| g.is_dying())?;
     let (vttbr, vtcr) = hyp
         .mem
         .with_guest(handle, |g| (g.stage2().vttbr(), g.stage2().vtcr()))?;
     let loaded = hyp.with_vm(handle, |vm| {
+        // Read under the VM lock, as TeardownStart decides under it: a run
+        // either marks the vCPU running before a teardown can start (which
+        // then answers EBUSY) or sees the VM dying, never neither.
+        let dying = hyp.mem.with_guest(handle, |g| g.is_dying())?;
         let v = vm.vcpu_mut(vcpu).ok_or(Errno::Einval)?;
         if dying || v.waiting == Waiting::Stopped {
             return Err(Errno::Einval);
@@ -216,6 +219,18 @@ pub(crate) fn run<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
     let (result, waiting) = run_loop(hyp, arch, vref, &mut ctx, waiting, complete);
     arch.vcpu_put(vref, &mut ctx);
     let saved = hyp.with_vm(handle, |vm| {
+        let mut waiting = waiting;
+        if let Waiting::Conversion {
+            outcome: o @ Outcome::Pending,
+            ..
+        } = &mut waiting
+        {
+            // The host answered while this vCPU ran (see
+            // `VmState::unclaimed`).
+            if let Some(answer) = vm.unclaimed.take() {
+                *o = answer;
+            }
+        }
         let v = &mut vm.vcpus[vcpu];
         v.ctx = ctx;
         v.waiting = waiting;
@@ -320,9 +335,10 @@ fn run_loop<M: PhysMem, P: TablePool, H: HypMappings, A: Arch>(
                     stage2_fault(hyp, vref.handle, ctx, abort, false)
                 }
             }
-            Trap::InstructionAbort { ipa } => {
+            Trap::InstructionAbort { ipa, permission } => {
                 let abort = Abort {
                     ipa,
+                    permission,
                     ..Abort::default()
                 };
                 stage2_fault(hyp, vref.handle, ctx, abort, true)
@@ -493,9 +509,16 @@ fn stage2_fault<M: PhysMem, P: TablePool, H: HypMappings>(
             };
             Next::Exit(Ok(exit), waiting)
         }
+        Ok(_) if !abort.permission => {
+            // Mapped now, yet the access missed it: the host mapped the page
+            // (on another CPU) between the fault and this look. Retry the
+            // access; a run's trap budget bounds any repeat.
+            Next::Resume
+        }
         Ok(_) => {
-            // Mapped read/write/execute, yet it faulted: nothing here can
-            // make progress. Stop the vCPU rather than spin.
+            // A permission fault on a page mapped read/write/execute:
+            // nothing here can make progress. Stop the vCPU rather than
+            // spin.
             let ec = if exec { 0x20 } else { 0x24 };
             Next::Exit(Ok(Exit::Stopped { ec }), Waiting::Stopped)
         }

@@ -483,14 +483,22 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Hypervisor<M, P, H> {
                     Outcome::Refused
                 }
             };
-            for v in vm.vcpus.iter_mut() {
+            // The vCPU that asked waits with the request, or is still
+            // running on another CPU and has not saved its exit yet: then
+            // the answer waits for that save (see `VmState::unclaimed`).
+            let mut claimed = false;
+            for v in vm.vcpus.iter_mut().filter(|v| !v.running) {
                 if let Waiting::Conversion {
                     outcome: o @ Outcome::Pending,
                     ..
                 } = &mut v.waiting
                 {
                     *o = outcome;
+                    claimed = true;
                 }
+            }
+            if !claimed {
+                vm.unclaimed = Some(outcome);
             }
             Ok([0; 5])
         })?

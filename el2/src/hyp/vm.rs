@@ -115,6 +115,12 @@ pub struct VmState {
     pub vgic_cpus: [VgicCpu; MAX_VCPUS],
     /// The MMIO granules the guest guarded.
     pub mmio_guard: MmioGuard,
+    /// The host's answer to the guest's pending conversion when it came
+    /// while the vCPU that asked was still running (between the request
+    /// and the save of its exit, on another CPU): that vCPU's save takes
+    /// it, so the answer is never lost to the save's older copy. A guest
+    /// has at most one conversion pending, so one slot suffices.
+    pub unclaimed: Option<Outcome>,
 }
 
 /// Most disjoint runs of guarded MMIO pages a VM can have (neighbouring
@@ -198,6 +204,7 @@ impl VmState {
             vgic_dist: VgicDist::default(),
             vgic_cpus: [VgicCpu::default(); MAX_VCPUS],
             mmio_guard: MmioGuard::default(),
+            unclaimed: None,
         }
     }
 

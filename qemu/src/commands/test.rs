@@ -195,6 +195,68 @@ pub const LINUX_ABSENT: &[&str] = &[
 /// Checks the full suite has: fewer passing means checks went missing.
 const FULL_SUITE: u32 = 60;
 
+/// An SMP stress run (`--append testhost.stress`): about 3 s of stress on
+/// every CPU, the focused races and the CPU_OFF/CPU_ON race, 5 to 10 s in
+/// all under TCG on 2 host cores; the rest is room for a loaded machine.
+const STRESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The stress mode's checks with 2 CPUs (one per CPU, 18 others); 4 CPUs
+/// add two.
+const STRESS_CHECKS_2: u32 = 20;
+
+/// What every stress run must show: the seed, each CPU's counts and the
+/// totals, every CPU back in time, the VMs torn down, the invariant
+/// checker clean during and after, the host's memory back as before, the
+/// focused races and the CPU_OFF/CPU_ON race.
+pub const STRESS_OUTPUT: &[&str] = &[
+    "testhost: stress: seed ",
+    "testhost: ok   stress: every CPU started (CPU_ON) and reached the test host",
+    "testhost: ok   stress: every CPU reported back within the timeout",
+    "testhost: stress cpu 0: ",
+    "testhost: stress cpu 1: ",
+    "testhost: ok   stress: cpu 0: every result one the ABI allows",
+    "testhost: ok   stress: cpu 1: every result one the ABI allows",
+    "testhost: stress calls: ",
+    "testhost: ok   stress: the calls collided",
+    "testhost: ok   stress: a guest ran while the other CPUs hammered its VM",
+    "testhost: ok   stress: CheckInvariants during the stress -> 0 violations",
+    "testhost: ok   stress: every VM torn down and its pages reclaimed",
+    "testhost: ok   focused race: a conversion completed while another CPU runs the vCPU",
+    "testhost: ok   focused race: a stage-2 fault racing a mapping of the page",
+    "testhost: ok   focused race: once TeardownStart succeeded the VM does not run",
+    "testhost: ok   stress: every pool and program page host-owned again",
+    "testhost: ok   stress: CheckInvariants after the stress -> 0 violations",
+    "testhost: ok   stress: HostStats host-owned pages and host stage-2 leaves as before",
+    "testhost: race: 50 rounds",
+    "testhost: ok   CPU_OFF/CPU_ON race: 50 rounds",
+    "testhost: ok   CPU_OFF/CPU_ON race: each round the target came up at its entry",
+    "testhost: ok   CPU_OFF/CPU_ON race: AFFINITY_INFO agreed",
+    "testhost: ok   CPU_OFF/CPU_ON race: every target off at the end",
+    "host requested SYSTEM_OFF",
+];
+
+/// What no stress run may show: an el2 warning, error or FATAL line, a
+/// panic (el2's or the test host's), a result the ABI does not allow.
+pub const STRESS_ABSENT: &[&str] = &["FATAL", "WARN", "ERROR", "panic", "UNEXPECTED"];
+
+/// What a 4-CPU stress run shows on top of [`STRESS_OUTPUT`].
+const STRESS_OUTPUT_4: &[&str] = &[
+    "4 CPU(s)",
+    "testhost: stress cpu 2: ",
+    "testhost: stress cpu 3: ",
+    "testhost: ok   stress: cpu 2: every result one the ABI allows",
+    "testhost: ok   stress: cpu 3: every result one the ABI allows",
+    "testhost: race: 50 rounds on 3 CPU(s)",
+];
+
+/// Whether `test` runs the stress mode.
+fn runs_stress(test: &QemuTest) -> bool {
+    test.append.is_some_and(|a| {
+        a.split_whitespace()
+            .any(|w| w.starts_with("testhost.stress"))
+    })
+}
+
 /// A guest run: the test host boots, builds the VM, runs the guest's suite
 /// and tears the VM down, all under TCG; a minute leaves room.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -312,6 +374,20 @@ fn machine_smp1() -> Machine {
 fn machine_512m() -> Machine {
     Machine {
         mem: "512M".to_owned(),
+        ..Machine::default()
+    }
+}
+
+fn machine_smp4() -> Machine {
+    Machine {
+        smp: 4,
+        ..Machine::default()
+    }
+}
+
+fn machine_virtio_rng() -> Machine {
+    Machine {
+        devices: vec!["virtio-rng-pci".to_owned()],
         ..Machine::default()
     }
 }
@@ -441,6 +517,51 @@ pub const TESTS: &[QemuTest] = &[
         input: &[],
     },
     QemuTest {
+        // SMP stress (2 CPUs): both CPUs hammer el2 with colliding host
+        // calls on the same pages and VMs for about 3 s while one at a
+        // time runs a guest; every answer one the ABI allows, no deadlock,
+        // everything reclaimed, invariants and HostStats as before; then
+        // the focused races and 50 rounds of CPU_OFF racing CPU_ON.
+        name: "smp_stress_2_cpus",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: Some("testhost.stress"),
+        dtb: None,
+        timeout: STRESS_TIMEOUT,
+        exit_code: 0,
+        output: &["2 CPU(s)", "testhost: race: 50 rounds on 1 CPU(s)"],
+        absent: &[],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: STRESS_CHECKS_2,
+            skipped: 0,
+        }),
+        guest: None,
+        input: &[],
+    },
+    QemuTest {
+        // The same on 4 CPUs (`-smp 4`, 2 host cores: el2's locks under
+        // contention, the race on three secondaries in turn).
+        name: "smp_stress_4_cpus",
+        machine: machine_smp4,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: Some("testhost.stress"),
+        dtb: None,
+        timeout: STRESS_TIMEOUT,
+        exit_code: 0,
+        output: STRESS_OUTPUT_4,
+        absent: &[],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: STRESS_CHECKS_2 + 2,
+            skipped: 0,
+        }),
+        guest: None,
+        input: &[],
+    },
+    QemuTest {
         // No host image: a clear boot error and el2's status 5, not a hang.
         name: "missing_host_image_is_reported",
         machine: Machine::default,
@@ -473,7 +594,8 @@ pub const TESTS: &[QemuTest] = &[
         summary: Some(Expected {
             failed: 0,
             min_passed: 45,
-            skipped: 3,
+            // 3 need a second CPU or a GIC, the ITS and LPI groups a GICv3.
+            skipped: 5,
         }),
         guest: None,
         input: &[],
@@ -582,6 +704,47 @@ pub const TESTS: &[QemuTest] = &[
         timeout: LINUX_TIMEOUT,
         exit_code: 0,
         output: &["host: raw arm64 Image at 0x44000000", "image raw"],
+        absent: &[],
+        summary: None,
+        guest: None,
+        input: &[],
+    },
+    QemuTest {
+        // A PCI device using MSIs (virtio-rng-pci; init loads the kernel
+        // package's virtio modules and reads /dev/hwrng): Linux programs
+        // the ITS el2 mediates (tables donated or pinned, every command
+        // checked) and the device's interrupts arrive through it.
+        name: "linux_msis_through_the_its",
+        machine: machine_virtio_rng,
+        kernel: Kernel::Elf,
+        host: TestHost::Linux(LinuxHost::BootV2),
+        append: None,
+        dtb: None,
+        timeout: LINUX_TIMEOUT,
+        exit_code: 0,
+        output: &[
+            "GICv3 ITS at 0x8080000: control frame mediated by el2",
+            "ITS@0x0000000008080000: allocated",
+            "HOST-MSI: ",
+        ],
+        absent: &["HOST-MSI-FAILED", "HOST-MSI-SKIPPED", " WARN: "],
+        summary: None,
+        guest: None,
+        input: &[],
+    },
+    QemuTest {
+        // A host that resets (Linux without an init panics, and panic=-1
+        // resets) must not end the run with status 0, as QEMU's
+        // -no-reboot alone would: el2 exits with 12 and says why.
+        name: "linux_reset_is_not_success",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Linux(LinuxHost::RawInitrd),
+        append: Some("console=ttyAMA0 panic=-1 rdinit=/nonexistent init=/nonexistent"),
+        dtb: None,
+        timeout: LINUX_TIMEOUT,
+        exit_code: 12,
+        output: &["Kernel panic", "host requested a system reset"],
         absent: &[],
         summary: None,
         guest: None,
@@ -1121,9 +1284,12 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
         }
         Some(_) => {}
     }
-    let linux = matches!(test.host, TestHost::Linux(_));
+    // A Linux run expected to fail (status not 0) does not reach init.
+    let linux = matches!(test.host, TestHost::Linux(_)) && test.exit_code == 0;
     let (more, forbidden): (&[&str], &[&str]) = if linux {
         (LINUX_OUTPUT, LINUX_ABSENT)
+    } else if runs_stress(test) {
+        (STRESS_OUTPUT, STRESS_ABSENT)
     } else if runs_linux_guest(test) {
         (LINUX_GUEST_OUTPUT, LINUX_GUEST_ABSENT)
     } else if test.guest.is_some() {
@@ -1638,11 +1804,128 @@ mod tests {
         assert_eq!(e.to_string(), "boot image: vendor header_size invalid");
     }
 
+    /// A stress run as the test host and el2 print it (`cpus` CPUs).
+    fn good_stress(cpus: u32) -> String {
+        let mut out = format!(
+            "el2[0]: entering the host at EL1\r\n\
+             testhost: started at EL1\r\n\
+             testhost: stress: seed 0x5eed (testhost.seed=0x5eed repeats the sequences), {cpus} \
+             CPU(s), 3000 ms, pool of 32 pages at 0x44050000, 2 VM slots\r\n"
+        );
+        for line in STRESS_OUTPUT
+            .iter()
+            .chain(if cpus == 4 { STRESS_OUTPUT_4 } else { &[] })
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str(&format!(
+            "testhost: race: 50 rounds on {} CPU(s) in 40 ms\r\n",
+            cpus - 1
+        ));
+        let passed = STRESS_CHECKS_2 + if cpus == 4 { 2 } else { 0 };
+        out.push_str(&format!(
+            "testhost: {passed} passed, 0 failed, 0 skipped\r\n"
+        ));
+        out
+    }
+
+    #[test]
+    fn stress_tests_are_the_documented_ones() {
+        for (name, smp) in [("smp_stress_2_cpus", 2), ("smp_stress_4_cpus", 4)] {
+            let t = test_named(name);
+            assert!(matches!(t.host, TestHost::Builtin), "{name}");
+            assert_eq!(t.append, Some("testhost.stress"), "{name}");
+            assert!(runs_stress(t), "{name}");
+            assert_eq!((t.machine)().smp, smp, "{name}");
+            assert_eq!((t.machine)().cpu, Machine::default().cpu, "{name}");
+            assert_eq!(t.timeout, STRESS_TIMEOUT, "{name}");
+            assert!(t.timeout <= Duration::from_secs(30), "{name}: CI budget");
+            assert_eq!(t.exit_code, 0, "{name}");
+            assert!(t.guest.is_none() && t.input.is_empty(), "{name}");
+            let want = t.summary.unwrap();
+            assert_eq!((want.failed, want.skipped), (0, 0), "{name}");
+            assert!(want.min_passed >= STRESS_CHECKS_2, "{name}");
+            assert_eq!(
+                judge(t, Some(0), false, &good_stress(smp)),
+                Ok(()),
+                "{name}"
+            );
+        }
+        for bad in ["FATAL", "WARN", "panic"] {
+            assert!(STRESS_ABSENT.contains(&bad));
+        }
+        for want in [
+            "CheckInvariants after the stress -> 0 violations",
+            "HostStats host-owned pages and host stage-2 leaves as before",
+            "testhost: stress cpu 0: ",
+            "testhost: stress calls: ",
+            "CPU_OFF/CPU_ON race: 50 rounds",
+        ] {
+            assert!(STRESS_OUTPUT.iter().any(|s| s.contains(want)), "{want}");
+        }
+        assert!(!runs_stress(test_named("testhost_all_checks_pass")));
+        assert!(!runs_stress(test_named("failing_check_is_detected")));
+    }
+
+    #[test]
+    fn stress_runs_are_judged_on_counts_invariants_and_absent_lines() {
+        let t = test_named("smp_stress_2_cpus");
+        let good = good_stress(2);
+        assert_eq!(judge(t, Some(0), false, &good), Ok(()));
+        assert!(
+            judge(t, Some(0), true, &good)
+                .unwrap_err()
+                .contains("timed out")
+        );
+        assert!(judge(t, Some(1), false, &good).is_err());
+        let warned = format!("{good}el2[1] WARN: ownership invariant broken: x\r\n");
+        assert!(
+            judge(t, Some(0), false, &warned)
+                .unwrap_err()
+                .contains("WARN")
+        );
+        let fatal = format!("{good}el2[0] FATAL: panic: x\r\n");
+        assert!(judge(t, Some(0), false, &fatal).is_err());
+        let unexpected =
+            format!("{good}testhost: stress cpu 1: UNEXPECTED ShareHyp([0x1]) -> x1 -16\r\n");
+        assert!(
+            judge(t, Some(0), false, &unexpected)
+                .unwrap_err()
+                .contains("UNEXPECTED")
+        );
+        let violated = good.replace(
+            "testhost: ok   stress: CheckInvariants after",
+            "testhost: FAIL stress: CheckInvariants after",
+        );
+        assert!(
+            judge(t, Some(0), false, &violated)
+                .unwrap_err()
+                .contains("lacks")
+        );
+        let no_counts = good.replace("testhost: stress cpu 1: ", "");
+        assert!(judge(t, Some(0), false, &no_counts).is_err());
+        let few = good.replace("20 passed", "19 passed");
+        assert!(
+            judge(t, Some(0), false, &few)
+                .unwrap_err()
+                .contains("at least")
+        );
+        let no_race = good.replace("testhost: race: 50 rounds on 1 CPU(s)", "");
+        assert!(judge(t, Some(0), false, &no_race).is_err());
+        // The 4-CPU test wants every CPU's counts.
+        let t4 = test_named("smp_stress_4_cpus");
+        assert!(judge(t4, Some(0), false, &good).is_err());
+        assert_eq!(judge(t4, Some(0), false, &good_stress(4)), Ok(()));
+    }
+
     #[test]
     fn every_test_has_a_timeout() {
         for t in TESTS {
             let limit = if matches!(t.host, TestHost::Linux(_)) {
                 LINUX_TIMEOUT
+            } else if runs_stress(t) {
+                STRESS_TIMEOUT
             } else if runs_linux_guest(t) {
                 LINUX_GUEST_TIMEOUT
             } else if t.guest.is_some() {

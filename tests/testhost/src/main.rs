@@ -13,6 +13,13 @@
 //! `-append`) adds one check that always fails, to prove failures are
 //! detected.
 //!
+//! **SMP stress mode**: `testhost.stress` (or `testhost.stress=<ms>`; with
+//! `testhost.seed=<n>` to repeat a run's pseudo-random sequences) runs,
+//! instead of the suite, every CPU of the device tree against el2 at once
+//! on a shared pool of pages and two VMs (see `host/stress.rs`), then
+//! focused two-CPU races (`host/focus.rs`) and the CPU_OFF/CPU_ON race
+//! (`host/race.rs`), with the same closing summary line.
+//!
 //! **VMM mode**: when the runner hands it a guest (`cargo qemu run
 //! --guest`: a guest descriptor at `host_interface::guestdesc::DESC_ADDR`),
 //! it runs that guest as a protected VM with the VMM library

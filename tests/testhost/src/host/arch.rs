@@ -5,9 +5,9 @@
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::entry::{Frame, MMU, MmuConfig, mmu_enable};
+use super::entry::{CPU_SLOTS, Frame, MAX_CPUS, MMU, MmuConfig, mmu_enable};
 
 /// Reads a system register (`mrs`).
 macro_rules! mrs {
@@ -140,8 +140,44 @@ pub fn set_uart(base: u64) {
     UART.store(base, Ordering::Relaxed);
 }
 
-/// The console (boot CPU only).
+/// The console. Lines from several CPUs are kept whole by [`ConsoleLock`]
+/// (which [`println!`] takes).
 pub struct Console;
+
+/// Serialises console lines across CPUs.
+static CONSOLE_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// How long a CPU waits for the console lock before writing anyway (the
+/// holder may be this CPU, interrupted by an exception that prints).
+const CONSOLE_SPINS: u32 = 1 << 22;
+
+/// The console lock, held for one line; released on drop. If it cannot be
+/// had within [`CONSOLE_SPINS`] tries, the line is written without it.
+pub struct ConsoleLock(bool);
+
+impl ConsoleLock {
+    /// Takes the lock (or gives up, see the type's docs).
+    pub fn take() -> ConsoleLock {
+        for _ in 0..CONSOLE_SPINS {
+            if CONSOLE_LOCK
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return ConsoleLock(true);
+            }
+            core::hint::spin_loop();
+        }
+        ConsoleLock(false)
+    }
+}
+
+impl Drop for ConsoleLock {
+    fn drop(&mut self) {
+        if self.0 {
+            CONSOLE_LOCK.store(false, Ordering::Release);
+        }
+    }
+}
 
 impl fmt::Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -202,7 +238,7 @@ pub fn uart_enable_fifo() {
     }
 }
 
-/// A byte typed on the console, if one is waiting (boot CPU only).
+/// A byte typed on the console, if one is waiting (one CPU at a time).
 pub fn uart_getc() -> Option<u8> {
     let base = UART.load(Ordering::Relaxed);
     // SAFETY: the PL011's FR and DR, mapped Device; reading DR takes the
@@ -215,10 +251,11 @@ pub fn uart_getc() -> Option<u8> {
     }
 }
 
-/// Prints a formatted line.
+/// Prints a formatted line (whole, whichever CPU prints).
 macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
+        let _lock = $crate::host::arch::ConsoleLock::take();
         let _ = writeln!($crate::host::arch::Console, $($arg)*);
     }};
 }
@@ -236,6 +273,20 @@ pub fn hvc(a: [u64; 6]) -> [u64; 6] {
         asm!("hvc #0",
             inout("x0") r[0], inout("x1") r[1], inout("x2") r[2],
             inout("x3") r[3], inout("x4") r[4], inout("x5") r[5],
+            clobber_abi("C"), options(nostack))
+    };
+    r
+}
+
+/// `hvc #0` with x0..x5; returns x0..x6 (a `VcpuRun` exit uses x2..x6).
+pub fn hvc7(a: [u64; 6]) -> [u64; 7] {
+    let mut r = [a[0], a[1], a[2], a[3], a[4], a[5], 0];
+    // SAFETY: a host call: el2 reads and writes only x0..x17, no memory of
+    // ours.
+    unsafe {
+        asm!("hvc #0",
+            inout("x0") r[0], inout("x1") r[1], inout("x2") r[2],
+            inout("x3") r[3], inout("x4") r[4], inout("x5") r[5], inout("x6") r[6],
             clobber_abi("C"), options(nostack))
     };
     r
@@ -317,12 +368,46 @@ impl AbortLog {
     }
 }
 
-/// Abort logs of slot 0 (boot CPU) and slot 1 (secondary).
-pub static ABORTS: [AbortLog; 2] = [AbortLog::new(), AbortLog::new()];
+/// Abort logs, one per CPU slot (0: the boot CPU; see [`CPU_SLOTS`]).
+pub static ABORTS: [AbortLog; MAX_CPUS] = [const { AbortLog::new() }; MAX_CPUS];
 
 /// This CPU's slot (`TPIDR_EL1`, set at entry).
 pub fn slot() -> usize {
-    (mrs!("tpidr_el1") as usize).min(1)
+    (mrs!("tpidr_el1") as usize).min(MAX_CPUS - 1)
+}
+
+/// Affinity bits of an MPIDR (Aff3, Aff2, Aff1, Aff0), as the device tree
+/// names CPUs.
+pub const MPIDR_AFF: u64 = 0xff_00ff_ffff;
+
+/// This CPU's MPIDR affinity.
+pub fn mpidr() -> u64 {
+    mrs!("mpidr_el1") & MPIDR_AFF
+}
+
+/// Fills [`CPU_SLOTS`]: slot 0 is the boot CPU (`boot`), then every other
+/// CPU of `cpus` in device-tree order (at most [`MAX_CPUS`] in all). Boot
+/// CPU only, before it starts any other CPU.
+pub fn set_cpu_slots(boot: u64, cpus: &[u64]) {
+    let table = CPU_SLOTS.get();
+    let mut slots = [u64::MAX; MAX_CPUS];
+    let boot = boot & MPIDR_AFF;
+    slots[0] = boot;
+    let others = cpus.iter().map(|m| m & MPIDR_AFF).filter(|&m| m != boot);
+    for (slot, m) in slots.iter_mut().skip(1).zip(others) {
+        *slot = m;
+    }
+    // SAFETY: no other CPU runs yet (the table is read by CPUs started
+    // later, with their MMU on).
+    unsafe { *table = slots };
+    clean_to_poc(table as u64, core::mem::size_of::<[u64; MAX_CPUS]>() as u64);
+}
+
+/// The slot of the CPU with MPIDR affinity `mpidr`, if it has one.
+pub fn slot_of(mpidr: u64) -> Option<usize> {
+    // SAFETY: written once by the boot CPU before any other CPU started.
+    let slots = unsafe { *CPU_SLOTS.get() };
+    slots.iter().position(|&m| m == mpidr & MPIDR_AFF)
 }
 
 /// Synchronous exception at EL1: an abort el2 injected (EC 0x25 data

@@ -8,15 +8,19 @@
 //! `testhost_main(dtb, timestamp)`.
 //!
 //! [`secondary_entry`] (a CPU started with PSCI CPU_ON, `x0` = context id):
-//! vectors, MMU on with [`MMU`] (cleaned to PoC by the boot CPU), stack 1,
-//! then `secondary_main(context)`.
+//! vectors, MMU on with [`MMU`] (cleaned to PoC by the boot CPU), its slot
+//! found by its MPIDR in [`CPU_SLOTS`] (in `TPIDR_EL1`: its stack and abort
+//! log; a CPU without a slot parks), then `secondary_main(context)`.
 
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use core::mem::{offset_of, size_of};
 
-/// Bytes of stack per CPU slot (0: boot CPU, 1: the secondary).
+/// Bytes of stack per CPU slot.
 pub const STACK_SIZE: usize = 64 * 1024;
+
+/// CPU slots: stacks and abort logs for this many CPUs (el2's maximum).
+pub const MAX_CPUS: usize = 8;
 
 /// Registers saved by the EL1 vectors: general purpose, FP/SIMD (the
 /// Rust handler may use them, and the suite checks el2 preserves them
@@ -78,15 +82,19 @@ pub static MMU: Shared<MmuConfig> = Shared(UnsafeCell::new(MmuConfig {
     sctlr: 0,
 }));
 
-/// Two stacks: the boot CPU's and the secondary's.
+/// One stack per CPU slot (slot 0: the boot CPU).
 #[repr(C, align(4096))]
-pub struct Stacks(UnsafeCell<[[u8; STACK_SIZE]; 2]>);
+pub struct Stacks(UnsafeCell<[[u8; STACK_SIZE]; MAX_CPUS]>);
 
 // SAFETY: each CPU uses its own stack, only through SP.
 unsafe impl Sync for Stacks {}
 
 /// The stacks.
-pub static STACKS: Stacks = Stacks(UnsafeCell::new([[0; STACK_SIZE]; 2]));
+pub static STACKS: Stacks = Stacks(UnsafeCell::new([[0; STACK_SIZE]; MAX_CPUS]));
+
+/// The MPIDR affinity of the CPU of each slot (`u64::MAX`: none), written by
+/// the boot CPU before it starts any other ([`super::arch::set_cpu_slots`]).
+pub static CPU_SLOTS: Shared<[u64; MAX_CPUS]> = Shared(UnsafeCell::new([u64::MAX; MAX_CPUS]));
 
 unsafe extern "C" {
     /// Where a CPU started with PSCI CPU_ON begins (`x0` = context id).
@@ -167,17 +175,34 @@ secondary_entry:
     adrp    x1, th_vectors
     add     x1, x1, :lo12:th_vectors
     msr     vbar_el1, x1
-    mov     x1, #1
-    msr     tpidr_el1, x1       /* CPU slot 1 */
     isb
     adrp    x0, {mmu}
     add     x0, x0, :lo12:{mmu}
     bl      mmu_enable
+    /* x1 = MPIDR affinity (Aff3 in 39:32, Aff2..Aff0 in 23:0) */
+    mrs     x2, mpidr_el1
+    and     x1, x2, #0xffffff
+    ubfx    x2, x2, #32, #8
+    orr     x1, x1, x2, lsl #32
+    adrp    x2, {slots}
+    add     x2, x2, :lo12:{slots}
+    mov     x3, #0
+8:
+    ldr     x4, [x2, x3, lsl #3]
+    cmp     x4, x1
+    b.eq    9f
+    add     x3, x3, #1
+    cmp     x3, #{max_cpus}
+    b.lo    8b
+    b       7f                  /* no slot: park */
+9:
+    msr     tpidr_el1, x3       /* CPU slot */
     adrp    x1, {stacks}
     add     x1, x1, :lo12:{stacks}
     mov     x2, #{stack_size}
-    add     x1, x1, x2
-    add     sp, x1, x2
+    add     x3, x3, #1
+    madd    x1, x3, x2, x1
+    mov     sp, x1
     mov     x0, x19
     bl      {secondary}
 7:
@@ -323,6 +348,8 @@ th_common:
     handler = sym super::exception,
     stacks = sym STACKS,
     mmu = sym MMU,
+    slots = sym CPU_SLOTS,
+    max_cpus = const MAX_CPUS,
     stack_size = const STACK_SIZE,
     frame_size = const size_of::<Frame>(),
     x = const offset_of!(Frame, x),

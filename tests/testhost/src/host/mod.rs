@@ -1,5 +1,8 @@
 //! The test host proper (`target_os = "none"` only): boot, the device tree
-//! el2 hands over, and the conformance suite ([`checks`]).
+//! el2 hands over, and the conformance suite ([`checks`]) or, with
+//! `testhost.stress` on the command line, the SMP stress mode ([`stress`],
+//! [`focus`], [`race`]). Every CPU runs in a slot (0: the boot CPU; see
+//! `arch::set_cpu_slots`) with its own stack and abort log, up to 8.
 
 #[cfg(not(target_arch = "aarch64"))]
 compile_error!("testhost only supports aarch64 bare-metal targets (aarch64-unknown-none)");
@@ -7,8 +10,11 @@ compile_error!("testhost only supports aarch64 bare-metal targets (aarch64-unkno
 pub mod arch;
 mod checks;
 mod entry;
+mod focus;
 mod gic;
 mod its;
+mod race;
+mod stress;
 mod vmm;
 
 use core::cell::UnsafeCell;
@@ -44,11 +50,24 @@ pub struct Platform {
     pub psci_smc: bool,
     /// `/chosen/bootargs` contains `testhost.fail`.
     pub inject_failure: bool,
+    /// `testhost.stress[=<ms>]` in bootargs: run the SMP stress mode for
+    /// this many milliseconds instead of the suite.
+    pub stress: Option<u64>,
+    /// `testhost.seed=<n>` (decimal or `0x` hex): the stress mode's seed.
+    pub seed: Option<u64>,
     /// The device tree's address and size.
     pub dtb: (u64, u64),
     /// The GICv3: distributor base, redistributor region `(base, size)`
     /// (the `arm,gic-v3` node's `reg[0]` and `reg[1]`).
     pub gic: Option<(u64, (u64, u64))>,
+}
+
+/// A decimal or `0x`-prefixed hexadecimal number.
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
 }
 
 impl Platform {
@@ -64,6 +83,8 @@ impl Platform {
             reg_count: 0,
             psci_smc: false,
             inject_failure: false,
+            stress: None,
+            seed: None,
             dtb: (dtb, fdt.total_size() as u64),
             gic: None,
         };
@@ -109,11 +130,22 @@ impl Platform {
             .and_then(|n| n.property("method"))
             .and_then(|m| m.as_str())
             == Some("smc");
-        p.inject_failure = fdt
-            .chosen()
-            .ok()
-            .and_then(|c| c.bootargs())
-            .is_some_and(|a| a.split_whitespace().any(|w| w == "testhost.fail"));
+        let bootargs = fdt.chosen().ok().and_then(|c| c.bootargs()).unwrap_or("");
+        for word in bootargs.split_whitespace() {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word, None),
+            };
+            match (key, value) {
+                ("testhost.fail", None) => p.inject_failure = true,
+                ("testhost.stress", None) => p.stress = Some(stress::DEFAULT_MS),
+                ("testhost.stress", Some(v)) => {
+                    p.stress = Some(parse_number(v).unwrap_or(stress::DEFAULT_MS));
+                }
+                ("testhost.seed", Some(v)) => p.seed = parse_number(v),
+                _ => {}
+            }
+        }
         if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
             let mut regs = gic
                 .reg()
@@ -216,6 +248,7 @@ extern "C" fn testhost_main(dtb: u64, t0: u64) -> ! {
         }
     };
     let platform = Platform::parse(&fdt, dtb);
+    arch::set_cpu_slots(arch::mpidr(), platform.cpus());
     for &(base, size) in platform.ram() {
         let mut a = base & !((1 << 30) - 1);
         while a < base + size {
@@ -237,7 +270,10 @@ extern "C" fn testhost_main(dtb: u64, t0: u64) -> ! {
         };
         vmm::run(guest, gic)
     }
-    let summary = checks::run(&platform);
+    let summary = match platform.stress {
+        Some(ms) => stress::run(&platform, ms),
+        None => checks::run(&platform),
+    };
     println!(
         "testhost: finished in {} us",
         arch::us_since(T0.load(Ordering::Relaxed))
@@ -249,9 +285,18 @@ extern "C" fn testhost_main(dtb: u64, t0: u64) -> ! {
     arch::power_off(u64::from(summary.failed > 0))
 }
 
-/// Rust entry of the secondary CPU (`context` = the CPU_ON context id).
+/// Rust entry of a secondary CPU (`context` = the CPU_ON context id,
+/// which says what it is to run).
 extern "C" fn secondary_main(context: u64) -> ! {
-    checks::secondary(context)
+    if stress::is_worker(context) {
+        stress::worker(context)
+    } else if focus::is_helper(context) {
+        focus::helper(context)
+    } else if race::is_race(context) {
+        race::secondary(context)
+    } else {
+        checks::secondary(context)
+    }
 }
 
 /// Rust side of every EL1 vector.
