@@ -27,6 +27,12 @@
 //! every table page pinned (`UnshareHyp` → -EBUSY); a `PROPBASER` write
 //! while enabled is ignored; clearing `EnableLPIs` releases the pages.
 //!
+//! With a VM built from test-host pages (one donated, one lent): every
+//! register and MAPD above pointed at the guest's pages is refused; the
+//! queue, an ITT, the device table and the LPI tables cannot be donated or
+//! lent to the guest while in use, and can once the ITS or LPIs are off;
+//! the teardown gives every page back.
+//!
 //! Last, el2's ownership invariant checker must find nothing wrong.
 
 use host_interface::abi::{HostCall, errno, page_state};
@@ -122,13 +128,35 @@ fn not_host(p: &Platform) -> (u64, u64) {
 
 /// Runs the ITS and LPI checks.
 pub fn run(s: &mut Summary, p: &Platform) {
-    match its_base(p) {
-        Some(base) => its_checks(s, p, base),
-        None => s.skip("ITS mediation", "no arm,gic-v3-its in the device tree"),
+    let its = its_base(p).and_then(|base| {
+        let t = its_checks(s, p, base);
+        if t.is_none() {
+            s.skip("ITS tables", "no device table among GITS_BASER<n>");
+        }
+        t
+    });
+    if its.is_none() && its_base(p).is_none() {
+        s.skip("ITS mediation", "no arm,gic-v3-its in the device tree");
     }
-    match p.gic {
-        Some((_, (redist, _))) => lpi_checks(s, p, redist),
-        None => s.skip("LPI table mediation", "no GICv3"),
+    let rd = match p.gic {
+        Some((_, (redist, _))) if lpis_enabled(redist) => {
+            s.skip(
+                "LPI table mediation",
+                "LPIs already enabled on redistributor 0",
+            );
+            None
+        }
+        Some((_, (redist, _))) => {
+            lpi_checks(s, p, redist);
+            Some(redist)
+        }
+        None => {
+            s.skip("LPI table mediation", "no GICv3");
+            None
+        }
+    };
+    if its.is_some() || rd.is_some() {
+        guest_page_checks(s, its.as_ref(), rd);
     }
     let r = hvc([HostCall::CheckInvariants.id(), 0, 0, 0, 0, 0]);
     s.check(
@@ -189,7 +217,9 @@ fn mapd(dev: u64, bits: u64, itt: Option<u64>) -> [u64; 4] {
     [0x08 | (dev << 32), bits - 1, dw2, 0]
 }
 
-fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
+/// The ITS checks; the ITS under test for [`guest_page_checks`], if it
+/// has a device table.
+fn its_checks(s: &mut Summary, p: &Platform, its: u64) -> Option<ItsUnderTest> {
     let typer = read64(its + GITS_TYPER);
     s.check(
         "ITS: GITS_TYPER reads through el2 (physical LPIs)",
@@ -210,10 +240,7 @@ fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
         ctlr & (1 << 31) != 0 && sext == ctlr as i32 as i64 as u64,
         format_args!("GITS_CTLR {ctlr:#x}, LDRSW gave {sext:#x}"),
     );
-    let Some(n) = (0..8u64).find(|n| (read64(its + GITS_BASER0 + 8 * n) >> 56) & 7 == 1) else {
-        s.skip("ITS tables", "no device table among GITS_BASER<n>");
-        return;
-    };
+    let n = (0..8u64).find(|n| (read64(its + GITS_BASER0 + 8 * n) >> 56) & 7 == 1)?;
     let baser = its + GITS_BASER0 + 8 * n;
     let t = ItsUnderTest {
         base: its,
@@ -390,6 +417,12 @@ fn its_checks(s: &mut Summary, p: &Platform, its: u64) {
         creadr == 0 && [state(dt), state(queue)] == [FREE; 2],
         format_args!("GITS_CREADR = {creadr:#x}"),
     );
+    Some(t)
+}
+
+/// Whether redistributor `rd` has LPIs on already (then it is left alone).
+fn lpis_enabled(rd: u64) -> bool {
+    read32(rd + GICR_CTLR) & ENABLE_LPIS != 0
 }
 
 fn lpi_checks(s: &mut Summary, p: &Platform, rd: u64) {
@@ -398,13 +431,6 @@ fn lpi_checks(s: &mut Summary, p: &Platform, rd: u64) {
     let (hyp, _) = not_host(p);
     let attrs = (0b111 << 7) | (0b01 << 10); // RaWaWb inner, inner shareable
     let ctlr = read32(rd + GICR_CTLR);
-    if ctlr & ENABLE_LPIS != 0 {
-        s.skip(
-            "LPI table mediation",
-            "LPIs already enabled on redistributor 0",
-        );
-        return;
-    }
 
     write64(rd + GICR_PROPBASER, attrs | prop | 31);
     let got = read64(rd + GICR_PROPBASER);
@@ -456,5 +482,208 @@ fn lpi_checks(s: &mut Summary, p: &Platform, rd: u64) {
         "LPI: clearing EnableLPIs releases the tables",
         c & ENABLE_LPIS == 0 && states == [FREE; 4],
         format_args!("GICR_CTLR = {c:#x}, pages {states:x?}"),
+    );
+}
+
+#[repr(C, align(8192))]
+struct Pgd([u8; 8192]);
+
+static mut VM_PGD: Pgd = Pgd([0; 8192]);
+static mut VM_META: Pages<{ 4 * 4096 }> = Pages([0; 4 * 4096]);
+static mut VM_CACHE: Pages<{ 4 * 4096 }> = Pages([0; 4 * 4096]);
+static mut GUEST_DONATED: Pages<4096> = Pages([0; 4096]);
+static mut GUEST_SHARED: Pages<4096> = Pages([0; 4096]);
+
+/// Guest frames the checks below use: the donated page, the shared page,
+/// then the frames pinned pages are offered at.
+const GFN_DONATED: u64 = 0x20;
+const GFN_SHARED: u64 = 0x21;
+const GFN_QUEUE: u64 = 0x22;
+const GFN_ITT: u64 = 0x23;
+const GFN_DT: u64 = 0x24;
+const GFN_PEND: u64 = 0x25;
+const GFN_PROP: u64 = 0x26;
+
+/// A host call; `Ok(x2..x6)` or `Err(x1)`.
+fn call(c: HostCall, a: [u64; 5]) -> Result<[u64; 5], u64> {
+    let r = hvc([c.id(), a[0], a[1], a[2], a[3], a[4]]);
+    if r[1] == 0 {
+        Ok([r[2], r[3], r[4], r[5], 0])
+    } else {
+        Err(r[1])
+    }
+}
+
+/// An error code as the checks print it.
+fn code(r: Result<[u64; 5], u64>) -> i64 {
+    r.map_or_else(|e| e as i64, |_| 0)
+}
+
+/// Refused because the page is in use (pinned or not the host's).
+fn in_use(r: Result<[u64; 5], u64>) -> bool {
+    matches!(r, Err(EPERM) | Err(EBUSY))
+}
+
+/// Creates a one-vCPU VM from the test host's own pages with a topped-up
+/// memcache, donates `GUEST_DONATED` and lends `GUEST_SHARED` to it.
+fn create_vm() -> Result<u64, &'static str> {
+    let pfn = |a: u64| a / PAGE;
+    let pgd = &raw mut VM_PGD as u64;
+    let meta = &raw mut VM_META as u64;
+    let cache = &raw mut VM_CACHE as u64;
+    let h = call(HostCall::VmCreate, [40, pfn(pgd), pfn(meta), 1, 0])
+        .map_err(|_| "VmCreate failed")?[0];
+    call(HostCall::MemcacheTopup, [h, pfn(cache), 4, 0, 0]).map_err(|_| "MemcacheTopup failed")?;
+    let donated = &raw mut GUEST_DONATED as u64;
+    let shared = &raw mut GUEST_SHARED as u64;
+    call(HostCall::DonateGuest, [h, pfn(donated), GFN_DONATED, 1, 0])
+        .map_err(|_| "DonateGuest failed")?;
+    call(HostCall::ShareGuest, [h, pfn(shared), GFN_SHARED, 1, 0])
+        .map_err(|_| "ShareGuest failed")?;
+    Ok(h)
+}
+
+/// Tears the VM down: lent pages back, every frame reclaimed.
+fn destroy_vm(h: u64) -> bool {
+    let mut ok = true;
+    for gfn in [GFN_SHARED, GFN_ITT, GFN_PEND] {
+        // Only the frames a check managed to lend are mapped.
+        let _ = call(HostCall::UnshareGuest, [h, gfn, 1, 0, 0]);
+    }
+    ok &= call(HostCall::TeardownStart, [h, 0, 0, 0, 0]).is_ok();
+    for gfn in [GFN_DONATED, GFN_QUEUE, GFN_DT, GFN_PROP] {
+        let _ = call(HostCall::Reclaim, [h, gfn, 1, 0, 0]);
+    }
+    ok &= call(HostCall::TeardownFinish, [h, 0, 0, 0, 0]).is_ok();
+    ok
+}
+
+/// Pages donated to or shared with a guest, as tables or queues, and the
+/// reverse: pages the ITS or the redistributor uses, offered to a guest.
+fn guest_page_checks(s: &mut Summary, its: Option<&ItsUnderTest>, rd: Option<u64>) {
+    let h = match create_vm() {
+        Ok(h) => h,
+        Err(why) => {
+            s.check(
+                "guest pages: a VM built from test-host pages",
+                false,
+                format_args!("{why}"),
+            );
+            return;
+        }
+    };
+    let donated = &raw mut GUEST_DONATED as u64;
+    let shared = &raw mut GUEST_SHARED as u64;
+    let queue = &raw mut QUEUE as u64;
+    let itt = &raw mut ITT as u64;
+    let dt = &raw mut DEVICE_TABLE as u64;
+    let prop = &raw mut PROP as u64;
+    let pend = &raw mut PEND as u64;
+    let pfn = |a: u64| a / PAGE;
+
+    if let Some(t) = its {
+        let before = read64(t.baser);
+        write64(t.baser, t.table(donated, 1));
+        let a = read64(t.baser);
+        write64(t.baser, t.table(shared, 1));
+        let b = read64(t.baser);
+        write64(t.base + GITS_CBASER, VALID | CBASER_ATTRS | donated);
+        let c = read64(t.base + GITS_CBASER);
+        write64(t.base + GITS_CBASER, VALID | CBASER_ATTRS | shared);
+        let d = read64(t.base + GITS_CBASER);
+        s.check(
+            "ITS: GITS_BASER and GITS_CBASER at a page donated to or shared with a guest are refused",
+            a == before && b == before && c & VALID == 0 && d & VALID == 0,
+            format_args!("BASER {before:#x} -> {a:#x} / {b:#x}, CBASER {c:#x} / {d:#x}"),
+        );
+        let r1 = t.run(&[mapd(1, 5, Some(donated)), SYNC], 1);
+        t.stop();
+        let r2 = t.run(&[mapd(1, 5, Some(shared)), SYNC], 1);
+        t.stop();
+        s.check(
+            "ITS: a MAPD whose ITT is a guest's page (donated or shared) stalls the queue",
+            r1 == 1 && r2 == 1,
+            format_args!("GITS_CREADR = {r1:#x} / {r2:#x} (want 0x1)"),
+        );
+
+        let creadr = t.run(&[mapd(1, 5, Some(itt)), SYNC], 0x40);
+        let q = call(HostCall::DonateGuest, [h, pfn(queue), GFN_QUEUE, 1, 0]);
+        let i = call(HostCall::ShareGuest, [h, pfn(itt), GFN_ITT, 1, 0]);
+        let d = call(HostCall::DonateGuest, [h, pfn(dt), GFN_DT, 1, 0]);
+        s.check(
+            "ITS: while it uses them, the queue and an ITT cannot be donated or lent to a guest, nor the device table donated",
+            creadr == 0x40 && in_use(q) && in_use(i) && d == Err(EPERM),
+            format_args!(
+                "GITS_CREADR {creadr:#x}; queue {}, ITT {}, device table {}",
+                code(q),
+                code(i),
+                code(d)
+            ),
+        );
+        t.stop();
+        let q = call(HostCall::DonateGuest, [h, pfn(queue), GFN_QUEUE, 1, 0]);
+        let i = call(HostCall::ShareGuest, [h, pfn(itt), GFN_ITT, 1, 0]);
+        s.check(
+            "ITS: once it is disabled, the queue can be donated and the ITT lent to a guest",
+            q.is_ok() && i.is_ok(),
+            format_args!("queue {}, ITT {}", code(q), code(i)),
+        );
+    }
+
+    if let Some(rd) = rd {
+        let attrs = (0b111 << 7) | (0b01 << 10);
+        let ctlr = read32(rd + GICR_CTLR);
+        write64(rd + GICR_PROPBASER, attrs | donated | 15);
+        write64(rd + GICR_PENDBASER, attrs | pend);
+        write32(rd + GICR_CTLR, ctlr | ENABLE_LPIS);
+        let a = read32(rd + GICR_CTLR);
+        write64(rd + GICR_PROPBASER, attrs | prop | 15);
+        write64(rd + GICR_PENDBASER, attrs | shared);
+        write32(rd + GICR_CTLR, ctlr | ENABLE_LPIS);
+        let b = read32(rd + GICR_CTLR);
+        s.check(
+            "LPI: EnableLPIs with a table at a guest's page (donated or shared) reads back clear; nothing pinned",
+            a & ENABLE_LPIS == 0 && b & ENABLE_LPIS == 0 && [state(prop), state(pend)] == [FREE; 2],
+            format_args!("GICR_CTLR {a:#x} / {b:#x}"),
+        );
+
+        write64(rd + GICR_PENDBASER, attrs | pend);
+        write32(rd + GICR_CTLR, ctlr | ENABLE_LPIS);
+        let on = read32(rd + GICR_CTLR) & ENABLE_LPIS != 0;
+        let p = call(HostCall::ShareGuest, [h, pfn(pend), GFN_PEND, 1, 0]);
+        let q = call(HostCall::DonateGuest, [h, pfn(prop), GFN_PROP, 1, 0]);
+        s.check(
+            "LPI: while LPIs are enabled, the tables cannot be lent or donated to a guest",
+            on && in_use(p) && in_use(q),
+            format_args!("enabled {on}; pending {}, property {}", code(p), code(q)),
+        );
+        write32(rd + GICR_CTLR, ctlr & !ENABLE_LPIS);
+        let p = call(HostCall::ShareGuest, [h, pfn(pend), GFN_PEND, 1, 0]);
+        let q = call(HostCall::DonateGuest, [h, pfn(prop), GFN_PROP, 1, 0]);
+        s.check(
+            "LPI: once LPIs are disabled, the tables can be lent and donated to a guest",
+            p.is_ok() && q.is_ok(),
+            format_args!("pending {}, property {}", code(p), code(q)),
+        );
+    }
+
+    let gone = destroy_vm(h);
+    let pages = [
+        donated,
+        shared,
+        queue,
+        itt,
+        dt,
+        prop,
+        pend,
+        &raw mut VM_PGD as u64,
+        &raw mut VM_META as u64,
+        &raw mut VM_CACHE as u64,
+    ]
+    .map(state);
+    s.check(
+        "guest pages: the VM torn down, every page it had back with the host",
+        gone && pages == [FREE; 10],
+        format_args!("teardown ok {gone}, pages {pages:x?}"),
     );
 }
