@@ -490,6 +490,9 @@ pub struct LoadPlan {
     pub initrd: (u64, u64),
     /// Where the device tree goes (bytes reserved: `dtb_space`).
     pub dtb: u64,
+    /// The kernel stays where it was loaded ([`plan_in_place`]): nothing
+    /// to copy.
+    pub in_place: bool,
 }
 
 /// Room reserved for the host's device tree (it grows when rewritten).
@@ -503,6 +506,46 @@ pub fn plan(
     img: &BootImage<'_>,
     ram: (u64, u64),
     avoid: &[(u64, u64)],
+) -> Result<LoadPlan, BootImageError> {
+    place(img, ram, avoid, None)
+}
+
+/// As [`plan`], but leaves the kernel where it was loaded, at `kernel_at`
+/// inside the boot image, when the boot protocol allows it: `kernel_at`
+/// is `text_offset` above a 2 MiB boundary, and its `image_size` bytes lie
+/// in `ram` clear of `keep_clear` (hypervisor memory, device trees). Those
+/// bytes may cover the rest of the boot image and the vendor boot image
+/// (the kernel's BSS): the caller must copy the initrd and the DTB out of
+/// them, to the places planned clear of `avoid` (which lists the loaded
+/// images) and of the kernel, before the kernel runs. `None` when the
+/// kernel cannot stay (the caller then [`plan`]s a copy).
+pub fn plan_in_place(
+    img: &BootImage<'_>,
+    ram: (u64, u64),
+    kernel_at: u64,
+    keep_clear: &[(u64, u64)],
+    avoid: &[(u64, u64)],
+) -> Option<LoadPlan> {
+    let k = Arm64Image::parse(img.kernel).ok()?;
+    let end = kernel_at.checked_add(k.image_size)?;
+    let fits = kernel_at.checked_sub(k.text_offset)? % (2 << 20) == 0
+        && kernel_at >= ram.0
+        && end <= ram.0.checked_add(ram.1)?
+        && keep_clear
+            .iter()
+            .all(|&(b, s)| end <= b || b.saturating_add(s) <= kernel_at);
+    if !fits {
+        return None;
+    }
+    place(img, ram, avoid, Some(kernel_at)).ok()
+}
+
+/// [`plan`], with the kernel at `kernel` if given (checked by the caller).
+fn place(
+    img: &BootImage<'_>,
+    ram: (u64, u64),
+    avoid: &[(u64, u64)],
+    kernel: Option<u64>,
 ) -> Result<LoadPlan, BootImageError> {
     let k = Arm64Image::parse(img.kernel)?;
     let initrd = img.initrd_size();
@@ -530,9 +573,15 @@ pub fn plan(
         }
         None
     };
-    let kernel = first_fit(ram.0, k.image_size, 2 << 20, k.text_offset)
-        .ok_or(err("kernel image_size", Problem::Overlap))?;
+    let in_place = kernel.is_some();
+    let kernel = match kernel {
+        Some(at) => at,
+        None => first_fit(ram.0, k.image_size, 2 << 20, k.text_offset)
+            .ok_or(err("kernel image_size", Problem::Overlap))?,
+    };
     let after = kernel + k.image_size;
+    // The initrd and the DTB go above the kernel, so never on it (which
+    // matters in place, where the kernel's bytes are not in `avoid`).
     let initrd_at = if initrd > 0 {
         first_fit(after, initrd, 4096, 0).ok_or(err("ramdisk_size", Problem::Overlap))?
     } else {
@@ -554,6 +603,7 @@ pub fn plan(
         kernel_size: k.image_size,
         initrd: (initrd_at, initrd),
         dtb,
+        in_place,
     })
 }
 
@@ -827,6 +877,41 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_on_a_2mib_boundary_stays_in_place() {
+        let k = kernel();
+        let img = boot_v3_v4(4, &k, &[1; 5000], "");
+        let b = BootImage::parse(&img, None).unwrap();
+        let ram = (0x4000_0000, 1 << 30);
+        // The boot image loaded so that its kernel (one 4 KiB page in)
+        // starts at 0x4820_0000.
+        let boot = (0x4820_0000 - 4096, img.len() as u64);
+        let hyp = [(0x4020_0000, 2 << 20), (0x7e00_0000, 32 << 20)];
+        let avoid = [hyp[0], hyp[1], boot];
+        let p = plan_in_place(&b, ram, 0x4820_0000, &hyp, &avoid).unwrap();
+        assert!(p.in_place);
+        assert_eq!((p.kernel, p.kernel_size), (0x4820_0000, 3 << 20));
+        // The initrd and DTB go above the kernel's BSS, clear of the image.
+        let (initrd, size) = p.initrd;
+        assert_eq!(size, 5000);
+        assert!(initrd >= 0x4820_0000 + (3 << 20));
+        assert!(initrd >= boot.0 + boot.1);
+        assert!(p.dtb >= initrd + size && p.dtb % (2 << 20) == 0);
+        // Not text_offset above a 2 MiB boundary: copied instead.
+        assert_eq!(plan_in_place(&b, ram, 0x4820_1000, &hyp, &avoid), None);
+        // The kernel's bytes would run into hypervisor memory, or past RAM.
+        assert_eq!(plan_in_place(&b, ram, 0x7dc0_0000, &hyp, &avoid), None);
+        assert_eq!(
+            plan_in_place(&b, (0x4000_0000, 0x0840_0000), 0x4820_0000, &hyp, &[]),
+            None
+        );
+        // No room left above it for the initrd: copied instead.
+        assert_eq!(
+            plan_in_place(&b, (0x4000_0000, 0x0860_0000), 0x4820_0000, &hyp, &avoid),
+            None
+        );
+    }
+
+    #[test]
     fn kernel_header_and_placement() {
         let k = kernel();
         let img = boot_v3_v4(4, &k, &[1; 5000], "");
@@ -844,6 +929,7 @@ mod tests {
         assert_eq!(p.kernel_size, 3 << 20);
         assert_eq!(p.initrd, (0x4070_0000, 5000));
         assert_eq!(p.dtb, 0x4080_0000);
+        assert!(!p.in_place);
         // No room: refused, naming what did not fit.
         assert_eq!(
             plan(&b, (0x4000_0000, 4 << 20), &[]).unwrap_err().field,

@@ -382,6 +382,23 @@ pub fn guest_args(guest: &Guest<'_>, ram: u64) -> Result<Vec<String>, String> {
     Ok(args)
 }
 
+/// Where an Android boot image is loaded: at or just above
+/// [`HOST_IMAGE_ADDR`], so that its kernel lands `text_offset` above a
+/// 2 MiB boundary and el2 boots it in place instead of copying it
+/// (`el2::bootimg::plan_in_place`). An image that does not parse goes at
+/// [`HOST_IMAGE_ADDR`], for el2 to refuse with its own message.
+pub fn android_load_addr(image: &[u8]) -> u64 {
+    let Ok(img) = el2::bootimg::BootImage::parse(image, None) else {
+        return HOST_IMAGE_ADDR;
+    };
+    let Ok(k) = el2::bootimg::Arm64Image::parse(img.kernel) else {
+        return HOST_IMAGE_ADDR;
+    };
+    let kernel_off = img.kernel.as_ptr() as u64 - image.as_ptr() as u64;
+    let shift = (k.text_offset % BLOCK_2M + BLOCK_2M - kernel_off % BLOCK_2M) % BLOCK_2M;
+    HOST_IMAGE_ADDR + shift
+}
+
 /// The arguments that load `host` (module docs of `hostimg.rs` in el2 for
 /// the protocol). Reads the files' sizes (and a raw Image's header).
 pub fn host_args(host: &Host<'_>) -> Result<Vec<String>, String> {
@@ -405,16 +422,18 @@ pub fn host_args(host: &Host<'_>) -> Result<Vec<String>, String> {
             args.extend(descriptor_args(DESC_RAW, (at, data.len() as u64), extra));
         }
         Host::Android { boot, vendor } => {
-            let len = file_len(boot)?;
-            args.extend(raw_loader(boot, HOST_IMAGE_ADDR));
+            let data = std::fs::read(boot).map_err(|e| format!("{}: {e}", boot.display()))?;
+            let len = data.len() as u64;
+            let at = android_load_addr(&data);
+            args.extend(raw_loader(boot, at));
             let mut extra = (0, 0);
             if let Some(vendor) = vendor {
                 let vlen = file_len(vendor)?;
-                let addr = (HOST_IMAGE_ADDR + len).next_multiple_of(BLOCK_2M);
+                let addr = (at + len).next_multiple_of(BLOCK_2M);
                 args.extend(raw_loader(vendor, addr));
                 extra = (addr, vlen);
             }
-            args.extend(descriptor_args(DESC_ANDROID, (HOST_IMAGE_ADDR, len), extra));
+            args.extend(descriptor_args(DESC_ANDROID, (at, len), extra));
         }
     }
     Ok(args)
@@ -635,6 +654,24 @@ mod tests {
                 .any(|w| w == ["-machine", "virt,gic-version=3,its=off,virtualization=on"])
         );
         assert!(args.windows(2).any(|w| w == ["-device", "virtio-rng-pci"]));
+    }
+
+    #[test]
+    fn boot_images_are_loaded_with_their_kernel_on_a_2mib_boundary() {
+        use el2::bootimg::pack;
+        let k = pack::arm64_image(&[7; 5000], 3 << 20);
+        // v3/v4: the kernel one 4 KiB page in.
+        let v4 = pack::boot_v3_v4(4, &k, &[1; 100], "");
+        assert_eq!(android_load_addr(&v4), HOST_IMAGE_ADDR + BLOCK_2M - 4096);
+        // v0-v2: one header page in, whatever its size.
+        for page in [2048u32, 4096, 16384] {
+            let v2 = pack::boot_v0_v2(2, page, &k, &[1; 100], &[2; 64], "");
+            let at = android_load_addr(&v2);
+            assert_eq!((at + u64::from(page)) % BLOCK_2M, 0, "page {page}");
+            assert!((HOST_IMAGE_ADDR..HOST_IMAGE_ADDR + BLOCK_2M).contains(&at));
+        }
+        // Not a boot image: at HOST_IMAGE_ADDR, for el2 to refuse.
+        assert_eq!(android_load_addr(b"ANDROID?"), HOST_IMAGE_ADDR);
     }
 
     #[test]

@@ -36,12 +36,13 @@ use stage2::Ipa;
 use super::entry::TrapFrame;
 use super::host::Hypervisor;
 use super::inject;
+use super::residency::Kind;
 
 use inject::{fault_ipa, fsc_class};
 
 /// Handles an instruction or data abort from the host (`esr` = its
 /// syndrome).
-pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
+pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) -> Kind {
     let far = FAR_EL2.get();
     let class = fsc_class(esr);
     // Translation (0b0001), access flag (0b0010), permission (0b0011) and
@@ -57,10 +58,10 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
             frame.elr
         );
         inject(frame, esr, far);
-        return;
+        return Kind::Other;
     }
     let Some(ipa) = fault_ipa(esr, far) else {
-        return;
+        return Kind::Other;
     };
     if class == 0b0001 || class == 0b0010 {
         let mapped = hyp.core.mem.with_host(|h| {
@@ -70,10 +71,10 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
                 .unwrap_or(false)
         });
         if mapped {
-            return;
+            return Kind::Other;
         }
         if emulate_device(hyp, frame, esr, ipa) {
-            return;
+            return Kind::DeviceEmulation;
         }
     }
     let owner = hyp
@@ -93,6 +94,7 @@ pub fn host_mem_abort(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         }
     );
     inject(frame, esr, far);
+    Kind::Other
 }
 
 /// A host access to a device register el2 mediates (the ITS control frame,

@@ -52,7 +52,7 @@ use super::mmu::{FinalMap, MapError, Memory};
 use super::percpu::{MPIDR_AFF_MASK, Power};
 use super::{
     console, entry, exit, gic, gicr_lpi, host, hostimg, its, layout, mem, mmu, percpu, pl011,
-    sysreg,
+    residency, sysreg,
 };
 use el2::fdt::{self, ChosenEdits, DtError, Gic, Platform, Range};
 
@@ -165,6 +165,8 @@ pub(super) extern "C" fn rust_main(dtb: u64, t0: u64, el: u64) -> ! {
 
 /// Steps 3–8 of the boot sequence (module docs).
 fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
+    // Counter values at the end of each step, for the boot's breakdown.
+    let mut marks = [t0; 6];
     // 3. The device tree.
     if !dtb.is_multiple_of(8) || dtb >= mmu::VA_LIMIT {
         return Err(DtError::NoMagic(dtb).into());
@@ -226,6 +228,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         return Err(BootError::Other("the device tree is not inside RAM"));
     }
 
+    marks[0] = sysreg::counter();
     // 4. The final EL2 map: RAM Normal, the console UART Device. It maps
     // only RAM, so el2's image (code, data, stacks, page tables) must be
     // inside one RAM region, or turning it on would fault with no console.
@@ -298,6 +301,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         map.tables()
     );
 
+    marks[1] = sysreg::counter();
     // 5. The host image, the layout and the heap.
     let host = hostimg::read(ram)?;
     let lay = layout::compute(&platform, image, dt_range, &host.ranges())?;
@@ -307,6 +311,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     unsafe { mem::init_heap(lay.carveout.base, lay.carveout.size) };
     report_layout(&lay, &host);
 
+    marks[2] = sysreg::counter();
     // 6. Ownership table and host stage-2.
     percpu::register(&platform.cpus[..platform.cpu_count]);
     let pa_range = PaRange::from_parange(sysreg::pa_range_field())
@@ -398,6 +403,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         mmio.len()
     );
 
+    marks[3] = sysreg::counter();
     // 7. The host: kernel, initrd, command line; then its device tree.
     let qemu_bootargs = tree.chosen().ok().and_then(|c| c.bootargs());
     let mut prepared = hostimg::prepare(&host, &lay, ram, dt_range, qemu_bootargs)?;
@@ -438,6 +444,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     );
     drop(host_tree);
 
+    marks[4] = sysreg::counter();
     // 8. Enter the host.
     let gicv3 = matches!(platform.gic, Gic::V3 { .. }) && sysreg::has_gicv3_sysregs();
     let hyp = host::HYP.call_once(|| host::Hypervisor {
@@ -459,13 +466,27 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     entry::HAS_SVE.store(u8::from(sysreg::has_sve()), Ordering::Relaxed);
     let (used, total) = mem::heap_stats();
     let t1 = sysreg::counter();
+    marks[5] = t1;
+    residency::set_boot(t0, t1);
+    let step = |i: usize| {
+        let from = if i == 0 { t0 } else { marks[i - 1] };
+        sysreg::ticks_to_us(marks[i].saturating_sub(from))
+    };
     log::info!(
-        "heap: {} KiB of {} KiB used; boot took {} us (el2 entry at {} us, host entry at {} us)",
+        "heap: {} KiB of {} KiB used; boot took {} us (el2 entry at {} us, host entry at {} us): \
+         device tree {} us, EL2 map {} us, host image and layout {} us, ownership and host \
+         stage-2 {} us, host kernel and device tree {} us, GIC and ITS {} us",
         used / 1024,
         total / 1024,
         sysreg::ticks_to_us(t1.saturating_sub(t0)),
         sysreg::ticks_to_us(t0),
-        sysreg::ticks_to_us(t1)
+        sysreg::ticks_to_us(t1),
+        step(0),
+        step(1),
+        step(2),
+        step(3),
+        step(4),
+        step(5),
     );
     if sysreg::has_hcx() {
         log::info!(

@@ -37,8 +37,13 @@
 //!   gets `linux,initrd-start/end` for it.
 //! - Android boot image (header v0–v4, with a vendor boot image for v3/v4):
 //!   parsed and validated by [`el2::bootimg::BootImage::parse`]; the
-//!   kernel is copied to the lowest `2 MiB + text_offset` address where
-//!   `image_size` bytes are free, the initrd (vendor ramdisk, then the boot
+//!   kernel stays where it lies inside the loaded image when that is
+//!   `text_offset` above a 2 MiB boundary with `image_size` bytes free
+//!   there ([`el2::bootimg::plan_in_place`]: `cargo qemu` loads boot
+//!   images so; the BSS may then cover the rest of the image, whose initrd
+//!   and DTB el2 copies out first), else it is copied to the lowest
+//!   `2 MiB + text_offset` address where `image_size` bytes are free; the
+//!   initrd (vendor ramdisk, then the boot
 //!   ramdisk, then a v4 bootconfig) right above it
 //!   ([`el2::bootimg::plan`], avoiding the hypervisor, the host device
 //!   tree, QEMU's device tree and the loaded images themselves); both are
@@ -403,40 +408,56 @@ fn prepare_android(
         }
     );
     let none = Range { base: 0, size: 0 };
-    let avoid: Vec<(u64, u64)> = [
+    let pairs = |rs: &[Range]| -> Vec<(u64, u64)> {
+        rs.iter()
+            .filter(|r| r.size > 0)
+            .map(|r| (r.base, r.size))
+            .collect()
+    };
+    let keep_clear = pairs(&[lay.image, lay.carveout, lay.host_dtb, qemu_dt]);
+    let avoid = pairs(&[
         lay.image,
         lay.carveout,
         lay.host_dtb,
         qemu_dt,
         boot,
         vendor.unwrap_or(none),
-    ]
-    .iter()
-    .filter(|r| r.size > 0)
-    .map(|r| (r.base, r.size))
-    .collect();
-    let mut plan = Err(BootImageError {
-        field: "kernel image_size",
-        problem: bootimg::Problem::Overlap,
-    });
-    for r in ram {
-        plan = bootimg::plan(&img, (r.base, r.size), &avoid);
-        if plan.is_ok() {
-            break;
+    ]);
+    // The kernel stays where the runner loaded it when it lies on a 2 MiB
+    // boundary (+ text_offset), as `cargo qemu` loads boot images: no copy.
+    // The memory is identity-mapped, so the slice's address is physical.
+    let kernel_at = img.kernel.as_ptr() as u64;
+    let mut plan = ram
+        .iter()
+        .find_map(|r| {
+            bootimg::plan_in_place(&img, (r.base, r.size), kernel_at, &keep_clear, &avoid)
+        })
+        .ok_or(BootImageError {
+            field: "kernel image_size",
+            problem: bootimg::Problem::Overlap,
+        });
+    if plan.is_err() {
+        for r in ram {
+            plan = bootimg::plan(&img, (r.base, r.size), &avoid);
+            if plan.is_ok() {
+                break;
+            }
         }
     }
     let plan = plan?;
     let (initrd_at, initrd_size) = plan.initrd;
-    // SAFETY: `plan` put the kernel's `image_size` bytes in RAM (mapped
-    // Normal) that is neither hypervisor memory, nor a device tree still
-    // in use, nor a loaded image; the source is a loaded image, so the two
-    // do not overlap.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            img.kernel.as_ptr(),
-            plan.kernel as *mut u8,
-            img.kernel.len(),
-        );
+    if !plan.in_place {
+        // SAFETY: `plan` put the kernel's `image_size` bytes in RAM (mapped
+        // Normal) that is neither hypervisor memory, nor a device tree still
+        // in use, nor a loaded image; the source is a loaded image, so the
+        // two do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                img.kernel.as_ptr(),
+                plan.kernel as *mut u8,
+                img.kernel.len(),
+            );
+        }
     }
     let initrd = if initrd_size > 0 {
         // SAFETY: as for the kernel: `plan` placed these bytes in free host
@@ -452,6 +473,9 @@ fn prepare_android(
     } else {
         None
     };
+    // In place too: the kernel's BSS covers bytes el2 read through the
+    // cache (the rest of the boot image), and the kernel starts with its
+    // caches off, so no stale line may survive.
     sysreg::clean_inval_to_poc(plan.kernel, plan.kernel_size);
     sysreg::invalidate_icache();
 
@@ -473,8 +497,13 @@ fn prepare_android(
         problem: bootimg::Problem::Invalid,
     })?;
     log::info!(
-        "host kernel copied to {:#x} ({:#x} bytes with its BSS), initrd {} ({} bytes), in {} us; \
+        "host kernel {} {:#x} ({:#x} bytes with its BSS), initrd {} ({} bytes), in {} us; \
          command line {bootargs:?}",
+        if plan.in_place {
+            "in place at"
+        } else {
+            "copied to"
+        },
         plan.kernel,
         plan.kernel_size,
         match initrd {

@@ -15,6 +15,8 @@
 //! - Devices that write memory by physical address: [`its`] (the GICv3
 //!   ITS), [`gicr_lpi`] (the redistributors' LPI tables), [`devpin`] (the
 //!   host memory they use), [`lograte`] (host-triggered warnings).
+//! - [`residency`]: el2's time in the host's traps, by kind, logged when
+//!   the host powers off or resets.
 //!
 //! From the host's first instruction on, el2 runs only in its trap
 //! handlers ([`trap`]): host calls ([`hvc`], which runs vCPUs through
@@ -45,6 +47,7 @@ mod mmu;
 mod percpu;
 mod pl011;
 mod psci;
+mod residency;
 mod sysreg;
 mod timer;
 mod trap;

@@ -55,6 +55,7 @@ use super::entry::{SmcRegs, TrapFrame, el2_secondary_entry, el2_smc_forward};
 use super::exit;
 use super::host::Hypervisor;
 use super::percpu::{self, Power};
+use super::residency;
 use super::sysreg;
 
 /// SMCCC NOT_SUPPORTED.
@@ -82,10 +83,12 @@ fn allowed(id: u32) -> bool {
 /// Calls the firmware with `regs` in x0..x17 and returns x0..x17.
 pub fn forward(regs: [u64; 18]) -> [u64; 18] {
     let mut block = SmcRegs { x: regs };
+    let t0 = sysreg::counter();
     // SAFETY: `block` is a live register block; the firmware call clobbers
     // only x0..x17 (caller-saved in the C ABI the routine follows) and an
     // UNDEFINED `smc` is resumed by the EL2 fault handler with x0 = -1.
     unsafe { el2_smc_forward(&mut block) };
+    residency::firmware(t0);
     block.x
 }
 
@@ -174,6 +177,7 @@ pub fn host_smc(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
             frame.x[0] = out[0];
         }
         psci::PSCI_SYSTEM_OFF => {
+            residency::report("SYSTEM_OFF");
             let status = frame.x[1];
             if status != 0 {
                 let code = u32::try_from(status.min(255)).unwrap_or(255);
@@ -186,6 +190,7 @@ pub fn host_smc(hyp: &Hypervisor, frame: &mut TrapFrame, esr: u64) {
         }
         psci::PSCI_SYSTEM_RESET | psci::PSCI_SYSTEM_RESET2_64 | psci::PSCI_SYSTEM_RESET2_32 => {
             log::info!("host requested a system reset ({id:#x})");
+            residency::report("SYSTEM_RESET");
             // Under QEMU (-no-reboot) a reset would end the run with
             // status 0, indistinguishable from a power-off: say what
             // happened instead. Without semihosting, reset for real.

@@ -22,7 +22,9 @@ use super::entry::{TrapFrame, el2_semihost_insn, el2_smc_forward_insn, kind};
 use super::exit::{self, status};
 use super::host::HYP;
 use super::hvc::host_hvc;
-use super::{abort, console, psci};
+use super::residency::{self, Kind};
+use super::{abort, console, psci, sysreg};
+use host_interface::abi::{HostCall, SMCCC_SVE_HINT};
 
 const EC_UNKNOWN: u64 = 0x00;
 const EC_HVC64: u64 = 0x16;
@@ -39,25 +41,40 @@ pub extern "C" fn el2_trap(frame: &mut TrapFrame, kind: u64) {
             let Some(hyp) = HYP.get() else {
                 fatal_trap(frame, "host trap before the hypervisor state exists");
             };
-            match ec {
-                EC_HVC64 => host_hvc(hyp, frame),
+            let t0 = sysreg::counter();
+            let what = match ec {
+                EC_HVC64 => {
+                    let run = frame.x[0] & !SMCCC_SVE_HINT == HostCall::VcpuRun.id();
+                    host_hvc(hyp, frame);
+                    if run { Kind::GuestRun } else { Kind::HostCall }
+                }
                 EC_SMC64 => {
                     // ELR_EL2 points at the trapped `smc` itself.
                     frame.elr = frame.elr.wrapping_add(4);
                     psci::host_smc(hyp, frame, esr);
+                    Kind::Psci
                 }
                 EC_IABT_LOW | EC_DABT_LOW => abort::host_mem_abort(hyp, frame, esr),
-                _ => unexpected_host_trap(frame, esr),
-            }
+                _ => {
+                    unexpected_host_trap(frame, esr);
+                    Kind::Other
+                }
+            };
+            residency::record(what, t0);
         }
         kind::LOWER_SYNC_32 => {
             let Some(hyp) = HYP.get() else {
                 fatal_trap(frame, "host trap before the hypervisor state exists");
             };
-            match ec {
+            let t0 = sysreg::counter();
+            let what = match ec {
                 EC_IABT_LOW | EC_DABT_LOW => abort::host_mem_abort(hyp, frame, esr),
-                _ => unexpected_host_trap(frame, esr),
-            }
+                _ => {
+                    unexpected_host_trap(frame, esr);
+                    Kind::Other
+                }
+            };
+            residency::record(what, t0);
         }
         kind::CURRENT_SYNC => {
             let skippable = [
