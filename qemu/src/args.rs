@@ -41,6 +41,15 @@ Commands:
               both paths. Installs the cross compiler and the arm64 C
               library with apt-get when root and missing, otherwise says
               what to install.
+  vmm-images  Build (or reuse from the caches) the host driver and its smoke
+              test, pkvm-vmm (aarch64-unknown-linux-musl, release),
+              testguest.bin and, when it can be built here, the pKVM Linux
+              guest kernel; pack them with the linux-images kernel and
+              busybox initramfs as a header v4 boot image whose init loads
+              the driver, runs the smoke test and pkvm-vmm with each guest,
+              unloads the driver and powers off (VMM-* lines; `--append
+              pkvm.shell` on `run` gives a shell after the checks); print
+              its path (<cache>/images/vmm-boot.img).
   bench-boot  Boot the same Debian kernel and initramfs five times directly
               at EL1 (no hypervisor) and five times under el2 (the v4 boot
               image), interleaved; print the median time to user space of
@@ -61,7 +70,7 @@ Commands:
   test        Run the QEMU tests, each with a timeout (the Linux host tests
               build the linux-images first when they are missing, the
               Linux guest tests the guest kernel, which they skip when it
-              cannot be built here).
+              cannot be built here, the Linux VMM test the vmm-images).
   test-all    The whole test suite, stopping at the first failure:
               cargo fmt --check, clippy (host and aarch64-unknown-none),
               the aarch64 release build, cargo test --workspace and the
@@ -163,6 +172,8 @@ pub enum Command {
     GuestKernel,
     /// Build the Linux host driver and its smoke test.
     HostDriver,
+    /// Build the boot image that runs the Linux VMM end to end.
+    VmmImages,
     /// Benchmark Linux boot time directly at EL1 vs under el2.
     BenchBoot,
     /// Benchmark the test guest's hypervisor paths (null HVC, MMIO exit,
@@ -368,6 +379,7 @@ where
         "linux-images" => no_arguments("linux-images", rest).map(|()| Command::LinuxImages),
         "guest-kernel" => no_arguments("guest-kernel", rest).map(|()| Command::GuestKernel),
         "host-driver" => no_arguments("host-driver", rest).map(|()| Command::HostDriver),
+        "vmm-images" => no_arguments("vmm-images", rest).map(|()| Command::VmmImages),
         "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
         "bench-guest" => no_arguments("bench-guest", rest).map(|()| Command::BenchGuest),
         "bench-guest-boot" => {
@@ -760,6 +772,33 @@ mod tests {
         );
         assert!(USAGE.contains("\n  host-driver Build the Linux host driver pkvm_rs.ko"));
         assert!(USAGE.contains("linux-kbuild"));
+    }
+
+    #[test]
+    fn vmm_images_command() {
+        assert_eq!(parse(["vmm-images"]), Ok(Command::VmmImages));
+        assert_eq!(parse(["vmm-images", "--help"]), Ok(Command::Help));
+        assert_eq!(
+            parse(["vmm-images", "--no-guest"]),
+            Err(ArgError::UnknownOption {
+                command: "vmm-images",
+                option: "--no-guest".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(["vmm-images", "vmm-boot.img"]),
+            Err(ArgError::UnexpectedArgument {
+                command: "vmm-images",
+                argument: "vmm-boot.img".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(["vmm_images"]),
+            Err(ArgError::UnknownCommand("vmm_images".to_owned()))
+        );
+        assert!(USAGE.contains("\n  vmm-images  Build (or reuse from the caches) the host driver"));
+        assert!(USAGE.contains("vmm-boot.img"));
+        assert!(USAGE.contains("pkvm.shell"));
     }
 
     #[test]

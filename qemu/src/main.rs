@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::LinuxImages => commands::linux_images::linux_images().map(|()| ExitCode::SUCCESS),
         Command::GuestKernel => commands::guest_kernel::guest_kernel().map(|()| ExitCode::SUCCESS),
         Command::HostDriver => commands::host_driver::host_driver().map(|()| ExitCode::SUCCESS),
+        Command::VmmImages => commands::vmm_images::vmm_images().map(|()| ExitCode::SUCCESS),
         Command::BenchBoot => commands::bench::bench_boot().map(|()| ExitCode::SUCCESS),
         Command::BenchGuest => commands::bench_guest::bench_guest().map(|()| ExitCode::SUCCESS),
         Command::BenchGuestBoot => {

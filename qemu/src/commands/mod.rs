@@ -10,3 +10,4 @@ pub mod linux_images;
 pub mod run;
 pub mod test;
 pub mod test_all;
+pub mod vmm_images;

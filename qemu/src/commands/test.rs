@@ -17,6 +17,16 @@
 //! network to the archive, tools missing and not root...), those tests
 //! print `SKIPPED: <why>` and count as skipped; any other failure to
 //! build it fails them. Every test's result line shows how long it took.
+//!
+//! The Linux VMM test boots the VMM boot image (`cargo qemu vmm-images`),
+//! built (or found in the caches) before it runs: the Linux host loads the
+//! host driver, runs its smoke test and `pkvm-vmm` with the test guest and
+//! the pKVM Linux guest, and unloads the driver; it is judged on its
+//! init's `VMM-*` lines, the test guest's report and the guests' own
+//! lines. When a part the image cannot do without (the host driver)
+//! cannot be built here, the test is skipped; when only the Linux guest
+//! cannot, the image is made without it, its init says so
+//! (`VMM-LINUX-GUEST-SKIPPED`) and the test's result line gives the reason.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +38,7 @@ use crate::dtb;
 use crate::failure::{EXIT_UNAVAILABLE, Failure};
 use crate::linux::LinuxImages;
 use crate::linux::guest_kernel::{self, GUEST_CMDLINE, GuestKernel as BuiltGuest};
+use crate::linux::vmm_images::{self, VmmImages};
 use crate::process::{self, Expect};
 use crate::qemu::{self, Boot, Guest, Host, Machine};
 use crate::workspace::{self, Images};
@@ -139,6 +150,9 @@ pub enum TestHost {
     Builtin,
     /// A Linux host built by `cargo qemu linux-images`.
     Linux(LinuxHost),
+    /// The VMM boot image built by `cargo qemu vmm-images`: the Linux host
+    /// runs the host driver's smoke test and `pkvm-vmm` with its guests.
+    Vmm,
     /// A boot image (and vendor boot image) the test makes itself.
     Made(fn() -> MadeImages),
 }
@@ -194,6 +208,55 @@ pub const LINUX_ABSENT: &[&str] = &[
 
 /// Checks the full suite has: fewer passing means checks went missing.
 const FULL_SUITE: u32 = 60;
+
+/// The Linux VMM end to end: 15 s measured under TCG on 2 host cores
+/// (26 s on a loaded machine): host boot 4 s, smoke test 3 s, test guest
+/// on 2 vCPUs 3 s, Linux guest 4 s, init's checks and the power-off; the
+/// rest is room for a loaded CI machine.
+const VMM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What every run of the VMM boot image must show: el2 booted the boot
+/// image's Linux, init loaded the driver (el2 answered its Version call),
+/// the smoke test passed, the test guest ran in pkvm-vmm and its VM was
+/// torn down with every page back, the driver unloaded with no page left,
+/// the kernel log stayed clean, and the host powered off through el2.
+pub const VMM_OUTPUT: &[&str] = &[
+    "el2[0]: entering the host at EL1",
+    "Android boot image v4",
+    "VMM-INIT: init (pid 1) runs on Linux",
+    "image vmm-boot",
+    "VMM-INSMOD-OK: pkvm_rs: el2 host ABI 2.",
+    "smoke: ",
+    "VMM-SMOKE-OK",
+    "vmm: guest powered off",
+    "VMM-TEARDOWN-OK: testguest: ",
+    "VMM-TESTGUEST-OK",
+    "VMM-RMMOD-OK",
+    "VMM-KERNEL-LOG-CLEAN",
+    "VMM-ALL-OK",
+    "host requested SYSTEM_OFF",
+];
+
+/// What no run of the VMM boot image may show: a failed step, an el2
+/// warning or fatal error, a failed smoke check, a panic, a VMM error.
+pub const VMM_ABSENT: &[&str] = &[
+    vmm_images::FAILED,
+    " WARN: ",
+    "FATAL",
+    "SMOKE-FAIL:",
+    "Kernel panic",
+    "vmm: error",
+];
+
+/// What the run shows on top of [`VMM_OUTPUT`] when the image has the
+/// pKVM Linux guest: it reached its init and powered off, and its VM was
+/// torn down too.
+pub const VMM_LINUX_GUEST_OUTPUT: &[&str] = &[
+    "GUEST-USERSPACE-OK",
+    "GUEST-POWEROFF",
+    "VMM-TEARDOWN-OK: Linux guest: ",
+    "VMM-LINUX-GUEST-OK",
+];
 
 /// An SMP stress run (`--append testhost.stress`): about 3 s of stress on
 /// every CPU, the focused races and the CPU_OFF/CPU_ON race, 5 to 10 s in
@@ -263,6 +326,10 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Checks the test guest's full suite has, at least.
 const GUEST_SUITE: u32 = 40;
+
+/// Checks the test guest passes, at least, on 2 vCPUs in pkvm-vmm: every
+/// check of its suite runs there (94 measured; 87 with 1 vCPU).
+const VMM_GUEST_SUITE: u32 = 90;
 
 /// What every guest run must show: the guest started, powered off
 /// through the VMM, and the VMM checked after tearing the VM down that
@@ -669,7 +736,10 @@ pub const TESTS: &[QemuTest] = &[
     QemuTest {
         // A v4 boot image with a vendor boot v4 image: vendor ramdisk
         // (busybox) then boot ramdisk (/init), vendor command line then
-        // boot command line, the vendor boot image's DTB.
+        // boot command line, the vendor boot image's DTB. The runner loads
+        // the boot image one 4 KiB header page below 0x44200000, so its
+        // kernel (text_offset 0) lies on a 2 MiB boundary and el2 boots
+        // it in place (`qemu::android_load_addr`).
         name: "linux_boot_v4_vendor_boot",
         machine: Machine::default,
         kernel: Kernel::Elf,
@@ -679,7 +749,7 @@ pub const TESTS: &[QemuTest] = &[
         timeout: LINUX_TIMEOUT,
         exit_code: 0,
         output: &[
-            "Android boot image v4 at 0x44000000..",
+            "Android boot image v4 at 0x441ff000..",
             "with a vendor boot image",
             "(vendor boot)",
             "HOST-CMDLINE: console=ttyAMA0 panic=-1 pkvm_vendor_cmdline=1 \
@@ -926,6 +996,26 @@ pub const TESTS: &[QemuTest] = &[
         }),
         input: SHELL_INPUT,
     },
+    QemuTest {
+        // `cargo qemu vmm-images` end to end: Debian's kernel as el2's
+        // host loads pkvm_rs.ko, passes the driver's smoke test, runs the
+        // test guest (2 vCPUs) and the pKVM Linux guest in pkvm-vmm, each
+        // VM torn down with every page back, and unloads the driver (its
+        // refcount 0, no page left).
+        name: "linux_host_vmm_end_to_end",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Vmm,
+        append: None,
+        dtb: None,
+        timeout: VMM_TIMEOUT,
+        exit_code: 0,
+        output: &[],
+        absent: &[],
+        summary: None,
+        guest: None,
+        input: &[],
+    },
 ];
 
 /// A small v4 boot image with a fake kernel (it is never entered).
@@ -966,9 +1056,10 @@ pub struct Summary {
     pub skipped: usize,
 }
 
-/// Why the Linux-guest tests do not run.
+/// Why the tests that need something built (the Linux guest kernel, the
+/// VMM boot image) do not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum NoGuestKernel {
+enum NotBuilt {
     /// It cannot be built on this machine: they are skipped.
     Skip(String),
     /// Building it failed: they fail.
@@ -983,17 +1074,53 @@ fn runs_linux_guest(test: &QemuTest) -> bool {
 /// What to make of the guest kernel's build for the tests that need it:
 /// the kernel, a reason to skip them ("cannot be built here"), or a
 /// failure.
-fn guest_kernel_verdict(built: Result<BuiltGuest, Failure>) -> Result<BuiltGuest, NoGuestKernel> {
+fn guest_kernel_verdict(built: Result<BuiltGuest, Failure>) -> Result<BuiltGuest, NotBuilt> {
+    build_verdict(built, "the pKVM guest kernel")
+}
+
+/// What to make of the build of `what` for the tests that need it: the
+/// result, a reason to skip them (its "unavailable" error: it cannot be
+/// built here), or a failure.
+fn build_verdict<T>(built: Result<T, Failure>, what: &str) -> Result<T, NotBuilt> {
     match built {
-        Ok(g) => Ok(g),
-        Err(f) if f.code == EXIT_UNAVAILABLE => Err(NoGuestKernel::Skip(format!(
-            "the pKVM guest kernel cannot be built here: {}",
+        Ok(b) => Ok(b),
+        Err(f) if f.code == EXIT_UNAVAILABLE => Err(NotBuilt::Skip(format!(
+            "{what} cannot be built here: {}",
             f.message
         ))),
-        Err(f) => Err(NoGuestKernel::Fail(format!(
-            "building the pKVM guest kernel failed: {}",
+        Err(f) => Err(NotBuilt::Fail(format!(
+            "building {what} failed: {}",
             f.message
         ))),
+    }
+}
+
+/// What a run of the VMM boot image must show about the Linux guest, on
+/// top of [`judge`]: with the guest in the image (`skipped` is `None`),
+/// [`VMM_LINUX_GUEST_OUTPUT`]; without it, init's
+/// `VMM-LINUX-GUEST-SKIPPED` line, and no line claiming the guest ran.
+fn judge_vmm_linux_guest(output: &str, skipped: Option<&str>) -> Result<(), String> {
+    match skipped {
+        None => match VMM_LINUX_GUEST_OUTPUT
+            .iter()
+            .find(|want| !output.contains(*want))
+        {
+            Some(missing) => Err(format!("console output lacks {missing:?}")),
+            None if output.contains(vmm_images::LINUX_GUEST_SKIPPED) => Err(format!(
+                "console output shows {:?} although the image has the Linux guest",
+                vmm_images::LINUX_GUEST_SKIPPED
+            )),
+            None => Ok(()),
+        },
+        Some(_) if !output.contains(vmm_images::LINUX_GUEST_SKIPPED) => Err(format!(
+            "console output lacks {:?} (the image has no Linux guest)",
+            vmm_images::LINUX_GUEST_SKIPPED
+        )),
+        Some(_) if output.contains("VMM-LINUX-GUEST-OK") => Err(
+            "console output shows \"VMM-LINUX-GUEST-OK\" from an image without the Linux guest"
+                .to_owned(),
+        ),
+        Some(_) => Ok(()),
     }
 }
 
@@ -1023,7 +1150,9 @@ pub fn run_all() -> Result<Summary, Failure> {
     let mut failures = Vec::new();
     let mut linux: Option<Result<LinuxImages, String>> = None;
     // The guest kernel, or why its tests do not run.
-    let mut guest_linux: Option<Result<BuiltGuest, NoGuestKernel>> = None;
+    let mut guest_linux: Option<Result<BuiltGuest, NotBuilt>> = None;
+    // The VMM boot image, or why its test does not run.
+    let mut vmm: Option<Result<VmmImages, NotBuilt>> = None;
     for test in TESTS {
         let machine = (test.machine)();
         if matches!(test.host, TestHost::Linux(_)) && linux.is_none() {
@@ -1045,19 +1174,45 @@ pub fn run_all() -> Result<Summary, Failure> {
             );
             guest_linux = Some(built);
         }
-        let linux_guest = match (runs_linux_guest(test), &guest_linux) {
-            (true, Some(Ok(g))) => Some(g),
-            (true, Some(Err(NoGuestKernel::Skip(why)))) => {
+        if matches!(test.host, TestHost::Vmm) && vmm.is_none() {
+            println!("--- building the VMM boot image (cargo qemu vmm-images)");
+            let t = Instant::now();
+            let built = build_verdict(vmm_images::ensure(&images.testguest), "the VMM boot image");
+            println!(
+                "--- VMM boot image {} in {:.1} s",
+                if built.is_ok() {
+                    "ready"
+                } else {
+                    "unavailable"
+                },
+                t.elapsed().as_secs_f64()
+            );
+            vmm = Some(built);
+        }
+        let not_built = match (runs_linux_guest(test), &guest_linux, &test.host, &vmm) {
+            (true, Some(Err(e)), _, _) | (_, _, TestHost::Vmm, Some(Err(e))) => Some(e),
+            _ => None,
+        };
+        match not_built {
+            Some(NotBuilt::Skip(why)) => {
                 summary.skipped += 1;
                 println!("test {} ... SKIPPED: {why}", test.name);
                 continue;
             }
-            (true, Some(Err(NoGuestKernel::Fail(why)))) => {
+            Some(NotBuilt::Fail(why)) => {
                 summary.failed += 1;
                 println!("test {} ... FAILED: {why}", test.name);
                 failures.push(test.name);
                 continue;
             }
+            None => {}
+        }
+        let linux_guest = match (runs_linux_guest(test), &guest_linux) {
+            (true, Some(Ok(g))) => Some(g),
+            _ => None,
+        };
+        let vmm_image = match (&test.host, &vmm) {
+            (TestHost::Vmm, Some(Ok(v))) => Some(v),
             _ => None,
         };
         let started = Instant::now();
@@ -1098,6 +1253,10 @@ pub fn run_all() -> Result<Summary, Failure> {
                     };
                     linux_host(l, which)
                 }
+                TestHost::Vmm => Host::Android {
+                    boot: &vmm_image.ok_or("the VMM boot image was not built")?.boot,
+                    vendor: None,
+                },
             };
             let cmdline = match test.guest.and_then(|g| g.append) {
                 Some(text) => qemu::write_guest_cmdline(&test_file(test.name, "cmdline")?, text)?,
@@ -1126,6 +1285,13 @@ pub fn run_all() -> Result<Summary, Failure> {
             let timed = process::run_scripted(&mut cmd, test.timeout, &[], true, test.input)
                 .map_err(|f| f.message)?;
             judge(test, timed.status.code(), timed.timed_out, &timed.output)
+                .and_then(|()| match vmm_image {
+                    Some(v) if test.exit_code == 0 => judge_vmm_linux_guest(
+                        &timed.output,
+                        v.linux_guest.as_ref().err().map(String::as_str),
+                    ),
+                    _ => Ok(()),
+                })
                 .map(|()| timed.elapsed)
                 .map_err(|why| match test.input.len() {
                     0 => why,
@@ -1135,7 +1301,16 @@ pub fn run_all() -> Result<Summary, Failure> {
         match verdict {
             Ok(elapsed) => {
                 summary.passed += 1;
-                println!("test {} ... ok ({:.2} s)", test.name, elapsed.as_secs_f64());
+                // A part left out of the VMM image: say so on the result line.
+                let left_out = match vmm_image.map(|v| &v.linux_guest) {
+                    Some(Err(why)) => format!("; its Linux guest part SKIPPED: {why}"),
+                    _ => String::new(),
+                };
+                println!(
+                    "test {} ... ok ({:.2} s{left_out})",
+                    test.name,
+                    elapsed.as_secs_f64()
+                );
             }
             Err(why) => {
                 summary.failed += 1;
@@ -1292,6 +1467,8 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
         (STRESS_OUTPUT, STRESS_ABSENT)
     } else if runs_linux_guest(test) {
         (LINUX_GUEST_OUTPUT, LINUX_GUEST_ABSENT)
+    } else if matches!(test.host, TestHost::Vmm) && test.exit_code == 0 {
+        (VMM_OUTPUT, VMM_ABSENT)
     } else if test.guest.is_some() {
         (GUEST_OUTPUT, GUEST_ABSENT)
     } else {
@@ -1328,6 +1505,9 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
     if runs_linux_guest(test) {
         judge_linux_guest(output)?;
     }
+    if matches!(test.host, TestHost::Vmm) && test.exit_code == 0 {
+        judge_vmm_testguest(output)?;
+    }
     if let Some(want) = test.guest.and_then(|g| g.report) {
         let Some((passed, failed)) = parse_guest_report(output) else {
             return Err(format!("no `{GUEST_REPORT}<P> passed, <F> failed` line"));
@@ -1339,6 +1519,21 @@ fn judge(test: &QemuTest, code: Option<i32>, timed_out: bool, output: &str) -> R
                 want.failed, want.min_passed
             ));
         }
+    }
+    Ok(())
+}
+
+/// What a run of the VMM boot image must show of the test guest: its
+/// report through pkvm-vmm, the whole suite passing.
+fn judge_vmm_testguest(output: &str) -> Result<(), String> {
+    let Some((passed, failed)) = parse_guest_report(output) else {
+        return Err(format!("no `{GUEST_REPORT}<P> passed, <F> failed` line"));
+    };
+    if failed != 0 || passed < VMM_GUEST_SUITE {
+        return Err(format!(
+            "test guest in pkvm-vmm: {passed} passed, {failed} failed; expected 0 failed and \
+             at least {VMM_GUEST_SUITE} passed"
+        ));
     }
     Ok(())
 }
@@ -1741,13 +1936,30 @@ mod tests {
         let skip = guest_kernel_verdict(Err(Failure::unavailable("no network"))).unwrap_err();
         assert_eq!(
             skip,
-            NoGuestKernel::Skip("the pKVM guest kernel cannot be built here: no network".into())
+            NotBuilt::Skip("the pKVM guest kernel cannot be built here: no network".into())
         );
         let fail = guest_kernel_verdict(Err(Failure::failed("gcc died"))).unwrap_err();
         assert_eq!(
             fail,
-            NoGuestKernel::Fail("building the pKVM guest kernel failed: gcc died".into())
+            NotBuilt::Fail("building the pKVM guest kernel failed: gcc died".into())
         );
+        // The VMM boot image the same way.
+        assert_eq!(
+            build_verdict::<()>(
+                Err(Failure::unavailable("no headers")),
+                "the VMM boot image"
+            ),
+            Err(NotBuilt::Skip(
+                "the VMM boot image cannot be built here: no headers".into()
+            ))
+        );
+        assert_eq!(
+            build_verdict::<()>(Err(Failure::failed("make died")), "the VMM boot image"),
+            Err(NotBuilt::Fail(
+                "building the VMM boot image failed: make died".into()
+            ))
+        );
+        assert_eq!(build_verdict(Ok(7), "x"), Ok(7));
         assert!(runs_linux_guest(test_named("linux_guest_console")));
         assert!(!runs_linux_guest(test_named("guest_suite_1vcpu")));
         assert!(!runs_linux_guest(test_named("linux_boot_v4")));
@@ -1919,11 +2131,209 @@ mod tests {
         assert_eq!(judge(t4, Some(0), false, &good_stress(4)), Ok(()));
     }
 
+    /// A run of the VMM boot image as el2, the Linux host, its init,
+    /// the smoke test, pkvm-vmm and the guests print it (the Linux guest
+    /// in the image when `linux_guest`).
+    fn good_vmm(linux_guest: bool) -> String {
+        let mut out = String::from(
+            "el2[0]: host: Android boot image v4 at 0x441ff000..0x46b38000: kernel 32956352 \
+             bytes, ramdisks 0 + 10262816 bytes, DTB none (QEMU's)\r\n\
+             el2[0]: entering the host at EL1\r\n\
+             VMM-INIT: init (pid 1) runs on Linux 6.1.0-57-arm64, image vmm-boot\r\n\
+             [    4.876019] pkvm_rs: el2 host ABI 2.0; /dev/pkvm-rs ready (API 1)\r\n\
+             VMM-INSMOD-OK: pkvm_rs: el2 host ABI 2.0; /dev/pkvm-rs ready (API 1)\r\n\
+             SMOKE-OK: open /dev/pkvm-rs: ok\r\n\
+             smoke: 118 passed, 0 failed\r\n\
+             VMM-SMOKE-OK: pkvm-rs-smoke passed every check\r\n\
+             vmm: pkvm-vmm: kernel /guest/testguest.bin (75240 bytes), initrd 0 bytes, 256 MiB, \
+             2 vCPU(s) (a thread each), driver /dev/pkvm-rs\r\n\
+             testguest: 94 passed, 0 failed\r\n\
+             vmm: guest powered off\r\n\
+             vmm: guest reported 94 passed, 0 failed\r\n\
+             vmm: teardown: VM closed; the host kernel reclaims and frees its pages (not \
+             verifiable here)\r\n\
+             VMM-TEARDOWN-OK: testguest: pkvm_rs: VM 4096 torn down: 3072 guest pages \
+             reclaimed (6 in 2 MiB blocks, 0 single), 0 reclaim failures; freed 3070 \
+             guest_memfd pages, 6 memcache pages, 6 root+metadata pages; driver pages in use: \
+             0\r\n\
+             VMM-TESTGUEST-OK: the test guest passed its checks and powered off\r\n",
+        );
+        if linux_guest {
+            out.push_str(
+                "GUEST-USERSPACE-OK: Linux 6.12.117\r\nGUEST-POWEROFF\r\n\
+                 vmm: guest powered off\r\n\
+                 VMM-TEARDOWN-OK: Linux guest: pkvm_rs: VM 4096 torn down: 5632 guest pages \
+                 reclaimed (11 in 2 MiB blocks, 0 single), 0 reclaim failures; freed 5632 \
+                 guest_memfd pages, 4 memcache pages, 6 root+metadata pages; driver pages in \
+                 use: 0\r\n\
+                 VMM-LINUX-GUEST-OK: the pKVM Linux guest booted, ran its init and powered \
+                 off\r\n",
+            );
+        } else {
+            out.push_str(
+                "VMM-LINUX-GUEST-SKIPPED: the pKVM guest kernel cannot be built here: no \
+                 network\r\n",
+            );
+        }
+        out.push_str(
+            "VMM-RMMOD-OK: pkvm_rs unloaded (refcount was 0, driver pages in use: 0), \
+             /dev/pkvm-rs gone\r\n\
+             VMM-KERNEL-LOG-CLEAN: no oops, BUG or WARNING in the kernel log\r\n\
+             VMM-ALL-OK\r\nVMM-POWEROFF\r\n[   23.947440] reboot: Power down\r\n\
+             el2[0]: host requested SYSTEM_OFF\r\n",
+        );
+        out
+    }
+
+    #[test]
+    fn the_vmm_test_is_the_documented_one() {
+        let t = test_named("linux_host_vmm_end_to_end");
+        assert!(matches!(t.host, TestHost::Vmm));
+        assert_eq!((t.machine)(), Machine::default());
+        assert_eq!(t.kernel, Kernel::Elf);
+        assert_eq!((t.append, t.exit_code), (None, 0));
+        assert_eq!(t.timeout, VMM_TIMEOUT);
+        assert!(t.timeout <= Duration::from_secs(120), "CI budget");
+        assert!(t.guest.is_none() && t.input.is_empty() && t.summary.is_none());
+        assert_eq!(
+            TESTS
+                .iter()
+                .filter(|t| matches!(t.host, TestHost::Vmm))
+                .count(),
+            1
+        );
+        // After the Linux guest tests: the guest kernel the image carries
+        // is built (or found unbuildable) by then, not inside its timing.
+        let at = |name| TESTS.iter().position(|t| t.name == name).unwrap();
+        assert!(at("linux_host_vmm_end_to_end") > at("linux_guest_console"));
+        // Every marker vmm-init.sh prints on success is asked for.
+        for marker in vmm_images::MARKERS {
+            assert!(
+                VMM_OUTPUT
+                    .iter()
+                    .chain(VMM_LINUX_GUEST_OUTPUT)
+                    .any(|m| m.starts_with(marker)),
+                "{marker}"
+            );
+            assert!(vmm_images::VMM_INIT.contains(marker), "{marker}");
+        }
+        for bad in ["VMM-FAILED", " WARN: ", "FATAL"] {
+            assert!(VMM_ABSENT.iter().any(|a| a.starts_with(bad)), "{bad}");
+        }
+        assert!(vmm_images::VMM_INIT.contains(vmm_images::LINUX_GUEST_SKIPPED));
+    }
+
+    #[test]
+    fn vmm_runs_are_judged_on_markers_status_and_the_guests() {
+        let t = test_named("linux_host_vmm_end_to_end");
+        let good = good_vmm(true);
+        assert_eq!(judge(t, Some(0), false, &good), Ok(()));
+        assert_eq!(judge_vmm_linux_guest(&good, None), Ok(()));
+        assert!(
+            judge(t, Some(0), true, &good)
+                .unwrap_err()
+                .contains("timed out")
+        );
+        // A failed step reboots: el2's status 12, said as such.
+        let failed = good.replace(
+            "VMM-TESTGUEST-OK",
+            "VMM-FAILED: pkvm-vmm run --cpus 2 --protected-vm /guest/testguest.bin: the guest \
+             reported failing checks (status 8)",
+        );
+        assert!(
+            judge(t, Some(12), false, &failed)
+                .unwrap_err()
+                .contains("the host reset the machine")
+        );
+        assert!(
+            judge(t, Some(0), false, &failed)
+                .unwrap_err()
+                .contains("lacks \"VMM-TESTGUEST-OK\"")
+        );
+        for marker in VMM_OUTPUT {
+            let without = good.replace(marker, "");
+            assert!(
+                judge(t, Some(0), false, &without)
+                    .unwrap_err()
+                    .contains("lacks"),
+                "{marker}"
+            );
+        }
+        for bad in VMM_ABSENT {
+            let with = format!("{good}{bad}\r\n");
+            assert!(
+                judge(t, Some(0), false, &with)
+                    .unwrap_err()
+                    .contains("shows"),
+                "{bad}"
+            );
+        }
+        let warned = format!("{good}el2[1] WARN: something\r\n");
+        assert!(judge(t, Some(0), false, &warned).is_err());
+        // The test guest's report: the whole suite, nothing failed.
+        let few = good.replace("guest reported 94 passed", "guest reported 87 passed");
+        assert!(
+            judge(t, Some(0), false, &few)
+                .unwrap_err()
+                .contains("at least 90 passed")
+        );
+        let one_failed = good.replace("94 passed, 0 failed", "93 passed, 1 failed");
+        assert!(
+            judge(t, Some(0), false, &one_failed)
+                .unwrap_err()
+                .contains("1 failed")
+        );
+        let no_report = good.replace("vmm: guest reported", "vmm: guest said");
+        assert!(
+            judge(t, Some(0), false, &no_report)
+                .unwrap_err()
+                .contains("no `vmm: guest reported")
+        );
+        // The Linux guest: asked for when the image has it...
+        for marker in VMM_LINUX_GUEST_OUTPUT {
+            let without = good.replace(marker, "");
+            assert!(
+                judge_vmm_linux_guest(&without, None)
+                    .unwrap_err()
+                    .contains("lacks"),
+                "{marker}"
+            );
+        }
+        let skipped = good_vmm(false);
+        assert!(
+            judge_vmm_linux_guest(&skipped, None)
+                .unwrap_err()
+                .contains("lacks")
+        );
+        let both = format!("{good}VMM-LINUX-GUEST-SKIPPED: ?\r\n");
+        assert!(
+            judge_vmm_linux_guest(&both, None)
+                .unwrap_err()
+                .contains("although the image has the Linux guest")
+        );
+        // ...and its skip line when it has not.
+        assert_eq!(judge(t, Some(0), false, &skipped), Ok(()));
+        assert_eq!(judge_vmm_linux_guest(&skipped, Some("no network")), Ok(()));
+        assert!(
+            judge_vmm_linux_guest(&good, Some("no network"))
+                .unwrap_err()
+                .contains("the image has no Linux guest")
+        );
+        let claimed = format!("{skipped}VMM-LINUX-GUEST-OK\r\n");
+        assert!(
+            judge_vmm_linux_guest(&claimed, Some("no network"))
+                .unwrap_err()
+                .contains("without the Linux guest")
+        );
+    }
+
     #[test]
     fn every_test_has_a_timeout() {
         for t in TESTS {
             let limit = if matches!(t.host, TestHost::Linux(_)) {
                 LINUX_TIMEOUT
+            } else if matches!(t.host, TestHost::Vmm) {
+                VMM_TIMEOUT
             } else if runs_stress(t) {
                 STRESS_TIMEOUT
             } else if runs_linux_guest(t) {

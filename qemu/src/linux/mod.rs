@@ -26,11 +26,14 @@
 //! The pKVM guest kernel and its initramfs (`cargo qemu guest-kernel`) are
 //! built by [`guest_kernel`]; the host driver `pkvm_rs.ko` and its smoke
 //! test (`cargo qemu host-driver`), for the kernel built here, by
-//! [`host_driver`].
+//! [`host_driver`]; the boot image that runs the Linux VMM end to end
+//! (`cargo qemu vmm-images`: this initramfs plus the driver, `pkvm-vmm`
+//! and its guests) by [`vmm_images`].
 
 pub mod apt;
 pub mod guest_kernel;
 pub mod host_driver;
+pub mod vmm_images;
 
 use std::env;
 use std::fs;
@@ -103,6 +106,12 @@ pub struct LinuxImages {
     pub boot_v4_pair: PathBuf,
     /// Vendor boot v4: busybox ramdisk, DTB, vendor command line.
     pub vendor_boot: PathBuf,
+    /// The extracted busybox-static (`bin/busybox`), for other ramdisks
+    /// built on this one ([`vmm_images`]).
+    pub busybox: PathBuf,
+    /// The extracted kernel package (its `lib/modules`, for
+    /// [`virtio_modules`]).
+    pub kernel_root: PathBuf,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Failure {
@@ -256,7 +265,7 @@ pub const VIRTIO_MODULES: [(&str, &str); 4] = [
 pub type Modules = Vec<(String, Vec<u8>)>;
 
 /// Reads [`VIRTIO_MODULES`] from an extracted kernel package.
-fn virtio_modules(kernel_root: &Path) -> Result<Modules, Failure> {
+pub fn virtio_modules(kernel_root: &Path) -> Result<Modules, Failure> {
     let dir = kernel_root.join("lib/modules");
     let release = fs::read_dir(&dir)
         .map_err(|e| io_err(&dir, e))?
@@ -304,10 +313,42 @@ fn module_paths(modules: &[(String, Vec<u8>)]) -> Vec<String> {
 
 /// The complete initramfs: busybox, the modules, `/init`, `/dev/console`.
 pub fn initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+    initramfs_with(busybox, modules, INIT_SCRIPT, [])
+}
+
+/// The complete initramfs with `init` as `/init` and `extra` entries
+/// after the usual ones (a directory must come before what it holds; the
+/// usual [`DIRS`] are there already): what other images build on
+/// ([`vmm_images`]).
+pub fn initramfs_with<'a>(
+    busybox: &[u8],
+    modules: &[(String, Vec<u8>)],
+    init: &str,
+    extra: impl IntoIterator<Item = Entry<'a>>,
+) -> Vec<u8> {
     let names = module_paths(modules);
     let mut e = base_entries(busybox, modules, &names);
-    e.push(Entry::File("init", 0o755, INIT_SCRIPT.as_bytes()));
+    e.push(Entry::File("init", 0o755, init.as_bytes()));
+    // One by one: each entry shortens to the local names' lifetime.
+    for entry in extra {
+        e.push(entry);
+    }
     cpio::archive(&e)
+}
+
+/// Packs `kernel` and `ramdisk` as a header v4 boot image with `cmdline`
+/// (QEMU's device tree at boot: the layout of `boot-v4.img`), parses it
+/// back with el2's parser and writes it to `path` unless it holds exactly
+/// that already.
+pub fn write_boot_v4(
+    path: &Path,
+    kernel: &[u8],
+    ramdisk: &[u8],
+    cmdline: &str,
+) -> Result<(), Failure> {
+    let v4 = bootimg::pack::boot_v3_v4(4, kernel, ramdisk, cmdline);
+    check_image(path, &v4, None)?;
+    write_if_changed(path, &v4)
 }
 
 /// The vendor ramdisk of the pair: everything but `/init`, plus
@@ -402,15 +443,14 @@ pub fn ensure() -> Result<LinuxImages, Failure> {
         boot_v4: out.join("boot-v4.img"),
         boot_v4_pair: out.join("boot-v4-pair.img"),
         vendor_boot: out.join("vendor_boot-v4.img"),
+        busybox: busybox_path,
+        kernel_root,
     };
     let v2 = bootimg::pack::boot_v0_v2(2, 4096, &kernel, &full, &dtb, &cmdline_for("boot-v2"));
     check_image(&images.boot_v2, &v2, None)?;
     write_if_changed(&images.boot_v2, &v2)?;
     drop(v2);
-    let v4 = bootimg::pack::boot_v3_v4(4, &kernel, &full, &cmdline_for("boot-v4"));
-    check_image(&images.boot_v4, &v4, None)?;
-    write_if_changed(&images.boot_v4, &v4)?;
-    drop(v4);
+    write_boot_v4(&images.boot_v4, &kernel, &full, &cmdline_for("boot-v4"))?;
     let pair = bootimg::pack::boot_v3_v4(4, &kernel, &pair_boot_ramdisk(), PAIR_BOOT_CMDLINE);
     let vendor = bootimg::pack::vendor_boot(
         4,
