@@ -1792,7 +1792,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => prop::sample::select(vec![Version, Finalize, HostStats, CheckInvariants]).prop_map(move |c| host(c, [0; 5])),
         1 => (pfn(), 0..3u64).prop_map(move |(p, n)| host(HypPoolDonate, [p, n, 0, 0, 0])),
         1 => (h(), prop::sample::select(vec![0u64, 31, 32, 95, 96, 1 << 33]), 0..3u64).prop_map(move |(h, i, l)| host(IrqLine, [h, i, l, 0, 0])),
-        1 => (0..22usize, any::<[u64; 5]>(), any::<prop::sample::Index>()).prop_map(move |(n, mut a, at)| {
+        1 => (0..HostCall::ALL.len(), any::<[u64; 5]>(), any::<prop::sample::Index>()).prop_map(move |(n, mut a, at)| {
             // A non-zero register beyond the call's arity.
             let c = HostCall::ALL[n];
             let arity = arity(c);
@@ -1801,7 +1801,7 @@ fn step() -> impl Strategy<Value = Step> {
             }
             host(c, a)
         }),
-        1 => (0..22usize, prop::array::uniform5(1..=u64::MAX)).prop_map(move |(n, a)| host(HostCall::ALL[n], a)),
+        1 => (0..HostCall::ALL.len(), prop::array::uniform5(1..=u64::MAX)).prop_map(move |(n, a)| host(HostCall::ALL[n], a)),
         2 => (pfn(), any::<u8>()).prop_map(|(p, b)| Step::HostFill(p, b)),
         20 => (
             // VM 0 has vCPUs 0 and 1, VM 1 only vCPU 0.
