@@ -25,9 +25,16 @@
  *     EBUSY) until vCPU 0's PSCI CPU_ON, approved by the VMM, starts it;
  *  4. a signal ends a KVM_RUN with EINTR, immediate_exit too; a VMM
  *     SIGKILLed while its guest spins in KVM_RUN: the VM is torn down;
- *  5. a few thousand random ioctls (and mmap/fallocate) with hostile
+ *  5. figures: KVM_SET_MEMORY_ATTRIBUTES2 of 512 pages (2 MiB) and of
+ *     1 page timed both ways (`smoke: figure: ...` lines, min and median
+ *     in us): host-owned pages (no el2 call) and guest-owned pages at the
+ *     guest's MEM_SHARE / MEM_UNSHARE request (el2's ConvertComplete);
+ *     the shared page keeps its frame and the guest's bytes (in place);
+ *     the guest's private page, its frame read from /proc/self/pagemap
+ *     while it was shared, gives no byte through /dev/mem (pread, mmap);
+ *  6. a few thousand random ioctls (and mmap/fallocate) with hostile
  *     arguments on every kind of fd, then teardown;
- *  6. free memory back where it was (after drop_caches, counting the
+ *  7. free memory back where it was (after drop_caches, counting the
  *     per-CPU free lists, which MemFree leaves out), no oops, BUG or
  *     WARNING in the kernel log.
  */
@@ -976,7 +983,355 @@ static void test_sigkill(int dev)
 }
 
 /* ------------------------------------------------------------------ */
-/* 5. Hostile arguments.                                                */
+/* 5. Conversion figures; a private guest page through /dev/mem.        */
+
+/* Timed runs of each conversion (the guest's loop does one more, a
+ * warm-up left out of the figures). */
+#define FIG_RUNS 15
+#define FIG_ROUNDS (FIG_RUNS + 1)
+
+/* The guest of the figures (MMU off, at RAM): touches RAM + 2 MiB and
+ * RAM + 4 MiB (the driver donates each 2 MiB as a block), then
+ * FIG_ROUNDS times: MEM_SHARE and MEM_UNSHARE of the 512 pages at
+ * RAM + 2 MiB, then of the one page at RAM + 4 MiB, storing each call's
+ * result at MMIO + 0, 8, 16, 24; then SYSTEM_OFF. */
+static const uint32_t guest_fig[] = {
+	0xd2a12014, /* mov  x20, #0x9000000                */
+	0xd2b00015, /* mov  x21, #0x80000000               */
+	0x914802b6, /* add  x22, x21, #0x200, lsl #12  RAM + 2 MiB */
+	0x915002b7, /* add  x23, x21, #0x400, lsl #12  RAM + 4 MiB */
+	0x529fdda5, /* mov  w5, #0xfeed                    */
+	0x72ab4b45, /* movk w5, #0x5a5a, lsl #16           */
+	0xb90002c5, /* str  w5, [x22]                      */
+	0xb90002e5, /* str  w5, [x23]                      */
+	0xd2800013 | (FIG_ROUNDS << 5), /* mov x19, #FIG_ROUNDS */
+	0xd2800060, /* 1: mov x0, #0x3                     */
+	0xf2b8c000, /* movk x0, #0xc600, lsl #16  MEM_SHARE */
+	0xaa1603e1, /* mov  x1, x22                        */
+	0xd2804002, /* mov  x2, #512                       */
+	0xd2800003, /* mov  x3, #0                         */
+	0xd4000002, /* hvc  #0                             */
+	0xf9000280, /* str  x0, [x20]                      */
+	0xd2800080, /* mov  x0, #0x4                       */
+	0xf2b8c000, /* movk x0, #0xc600, lsl #16  MEM_UNSHARE */
+	0xaa1603e1, /* mov  x1, x22                        */
+	0xd2804002, /* mov  x2, #512                       */
+	0xd2800003, /* mov  x3, #0                         */
+	0xd4000002, /* hvc  #0                             */
+	0xf9000680, /* str  x0, [x20, #8]                  */
+	0xd2800060, /* mov  x0, #0x3                       */
+	0xf2b8c000, /* movk x0, #0xc600, lsl #16  MEM_SHARE */
+	0xaa1703e1, /* mov  x1, x23                        */
+	0xd2800022, /* mov  x2, #1                         */
+	0xd2800003, /* mov  x3, #0                         */
+	0xd4000002, /* hvc  #0                             */
+	0xf9000a80, /* str  x0, [x20, #16]                 */
+	0xd2800080, /* mov  x0, #0x4                       */
+	0xf2b8c000, /* movk x0, #0xc600, lsl #16  MEM_UNSHARE */
+	0xaa1703e1, /* mov  x1, x23                        */
+	0xd2800022, /* mov  x2, #1                         */
+	0xd2800003, /* mov  x3, #0                         */
+	0xd4000002, /* hvc  #0                             */
+	0xf9000e80, /* str  x0, [x20, #24]                 */
+	0xf1000673, /* subs x19, x19, #1                   */
+	0x54fffc61, /* b.ne 1b                             */
+	0xd2800100, /* mov  x0, #0x8                       */
+	0xf2b08000, /* movk x0, #0x8400, lsl #16  SYSTEM_OFF */
+	0xd4000002, /* hvc  #0                             */
+	0x14000000, /* b    .                              */
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* "min X us, median Y us" of n timings in ns (sorts them). */
+static const char *min_median(uint64_t *ns, int n)
+{
+	static char buf[4][64];
+	static int k;
+	char *b = buf[k++ % 4];
+	uint64_t med;
+
+	if (n <= 0)
+		return "no runs";
+	qsort(ns, (size_t)n, sizeof(ns[0]), cmp_u64);
+	med = n % 2 ? ns[n / 2] : (ns[n / 2 - 1] + ns[n / 2]) / 2;
+	snprintf(b, 64, "min %.1f us, median %.1f us", ns[0] / 1000.0, med / 1000.0);
+	return b;
+}
+
+/* Times one KVM_SET_MEMORY_ATTRIBUTES2; -errno or 0 in *r. */
+static uint64_t timed_attrs(int gfd, uint64_t off, uint64_t size, uint64_t attrs, long *r)
+{
+	uint64_t t0 = now_ns();
+
+	*r = set_attrs(gfd, off, size, attrs, NULL);
+	return now_ns() - t0;
+}
+
+/* The physical frame behind a mapped address (/proc/self/pagemap: only
+ * root sees frame numbers), or 0. */
+static uint64_t frame_of(const volatile void *addr)
+{
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)addr / PAGE * sizeof(e))) != sizeof(e))
+		e = 0;
+	close(fd);
+	return e >> 63 ? e & ((1ULL << 55) - 1) : 0;
+}
+
+/* Reads frame `pfn` through /dev/mem with pread and with mmap: 1 if no
+ * byte came back (the kernel refused, or the load died with SIGBUS),
+ * with what happened in `how`. */
+static int devmem_refuses(uint64_t pfn, char *how, size_t size)
+{
+	off_t pa = (off_t)(pfn * PAGE);
+	uint32_t buf[4], v;
+	ssize_t n;
+	void *m;
+	int fd = open("/dev/mem", O_RDONLY | O_SYNC | O_CLOEXEC), e, refused;
+	size_t used;
+
+	if (fd < 0) {
+		e = errno;
+		snprintf(how, size, "open(/dev/mem) refused: %s", strerrorname_np(e));
+		return e == EPERM || e == EACCES;
+	}
+	n = pread(fd, buf, sizeof(buf), pa);
+	e = errno;
+	refused = n < 0 && (e == EPERM || e == EFAULT);
+	used = (size_t)snprintf(how, size, "pread: %s",
+				n < 0 ? strerrorname_np(e) : "returned bytes");
+	m = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, pa);
+	if (m == MAP_FAILED) {
+		e = errno;
+		refused &= e == EPERM || e == EFAULT;
+		snprintf(how + used, size - used, "; mmap: %s", strerrorname_np(e));
+	} else if (probe_read32(m, &v) < 0) {
+		snprintf(how + used, size - used, "; mmap succeeded, the load died with SIGBUS");
+		munmap(m, PAGE);
+	} else {
+		refused = 0;
+		snprintf(how + used, size - used, "; mmap succeeded, the load read %#x", v);
+		munmap(m, PAGE);
+	}
+	close(fd);
+	return refused;
+}
+
+/*
+ * KVM_SET_MEMORY_ATTRIBUTES2 timed (CLOCK_MONOTONIC around the ioctl
+ * alone), FIG_RUNS times each, for 512 pages (2 MiB) and for 1 page:
+ *
+ *  - the guest's conversions: a guest asks (MEM_SHARE / MEM_UNSHARE of
+ *    pages it owns), the vCPU exits with MEMORY_FAULT, and the ioctl
+ *    completes the request: el2's ConvertComplete (and, to private, the
+ *    unmapping from every process first). No page is mapped in this
+ *    process then, except in the warm-up round, whose shared page the
+ *    VMM reads through its mapping.
+ *  - host-owned pages (the VMM's load path: shared pages it wrote,
+ *    converted to private in place before the guest runs): no el2 call;
+ *    to private unmaps the pages this process has mapped and touched
+ *    (512 pages: also once with none mapped, for the unmapping's share).
+ *
+ * Then a guest-owned private page, whose frame was read from
+ * /proc/self/pagemap while it was shared and mapped, is read through
+ * /dev/mem: no byte may come back.
+ */
+static void test_figures(int dev)
+{
+	const uint64_t size = 8 * MiB, host_size = 4 * MiB;
+	uint64_t share[2][FIG_ROUNDS], unshare[2][FIG_ROUNDS];
+	uint64_t h_priv[2][FIG_RUNS], h_shared[2][FIG_RUNS], h_unmapped[FIG_RUNS];
+	int nshare[2] = { 0 }, nunshare[2] = { 0 }, bad = 0, mmio = 0, done = 0, i, k;
+	volatile uint32_t *mem = MAP_FAILED, *hmem = MAP_FAILED;
+	struct pkvm_rs_run *run = MAP_FAILED;
+	uint64_t pfn = 0, warm_pfn = 0, ctl_pfn;
+	uint32_t v, warm_value = 0;
+	long vm, gfd = -1, hfd = -1, vcpu = -1, r;
+	char line[512], how[160];
+	int before = teardown_lines(NULL, 0);
+
+	vm = xioctl(dev, PKVM_RS_CREATE_VM, 1);
+	if (vm >= 0) {
+		gfd = create_gmem(vm, size, FLAG_MMAP | FLAG_INIT_SHARED);
+		hfd = create_gmem(vm, host_size, FLAG_MMAP | FLAG_INIT_SHARED);
+		vcpu = xioctl((int)vm, PKVM_RS_CREATE_VCPU, 0);
+	}
+	if (gfd >= 0)
+		mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)gfd, 0);
+	if (hfd >= 0)
+		hmem = mmap(NULL, host_size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)hfd, 0);
+	if (vcpu >= 0)
+		run = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, (int)vcpu, 0);
+	if (vm < 0 || mem == MAP_FAILED || hmem == MAP_FAILED || run == MAP_FAILED) {
+		check(0, "a VM for the figures: %s %s %s %s", err(vm), err(gfd), err(hfd), err(vcpu));
+		goto out;
+	}
+
+	/* Host-owned pages. */
+	for (i = 0; i < FIG_RUNS; i++) {
+		for (k = 0; k < 2; k++) {
+			uint64_t off = k ? 2 * MiB : 0, n = k ? PAGE : 2 * MiB;
+
+			for (uint64_t o = 0; o < n; o += PAGE)
+				hmem[(off + o) / 4] = (uint32_t)i;
+			h_priv[k][i] = timed_attrs((int)hfd, off, n, PRIVATE_ATTR, &r);
+			bad += r != 0;
+			h_shared[k][i] = timed_attrs((int)hfd, off, n, 0, &r);
+			bad += r != 0;
+		}
+		/* Again with nothing mapped (the conversion to private
+		 * unmapped them): what the unmapping costs. */
+		h_unmapped[i] = timed_attrs((int)hfd, 0, 2 * MiB, PRIVATE_ATTR, &r);
+		bad += r != 0;
+		r = set_attrs((int)hfd, 0, 2 * MiB, 0, NULL);
+		bad += r != 0;
+	}
+	check(bad == 0, "%d conversions of host-owned pages each way (512 pages mapped, 512 not, 1 "
+	      "page): %d failed", 3 * FIG_RUNS, bad);
+	note("figure: KVM_SET_MEMORY_ATTRIBUTES2, 512 host-owned pages (2 MiB; no el2 call): "
+	     "shared->private with all 512 mapped and touched by the VMM %s, with none mapped %s; "
+	     "private->shared %s (%d runs)",
+	     min_median(h_priv[0], FIG_RUNS), min_median(h_unmapped, FIG_RUNS),
+	     min_median(h_shared[0], FIG_RUNS), FIG_RUNS);
+	note("figure: KVM_SET_MEMORY_ATTRIBUTES2, 1 host-owned page: shared->private %s; "
+	     "private->shared %s (%d runs)",
+	     min_median(h_priv[1], FIG_RUNS), min_median(h_shared[1], FIG_RUNS), FIG_RUNS);
+
+	/* The guest's conversions. The page at 2 MiB is touched while
+	 * shared (a 2 MiB folio backs that 2 MiB) and its frame noted. */
+	memcpy((void *)mem, guest_fig, sizeof(guest_fig));
+	mem[2 * MiB / 4] = 1;
+	pfn = frame_of(mem + 2 * MiB / 4);
+	check(pfn != 0, "the frame of the shared page at 2 MiB, from /proc/self/pagemap: %#" PRIx64,
+	      pfn);
+	bad = 0;
+	r = set_attrs((int)gfd, 0, size, PRIVATE_ATTR, NULL);
+	bad += r != 0;
+	r = set_region(vm, 0, MEM_GUEST_MEMFD, RAM, size, 0, gfd);
+	bad += r != 0;
+	r = set_reg((int)vcpu, PKVM_RS_REG_PC, RAM);
+	bad += r != 0;
+	check(bad == 0, "the figures' guest: its memory private in place, memslot, PC (%d failed)", bad);
+	bad = 0;
+	while (!done) {
+		r = run_vcpu((int)vcpu);
+		if (r) {
+			check(0, "the figures' guest: KVM_RUN = %s", err(r));
+			break;
+		}
+		switch (run->exit_reason) {
+		case PKVM_RS_EXIT_MEMORY_FAULT: {
+			int to_private = !!(run->memory_fault.flags & PKVM_RS_MEMORY_EXIT_FLAG_PRIVATE);
+			int one = run->memory_fault.size == PAGE;
+			uint64_t off = run->memory_fault.gpa - RAM;
+			uint64_t t = timed_attrs((int)gfd, off, run->memory_fault.size,
+						 to_private ? PRIVATE_ATTR : 0, &r);
+
+			bad += r != 0;
+			if (to_private && nunshare[one] < FIG_ROUNDS)
+				unshare[one][nunshare[one]++] = t;
+			else if (!to_private && nshare[one] < FIG_ROUNDS)
+				share[one][nshare[one]++] = t;
+			/* The warm-up round: the page the guest wrote, now
+			 * shared, through the VMM's mapping: its bytes, in the
+			 * frame it had before the guest owned it. */
+			if (!to_private && !one && nshare[0] == 1 &&
+			    probe_read32(mem + 2 * MiB / 4, &warm_value) == 0)
+				warm_pfn = frame_of(mem + 2 * MiB / 4);
+			break;
+		}
+		case PKVM_RS_EXIT_MMIO:
+			mmio++;
+			bad += !run->mmio.is_write || mmio_data(run) != 0;
+			break;
+		case PKVM_RS_EXIT_SYSTEM_EVENT:
+			done = 1;
+			break;
+		default:
+			check(0, "the figures' guest: unexpected exit %u", run->exit_reason);
+			done = -1;
+			break;
+		}
+	}
+	check(done == 1 && bad == 0 && mmio == 4 * FIG_ROUNDS && nshare[0] == FIG_ROUNDS &&
+		      nshare[1] == FIG_ROUNDS && nunshare[0] == FIG_ROUNDS && nunshare[1] == FIG_ROUNDS,
+	      "the figures' guest: %d rounds of MEM_SHARE/MEM_UNSHARE of 512 pages and of 1 page, each "
+	      "completed by the ioctl (%d+%d to shared, %d+%d to private, %d results stored, %d "
+	      "failures), SYSTEM_OFF", FIG_ROUNDS, nshare[0], nshare[1], nunshare[0], nunshare[1],
+	      mmio, bad);
+	check(warm_value == 0x5a5afeed && warm_pfn == pfn,
+	      "in place: the shared page at 2 MiB shows the guest's private store (%#x) in frame "
+	      "%#" PRIx64 " (before: %#" PRIx64 ")", warm_value, warm_pfn, pfn);
+	if (nshare[0] == FIG_ROUNDS && nunshare[0] == FIG_ROUNDS && nshare[1] == FIG_ROUNDS &&
+	    nunshare[1] == FIG_ROUNDS) {
+		/* Index 0 is the warm-up. */
+		note("figure: KVM_SET_MEMORY_ATTRIBUTES2, 512 guest-owned pages (2 MiB) at the guest's "
+		     "request (its MEM_SHARE/MEM_UNSHARE exit; el2 ConvertComplete): private->shared %s; "
+		     "shared->private %s (%d runs)",
+		     min_median(share[0] + 1, FIG_RUNS), min_median(unshare[0] + 1, FIG_RUNS), FIG_RUNS);
+		note("figure: KVM_SET_MEMORY_ATTRIBUTES2, 1 guest-owned page at the guest's request: "
+		     "private->shared %s; shared->private %s (%d runs)",
+		     min_median(share[1] + 1, FIG_RUNS), min_median(unshare[1] + 1, FIG_RUNS), FIG_RUNS);
+	}
+
+	/* The page is private and the guest's now: through the mapping,
+	 * SIGBUS; through /dev/mem, no byte. */
+	check(probe_read32(mem + 2 * MiB / 4, &v) < 0,
+	      "the guest's private page at 2 MiB: a read through the guest_memfd mapping is SIGBUS");
+	if (pfn) {
+		int refused = devmem_refuses(pfn, how, sizeof(how));
+
+		check(refused, "the guest's private page (frame %#" PRIx64 ") read through /dev/mem: %s",
+		      pfn, how);
+		/* The same for an ordinary page of this process: whether the
+		 * kernel refuses all RAM (STRICT_DEVMEM) before el2 is reached. */
+		ctl_pfn = frame_of(&passed);
+		if (ctl_pfn) {
+			devmem_refuses(ctl_pfn, how, sizeof(how));
+			note("for comparison, an ordinary page of this process (frame %#" PRIx64
+			     ") through /dev/mem: %s", ctl_pfn, how);
+		}
+	}
+out:
+	if (run != MAP_FAILED)
+		munmap(run, PAGE);
+	if (mem != MAP_FAILED)
+		munmap((void *)mem, size);
+	if (hmem != MAP_FAILED)
+		munmap((void *)hmem, host_size);
+	if (vcpu >= 0)
+		close((int)vcpu);
+	if (hfd >= 0)
+		close((int)hfd);
+	if (gfd >= 0)
+		close((int)gfd);
+	if (vm >= 0)
+		close((int)vm);
+	r = teardown_lines(line, sizeof(line));
+	check(r == before + 1 && pages_in_use(line) == 0,
+	      "closing the figures' VM tears it down, no driver page left: %s", line);
+}
+
+/* ------------------------------------------------------------------ */
+/* 6. Hostile arguments.                                                */
 
 
 static uint64_t rnd(void)
@@ -1241,6 +1596,8 @@ int main(int argc, char **argv)
 		test_signals(dev);
 		test_sigkill(dev);
 		note("free memory after the signal test: %ld kB (MemFree %ld kB)", memfree_kib(), memfree_raw_kib());
+		test_figures(dev);
+		note("free memory after the figures: %ld kB (MemFree %ld kB)", memfree_kib(), memfree_raw_kib());
 		test_fuzz(dev, iterations);
 		note("free memory after the fuzzer: %ld kB (MemFree %ld kB)", memfree_kib(), memfree_raw_kib());
 		close(dev);

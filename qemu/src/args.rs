@@ -44,12 +44,16 @@ Commands:
   vmm-images  Build (or reuse from the caches) the host driver and its smoke
               test, pkvm-vmm (aarch64-unknown-linux-musl, release),
               testguest.bin and, when it can be built here, the pKVM Linux
-              guest kernel; pack them with the linux-images kernel and
-              busybox initramfs as a header v4 boot image whose init loads
-              the driver, runs the smoke test and pkvm-vmm with each guest,
-              unloads the driver and powers off (VMM-* lines; `--append
-              pkvm.shell` on `run` gives a shell after the checks); print
-              its path (<cache>/images/vmm-boot.img).
+              guest kernel; pack them as a GKI-style pair: a header v4
+              boot image (the linux-images kernel, /init alone) and a
+              vendor boot v4 image whose vendor ramdisk holds busybox, the
+              driver (/lib/modules/pkvm_rs.ko), the smoke test, pkvm-vmm
+              and the guests. Init loads the driver, runs the smoke test
+              and pkvm-vmm with each guest, unloads the driver and powers
+              off (VMM-* lines; `--append pkvm.shell` on `run` gives a
+              shell after the checks). Print both paths
+              (<cache>/images/vmm-boot.img, boot with --vendor-boot
+              <cache>/images/vmm-vendor_boot.img).
   bench-boot  Boot the same Debian kernel and initramfs five times directly
               at EL1 (no hypervisor) and five times under el2 (the v4 boot
               image), interleaved; print the median time to user space of

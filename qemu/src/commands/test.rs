@@ -18,12 +18,12 @@
 //! print `SKIPPED: <why>` and count as skipped; any other failure to
 //! build it fails them. Every test's result line shows how long it took.
 //!
-//! The Linux VMM test boots the VMM boot image (`cargo qemu vmm-images`),
-//! built (or found in the caches) before it runs: the Linux host loads the
-//! host driver, runs its smoke test and `pkvm-vmm` with the test guest and
-//! the pKVM Linux guest, and unloads the driver; it is judged on its
-//! init's `VMM-*` lines, the test guest's report and the guests' own
-//! lines. When a part the image cannot do without (the host driver)
+//! The Linux VMM test boots the VMM boot + vendor boot pair (`cargo qemu
+//! vmm-images`), built (or found in the caches) before it runs: the Linux
+//! host finds its payloads in the vendor ramdisk, loads the host driver,
+//! runs its smoke test and `pkvm-vmm` with the test guest and the pKVM
+//! Linux guest, and unloads the driver; it is judged on its init's
+//! `VMM-*` lines, the test guest's report and the guests' own lines. When a part the image cannot do without (the host driver)
 //! cannot be built here, the test is skipped; when only the Linux guest
 //! cannot, the image is made without it, its init says so
 //! (`VMM-LINUX-GUEST-SKIPPED`) and the test's result line gives the reason.
@@ -150,8 +150,9 @@ pub enum TestHost {
     Builtin,
     /// A Linux host built by `cargo qemu linux-images`.
     Linux(LinuxHost),
-    /// The VMM boot image built by `cargo qemu vmm-images`: the Linux host
-    /// runs the host driver's smoke test and `pkvm-vmm` with its guests.
+    /// The VMM boot + vendor boot pair built by `cargo qemu vmm-images`:
+    /// the Linux host runs the host driver's smoke test and `pkvm-vmm`
+    /// with its guests, all from the vendor ramdisk.
     Vmm,
     /// A boot image (and vendor boot image) the test makes itself.
     Made(fn() -> MadeImages),
@@ -209,24 +210,31 @@ pub const LINUX_ABSENT: &[&str] = &[
 /// Checks the full suite has: fewer passing means checks went missing.
 const FULL_SUITE: u32 = 60;
 
-/// The Linux VMM end to end: 15 s measured under TCG on 2 host cores
-/// (26 s on a loaded machine): host boot 4 s, smoke test 3 s, test guest
-/// on 2 vCPUs 3 s, Linux guest 4 s, init's checks and the power-off; the
-/// rest is room for a loaded CI machine.
+/// The Linux VMM end to end: 12 s measured under TCG on 2 host cores
+/// (up to 22 s on a loaded machine): host boot 2 s, smoke test 2.5 s (its
+/// conversion figures included), test guest on 2 vCPUs 2.2–4.4 s, Linux
+/// guest 3–7 s, init's checks and the power-off; the rest is room for a
+/// loaded CI machine.
 const VMM_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What every run of the VMM boot image must show: el2 booted the boot
-/// image's Linux, init loaded the driver (el2 answered its Version call),
-/// the smoke test passed, the test guest ran in pkvm-vmm and its VM was
-/// torn down with every page back, the driver unloaded with no page left,
-/// the kernel log stayed clean, and the host powered off through el2.
+/// What every run of the VMM image pair must show: el2 booted the boot
+/// image's Linux with the vendor boot image (its DTB), init (the boot
+/// ramdisk's) found its payloads in the vendor ramdisk, loaded the driver
+/// (el2 answered its Version call), the smoke test passed, the test guest
+/// ran in pkvm-vmm and its VM was torn down with every page back, the
+/// driver unloaded with no page left, the kernel log stayed clean, and
+/// the host powered off through el2.
 pub const VMM_OUTPUT: &[&str] = &[
     "el2[0]: entering the host at EL1",
-    "Android boot image v4",
+    "Android boot image v4 at ",
+    " with a vendor boot image",
+    "bytes (vendor boot)",
     "VMM-INIT: init (pid 1) runs on Linux",
-    "image vmm-boot",
+    "image vmm-boot+vmm-vendor_boot",
+    vmm_images::VENDOR_RAMDISK_PRESENT,
     "VMM-INSMOD-OK: pkvm_rs: el2 host ABI 2.",
     "smoke: ",
+    SMOKE_FIGURE,
     "VMM-SMOKE-OK",
     "vmm: guest powered off",
     "VMM-TEARDOWN-OK: testguest: ",
@@ -236,6 +244,11 @@ pub const VMM_OUTPUT: &[&str] = &[
     "VMM-ALL-OK",
     "host requested SYSTEM_OFF",
 ];
+
+/// The smoke test's conversion figure for 512 guest-owned pages, which the
+/// driver README quotes (printed once every timed conversion succeeded).
+pub const SMOKE_FIGURE: &str =
+    "smoke: figure: KVM_SET_MEMORY_ATTRIBUTES2, 512 guest-owned pages (2 MiB)";
 
 /// What no run of the VMM boot image may show: a failed step, an el2
 /// warning or fatal error, a failed smoke check, a panic, a VMM error.
@@ -997,11 +1010,13 @@ pub const TESTS: &[QemuTest] = &[
         input: SHELL_INPUT,
     },
     QemuTest {
-        // `cargo qemu vmm-images` end to end: Debian's kernel as el2's
-        // host loads pkvm_rs.ko, passes the driver's smoke test, runs the
-        // test guest (2 vCPUs) and the pKVM Linux guest in pkvm-vmm, each
-        // VM torn down with every page back, and unloads the driver (its
-        // refcount 0, no page left).
+        // `cargo qemu vmm-images` end to end: Debian's kernel (boot
+        // image, /init alone) with the vendor boot image (the vendor
+        // ramdisk with every payload, the DTB) as el2's host loads
+        // pkvm_rs.ko, passes the driver's smoke test, runs the test guest
+        // (2 vCPUs) and the pKVM Linux guest in pkvm-vmm, each VM torn
+        // down with every page back, and unloads the driver (its refcount
+        // 0, no page left).
         name: "linux_host_vmm_end_to_end",
         machine: Machine::default,
         kernel: Kernel::Elf,
@@ -1253,10 +1268,13 @@ pub fn run_all() -> Result<Summary, Failure> {
                     };
                     linux_host(l, which)
                 }
-                TestHost::Vmm => Host::Android {
-                    boot: &vmm_image.ok_or("the VMM boot image was not built")?.boot,
-                    vendor: None,
-                },
+                TestHost::Vmm => {
+                    let v = vmm_image.ok_or("the VMM images were not built")?;
+                    Host::Android {
+                        boot: &v.boot,
+                        vendor: Some(&v.vendor_boot),
+                    }
+                }
             };
             let cmdline = match test.guest.and_then(|g| g.append) {
                 Some(text) => qemu::write_guest_cmdline(&test_file(test.name, "cmdline")?, text)?,
@@ -2136,14 +2154,23 @@ mod tests {
     /// in the image when `linux_guest`).
     fn good_vmm(linux_guest: bool) -> String {
         let mut out = String::from(
-            "el2[0]: host: Android boot image v4 at 0x441ff000..0x46b38000: kernel 32956352 \
-             bytes, ramdisks 0 + 10262816 bytes, DTB none (QEMU's)\r\n\
+            "el2[0]: host: Android boot image v4 at 0x441ff000..0x4639a000 with a vendor boot \
+             image: kernel 32956352 bytes, ramdisks 10257408 + 5632 bytes, DTB 1048576 bytes \
+             (vendor boot)\r\n\
              el2[0]: entering the host at EL1\r\n\
-             VMM-INIT: init (pid 1) runs on Linux 6.1.0-57-arm64, image vmm-boot\r\n\
+             VMM-INIT: init (pid 1) runs on Linux 6.1.0-57-arm64, image \
+             vmm-boot+vmm-vendor_boot\r\n\
+             VMM-VENDOR-RAMDISK: present (from the vendor boot image): /lib/modules/pkvm_rs.ko, \
+             /bin/pkvm-rs-smoke, /bin/pkvm-vmm, /guest/Image, /guest/initramfs.cpio, \
+             /guest/params, /guest/testguest.bin\r\n\
              [    4.876019] pkvm_rs: el2 host ABI 2.0; /dev/pkvm-rs ready (API 1)\r\n\
              VMM-INSMOD-OK: pkvm_rs: el2 host ABI 2.0; /dev/pkvm-rs ready (API 1)\r\n\
              SMOKE-OK: open /dev/pkvm-rs: ok\r\n\
-             smoke: 118 passed, 0 failed\r\n\
+             smoke: figure: KVM_SET_MEMORY_ATTRIBUTES2, 512 guest-owned pages (2 MiB) at the \
+             guest's request (its MEM_SHARE/MEM_UNSHARE exit; el2 ConvertComplete): \
+             private->shared min 310.2 us, median 402.9 us; shared->private min 655.0 us, \
+             median 801.3 us (15 runs)\r\n\
+             smoke: 126 passed, 0 failed\r\n\
              VMM-SMOKE-OK: pkvm-rs-smoke passed every check\r\n\
              vmm: pkvm-vmm: kernel /guest/testguest.bin (75240 bytes), initrd 0 bytes, 256 MiB, \
              2 vCPU(s) (a thread each), driver /dev/pkvm-rs\r\n\
@@ -2206,6 +2233,22 @@ mod tests {
         // is built (or found unbuildable) by then, not inside its timing.
         let at = |name| TESTS.iter().position(|t| t.name == name).unwrap();
         assert!(at("linux_host_vmm_end_to_end") > at("linux_guest_console"));
+        // The pair, not the boot image alone: el2 took the vendor boot
+        // image, init its payloads from there.
+        for want in [
+            " with a vendor boot image",
+            "bytes (vendor boot)",
+            vmm_images::VENDOR_RAMDISK_PRESENT,
+        ] {
+            assert!(VMM_OUTPUT.contains(&want), "{want}");
+        }
+        assert!(
+            VMM_OUTPUT
+                .iter()
+                .any(|m| m.ends_with(vmm_images::IMAGE_NAME))
+        );
+        // The smoke test's figure the README quotes.
+        assert!(VMM_OUTPUT.contains(&SMOKE_FIGURE));
         // Every marker vmm-init.sh prints on success is asked for.
         for marker in vmm_images::MARKERS {
             assert!(

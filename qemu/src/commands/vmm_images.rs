@@ -1,5 +1,6 @@
-//! `cargo qemu vmm-images`: build the boot image that runs the Linux VMM
-//! end to end inside the Linux host, and print where it is.
+//! `cargo qemu vmm-images`: build the boot and vendor boot images that
+//! run the Linux VMM end to end inside the Linux host, and print where
+//! they are.
 
 use std::time::Instant;
 
@@ -9,8 +10,9 @@ use crate::linux::vmm_images::{self, SHELL_ARG};
 use crate::workspace;
 
 /// Builds el2's workspace images (for `testguest.bin`), then the VMM boot
-/// image from its parts (or finds them in the caches), and prints the
-/// parts, the image's path last, and the commands that boot it.
+/// and vendor boot images from their parts (or finds them in the caches),
+/// and prints the parts, the images' paths last, and the commands that
+/// boot them.
 pub fn vmm_images() -> Result<(), Failure> {
     let started = Instant::now();
     let images = workspace::build_images()?;
@@ -30,17 +32,23 @@ pub fn vmm_images() -> Result<(), Failure> {
     println!("took {}", format_duration(started.elapsed()));
     println!();
     println!(
-        "Boot it under el2 (init loads the driver, runs the smoke test and pkvm-vmm with each \
+        "Boot the pair under el2 (init loads the driver, runs the smoke test and pkvm-vmm with each \
          guest, unloads the driver and powers off; exit status 0 when every step passed, 12 \
          after `VMM-FAILED: ...`):"
     );
-    println!("  cargo qemu run --host {}", v.boot.display());
-    println!("With a shell after the checks, the driver loaded, to run pkvm-vmm by hand:");
-    println!(
-        "  cargo qemu run --host {} --append {SHELL_ARG}",
-        v.boot.display()
+    let run = format!(
+        "cargo qemu run --host {} --vendor-boot {}",
+        v.boot.display(),
+        v.vendor_boot.display()
     );
+    println!("  {run}");
+    println!("With a shell after the checks, the driver loaded, to run pkvm-vmm by hand:");
+    println!("  {run} --append {SHELL_ARG}");
     println!();
-    println!("VMM boot image: {}", v.boot.display());
+    println!("VMM boot image (kernel, /init): {}", v.boot.display());
+    println!(
+        "VMM vendor boot image (vendor ramdisk with the driver, the VMM and the guests; DTB): {}",
+        v.vendor_boot.display()
+    );
     Ok(())
 }

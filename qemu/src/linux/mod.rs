@@ -26,9 +26,9 @@
 //! The pKVM guest kernel and its initramfs (`cargo qemu guest-kernel`) are
 //! built by [`guest_kernel`]; the host driver `pkvm_rs.ko` and its smoke
 //! test (`cargo qemu host-driver`), for the kernel built here, by
-//! [`host_driver`]; the boot image that runs the Linux VMM end to end
-//! (`cargo qemu vmm-images`: this initramfs plus the driver, `pkvm-vmm`
-//! and its guests) by [`vmm_images`].
+//! [`host_driver`]; the boot + vendor boot pair that runs the Linux VMM
+//! end to end (`cargo qemu vmm-images`: this vendor ramdisk plus the
+//! driver, `pkvm-vmm` and its guests) by [`vmm_images`].
 
 pub mod apt;
 pub mod guest_kernel;
@@ -313,26 +313,9 @@ fn module_paths(modules: &[(String, Vec<u8>)]) -> Vec<String> {
 
 /// The complete initramfs: busybox, the modules, `/init`, `/dev/console`.
 pub fn initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
-    initramfs_with(busybox, modules, INIT_SCRIPT, [])
-}
-
-/// The complete initramfs with `init` as `/init` and `extra` entries
-/// after the usual ones (a directory must come before what it holds; the
-/// usual [`DIRS`] are there already): what other images build on
-/// ([`vmm_images`]).
-pub fn initramfs_with<'a>(
-    busybox: &[u8],
-    modules: &[(String, Vec<u8>)],
-    init: &str,
-    extra: impl IntoIterator<Item = Entry<'a>>,
-) -> Vec<u8> {
     let names = module_paths(modules);
     let mut e = base_entries(busybox, modules, &names);
-    e.push(Entry::File("init", 0o755, init.as_bytes()));
-    // One by one: each entry shortens to the local names' lifetime.
-    for entry in extra {
-        e.push(entry);
-    }
+    e.push(Entry::File("init", 0o755, INIT_SCRIPT.as_bytes()));
     cpio::archive(&e)
 }
 

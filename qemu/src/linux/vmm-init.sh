@@ -1,16 +1,20 @@
 #!/bin/busybox sh
-# /init of the VMM boot image built by `cargo qemu vmm-images`
-# (qemu/src/linux/vmm-init.sh): the Linux host under el2 runs its VMM end
-# to end. It loads the host driver (pkvm_rs.ko), runs the driver's smoke
-# test, runs pkvm-vmm with the test guest and (when the image has it) the
-# pKVM Linux guest, checks every exit status and the driver's teardown
-# lines, unloads the driver, and prints one VMM-* marker per step; the QEMU
-# test linux_host_vmm_end_to_end reads them from the console. Then it
-# powers off (QEMU exits 0); on the first failure it prints
-# `VMM-FAILED: <what> (status N)` and reboots instead (el2 turns the
-# host's reset into exit status 12). With `pkvm.shell` on the kernel
-# command line it gives an interactive shell, with the driver loaded again,
-# after the checks.
+# /init of the VMM image pair built by `cargo qemu vmm-images`
+# (qemu/src/linux/vmm-init.sh), the only file of vmm-boot.img's ramdisk:
+# everything it runs comes from vmm-vendor_boot.img's vendor ramdisk
+# (busybox, /lib/modules/pkvm_rs.ko, the smoke test, pkvm-vmm, /guest/),
+# which the kernel unpacked first, as on a GKI device. The Linux host
+# under el2 runs its VMM end to end: init checks the vendor ramdisk's
+# payloads are there, loads the host driver (pkvm_rs.ko), runs the
+# driver's smoke test, runs pkvm-vmm with the test guest and (when the
+# image has it) the pKVM Linux guest, checks every exit status and the
+# driver's teardown lines, unloads the driver, and prints one VMM-* marker
+# per step; the QEMU test linux_host_vmm_end_to_end reads them from the
+# console. Then it powers off (QEMU exits 0); on the first failure it
+# prints `VMM-FAILED: <what> (status N)` and reboots instead (el2 turns
+# the host's reset into exit status 12). With `pkvm.shell` on the kernel
+# command line it gives an interactive shell, with the driver loaded
+# again, after the checks.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -89,12 +93,24 @@ check_teardown() {
     echo "VMM-TEARDOWN-OK: $1: $line"
 }
 
-insmod /lib/pkvm/pkvm_rs.ko
+# The payloads come from the vendor boot image: its ramdisk alone has
+# /etc/vendor-ramdisk (the boot ramdisk holds this script only), and the
+# vendor command line comes first on the kernel's.
+[ -e /etc/vendor-ramdisk ] || fail "no /etc/vendor-ramdisk: booted without the vendor boot image (--vendor-boot)" 1
+missing=
+for f in /lib/modules/pkvm_rs.ko /bin/pkvm-rs-smoke /bin/pkvm-vmm /guest/testguest.bin /guest/params; do
+    [ -e "$f" ] || missing="$missing $f"
+done
+[ -z "$missing" ] || fail "the vendor ramdisk lacks$missing" 1
+grep -q pkvm_vendor_cmdline=1 /proc/cmdline || fail "the vendor command line (pkvm_vendor_cmdline=1) is not on the kernel's" 1
+echo "VMM-VENDOR-RAMDISK: present ($(cat /etc/vendor-ramdisk)): /lib/modules/pkvm_rs.ko, /bin/pkvm-rs-smoke, /bin/pkvm-vmm, /guest/$(cd /guest && echo * | sed 's/ /, \/guest\//g')"
+
+insmod /lib/modules/pkvm_rs.ko
 rc=$?
-[ "$rc" = 0 ] || fail "insmod /lib/pkvm/pkvm_rs.ko" "$rc"
-[ -c /dev/pkvm-rs ] || fail "insmod /lib/pkvm/pkvm_rs.ko: no /dev/pkvm-rs" 1
+[ "$rc" = 0 ] || fail "insmod /lib/modules/pkvm_rs.ko" "$rc"
+[ -c /dev/pkvm-rs ] || fail "insmod /lib/modules/pkvm_rs.ko: no /dev/pkvm-rs" 1
 klog "at boot"
-grep -q 'pkvm_rs: el2 host ABI' /tmp/klog || fail "insmod /lib/pkvm/pkvm_rs.ko: no 'pkvm_rs: el2 host ABI' line" 1
+grep -q 'pkvm_rs: el2 host ABI' /tmp/klog || fail "insmod /lib/modules/pkvm_rs.ko: no 'pkvm_rs: el2 host ABI' line" 1
 echo "VMM-INSMOD-OK: $(grep 'pkvm_rs: el2 host ABI' /tmp/klog | sed 's/^\[[^]]*\] //')"
 
 pkvm-rs-smoke
@@ -143,7 +159,7 @@ echo "VMM-KERNEL-LOG-CLEAN: no oops, BUG or WARNING in the kernel log"
 
 echo "VMM-ALL-OK"
 if [ -n "$shell" ]; then
-    insmod /lib/pkvm/pkvm_rs.ko || fail "insmod /lib/pkvm/pkvm_rs.ko for the shell" $?
+    insmod /lib/modules/pkvm_rs.ko || fail "insmod /lib/modules/pkvm_rs.ko for the shell" $?
     interactive
 fi
 echo "VMM-POWEROFF"
