@@ -895,7 +895,7 @@ mod tests {
         assert_eq!(size, 5000);
         assert!(initrd >= 0x4820_0000 + (3 << 20));
         assert!(initrd >= boot.0 + boot.1);
-        assert!(p.dtb >= initrd + size && p.dtb % (2 << 20) == 0);
+        assert!(p.dtb >= initrd + size && p.dtb.is_multiple_of(2 << 20));
         // Not text_offset above a 2 MiB boundary: copied instead.
         assert_eq!(plan_in_place(&b, ram, 0x4820_1000, &hyp, &avoid), None);
         // The kernel's bytes would run into hypervisor memory, or past RAM.

@@ -554,15 +554,42 @@ impl Platform {
         };
         let root = fdt.find_node("/").ok_or(DtError::Missing("a root node"))?;
 
-        // RAM.
-        for node in fdt
-            .all_nodes()
-            .filter(|n| is_memory(*n) && node_status_ok(*n))
-        {
-            for r in regs(node).filter(|r| r.size > 0) {
-                if !p.ram.push(r) {
-                    return Err(DtError::TooMany("RAM regions (max 16)"));
+        // One walk over every node finds what is looked up by type or
+        // compatible string (each walk of the tree is costly under TCG,
+        // where el2 boots): the memory nodes, the first GICv3 and GICv2
+        // (first in tree order, enabled or not, as `find_compatible`), the
+        // enabled ITS nodes and the first PL011.
+        let mut gic_v3 = None;
+        let mut gic_v2 = None;
+        let mut its_nodes = (None, false);
+        let mut first_pl011 = None;
+        for node in fdt.all_nodes() {
+            if is_memory(node) && node_status_ok(node) {
+                // RAM.
+                for r in regs(node).filter(|r| r.size > 0) {
+                    if !p.ram.push(r) {
+                        return Err(DtError::TooMany("RAM regions (max 16)"));
+                    }
                 }
+            }
+            let Some(compatible) = node.compatible() else {
+                continue;
+            };
+            let has = |name: &str| compatible.all().any(|c| c == name);
+            if gic_v3.is_none() && has("arm,gic-v3") {
+                gic_v3 = Some(node);
+            }
+            if gic_v2.is_none() && (has("arm,cortex-a15-gic") || has("arm,gic-400")) {
+                gic_v2 = Some(node);
+            }
+            if has("arm,gic-v3-its") && node_status_ok(node) {
+                match its_nodes {
+                    (None, _) => its_nodes.0 = Some(node),
+                    (Some(_), _) => its_nodes.1 = true,
+                }
+            }
+            if first_pl011.is_none() && has("arm,pl011") {
+                first_pl011 = Some(node);
             }
         }
         p.ram.normalize();
@@ -643,7 +670,7 @@ impl Platform {
         p.psci_smc = psci.property("method").and_then(|m| m.as_str()) == Some("smc");
 
         // GIC.
-        if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
+        if let Some(gic) = gic_v3 {
             // el2 mediates the LPI registers of the redistributors it
             // finds in one region; a second region would be the host's.
             let regions = gic
@@ -663,7 +690,7 @@ impl Platform {
                 .next()
                 .ok_or(DtError::Missing("the GICv3 redistributor reg"))?;
             p.gic = Gic::V3 { dist, redist };
-        } else if let Some(gic) = fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400"]) {
+        } else if let Some(gic) = gic_v2 {
             let mut r = regs(gic);
             let dist = r
                 .next()
@@ -673,14 +700,9 @@ impl Platform {
                 .ok_or(DtError::Missing("the GICv2 CPU interface reg"))?;
             p.gic = Gic::V2 { dist, cpu };
         }
-        let mut its_nodes = fdt.all_nodes().filter(|n| {
-            node_status_ok(*n)
-                && n.compatible()
-                    .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
-        });
-        if let Some(its) = its_nodes.next() {
+        if let (Some(its), second) = its_nodes {
             // An ITS el2 does not mediate could be pointed at any memory.
-            if its_nodes.next().is_some() {
+            if second {
                 return Err(DtError::TooMany("GICv3 ITS nodes (el2 mediates one)"));
             }
             p.its = Some(
@@ -701,7 +723,7 @@ impl Platform {
             .and_then(|c| c.stdout())
             .map(|s| s.node())
             .filter(|n| is_pl011(*n));
-        let uart = stdout.or_else(|| fdt.find_compatible(&["arm,pl011"]));
+        let uart = stdout.or(first_pl011);
         p.uart = uart.and_then(|u| regs(u).next()).map(|r| r.base);
 
         // MMIO: the reg of every enabled device node, and the windows of

@@ -2,7 +2,7 @@
 //! redistributor regions el2 must be able to mediate (an ITS or a
 //! redistributor el2 does not mediate could be pointed at any memory).
 
-use el2::fdt::{DtError, Platform, validate};
+use el2::fdt::{DtError, Gic, Platform, validate};
 use flat_device_tree::Fdt;
 use vm_fdt::FdtWriter;
 
@@ -148,4 +148,123 @@ fn more_than_one_redistributor_region_is_refused() {
         matches!(e, DtError::TooMany(what) if what.contains("redistributor")),
         "{e}"
     );
+}
+
+/// A tree for the lookups by type and compatible string: RAM in two
+/// enabled memory nodes and a disabled one, two PL011s, a GICv2 node
+/// first and (optionally) a GICv3 node after it, and `stdout` as
+/// `/chosen/stdout-path` if given.
+fn lookup_tree(gic_v3: bool, stdout: Option<&str>) -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    if let Some(path) = stdout {
+        let chosen = w.begin_node("chosen").unwrap();
+        w.property_string("stdout-path", path).unwrap();
+        w.end_node(chosen).unwrap();
+    }
+    for (base, size, enabled) in [
+        (0x4000_0000u64, 0x4000_0000u64, true),
+        (0xc000_0000, 0x1000_0000, false),
+        (0x1_0000_0000, 0x2000_0000, true),
+    ] {
+        let mem = w.begin_node(&format!("memory@{base:x}")).unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        if !enabled {
+            w.property_string("status", "disabled").unwrap();
+        }
+        reg(&mut w, &[(base, size)]);
+        w.end_node(mem).unwrap();
+    }
+    let cpus = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    let cpu = w.begin_node("cpu@0").unwrap();
+    w.property_string("device_type", "cpu").unwrap();
+    w.property_u32("reg", 0).unwrap();
+    w.end_node(cpu).unwrap();
+    w.end_node(cpus).unwrap();
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string("compatible", "arm,psci-1.0").unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(psci).unwrap();
+    for base in [0x0900_0000u64, 0x0904_0000] {
+        let uart = w.begin_node(&format!("pl011@{base:x}")).unwrap();
+        w.property_string_list(
+            "compatible",
+            vec!["arm,pl011".to_owned(), "arm,primecell".to_owned()],
+        )
+        .unwrap();
+        reg(&mut w, &[(base, 0x1000)]);
+        w.end_node(uart).unwrap();
+    }
+    let v2 = w.begin_node("intc@2c001000").unwrap();
+    w.property_string_list(
+        "compatible",
+        vec!["arm,gic-400".to_owned(), "arm,cortex-a15-gic".to_owned()],
+    )
+    .unwrap();
+    reg(&mut w, &[(0x2c00_1000, 0x1000), (0x2c00_2000, 0x2000)]);
+    w.end_node(v2).unwrap();
+    if gic_v3 {
+        let v3 = w.begin_node("intc@8000000").unwrap();
+        w.property_string("compatible", "arm,gic-v3").unwrap();
+        reg(
+            &mut w,
+            &[(0x0800_0000, 0x1_0000), (0x080a_0000, 0x00f6_0000)],
+        );
+        w.end_node(v3).unwrap();
+    }
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+fn parse_blob(blob: &[u8]) -> Platform {
+    validate(blob).expect("a valid tree");
+    Platform::parse(&Fdt::new(blob).expect("parsable"), 0).expect("a platform")
+}
+
+fn range(base: u64, size: u64) -> el2::fdt::Range {
+    el2::fdt::Range { base, size }
+}
+
+#[test]
+fn ram_gic_and_console_are_found_by_type_and_compatible() {
+    let p = parse_blob(&lookup_tree(true, None));
+    // The disabled memory node is not RAM.
+    assert_eq!(
+        p.ram.as_slice(),
+        &[
+            range(0x4000_0000, 0x4000_0000),
+            range(0x1_0000_0000, 0x2000_0000)
+        ]
+    );
+    // A GICv3 anywhere wins over a GICv2 before it.
+    assert_eq!(
+        p.gic,
+        Gic::V3 {
+            dist: range(0x0800_0000, 0x1_0000),
+            redist: range(0x080a_0000, 0x00f6_0000),
+        }
+    );
+    // No stdout-path: the first PL011.
+    assert_eq!(p.uart, Some(0x0900_0000));
+    // Without a GICv3, the GICv2 (either compatible string).
+    assert_eq!(
+        parse_blob(&lookup_tree(false, None)).gic,
+        Gic::V2 {
+            dist: range(0x2c00_1000, 0x1000),
+            cpu: range(0x2c00_2000, 0x2000),
+        }
+    );
+}
+
+#[test]
+fn the_console_is_stdout_path_when_it_is_a_pl011() {
+    let p = parse_blob(&lookup_tree(true, Some("/pl011@9040000")));
+    assert_eq!(p.uart, Some(0x0904_0000));
+    // stdout-path naming something else: the first PL011 instead.
+    let p = parse_blob(&lookup_tree(true, Some("/intc@2c001000")));
+    assert_eq!(p.uart, Some(0x0900_0000));
 }
