@@ -37,7 +37,10 @@
 //!
 //! Before the benchmarks, `report` runs each workload once with the
 //! invariant checker (`ownership::check::check`) and prints the leaf and
-//! table counts.
+//! table counts, and for the share round trips and the donations the work
+//! each did: per stage-2 table, the operations committed, descriptors read
+//! and written, tables visited and TLB invalidations ([`stage2::Work`]),
+//! and the heap allocations made (a counting global allocator).
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use ownership::check::check;
@@ -50,10 +53,79 @@ use stage2::testing::ArenaPool;
 use stage2::tlb::record::NoopTlb;
 use stage2::{
     Ipa, LeafAttrs, PAGE_SIZE, PaRange, PageState as S2State, Perms, PhysAddr, Stage2,
-    Stage2Config, Stats,
+    Stage2Config, Stats, Work,
 };
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// Counting heap allocations.
+
+/// Every heap allocation (and reallocation) so far.
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, counting allocations.
+struct CountingAlloc;
+
+// SAFETY: every call is forwarded unchanged to `System`; the counter has no
+// effect on the allocations.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: AllocLayout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations() -> usize {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// One line of counts: `Work` of a table (as a difference) and the heap
+/// allocations, for `calls` calls.
+fn fmt_work(w: &Work, calls: u64) -> String {
+    let per = |v: u64| {
+        if calls > 1 {
+            format!("{v} ({:.1}/call)", v as f64 / calls as f64)
+        } else {
+            v.to_string()
+        }
+    };
+    format!(
+        "ops {}, descriptors read {}, written {}, tables visited {}, +/- tables {}/{}, tlbi ipa/s1/vmid {}/{}/{}",
+        w.ops,
+        per(w.reads),
+        per(w.writes),
+        per(w.tables_visited),
+        w.tables_added,
+        w.tables_freed,
+        w.tlbi_ipa,
+        w.tlbi_stage1,
+        w.tlbi_vmid
+    )
+}
 
 // ---------------------------------------------------------------------------
 // Set-up.
@@ -126,6 +198,32 @@ impl Env {
 
     fn host_stats(&self) -> Stats {
         self.o.with_host(|h| h.stage2().stats(h.pool()))
+    }
+
+    /// The work so far of the host stage-2 and of guest `h`'s.
+    fn work(&self, h: GuestHandle) -> (Work, Work) {
+        let host = self.o.with_host(|m| m.stage2().work());
+        let guest = ok(self.o.with_guest(h, |g| g.stage2().work()), "guest");
+        (host, guest)
+    }
+
+    /// Runs `f`, printing the work of both stage-2 tables and the heap
+    /// allocations made, as `what`, for `calls` calls.
+    fn counted(&mut self, h: GuestHandle, what: &str, calls: u64, f: impl FnOnce(&mut Env)) {
+        let (host0, guest0) = self.work(h);
+        let a0 = allocations();
+        f(self);
+        let allocs = allocations() - a0;
+        let (host1, guest1) = self.work(h);
+        println!("  {what}: heap allocations {allocs}");
+        println!(
+            "    guest stage-2: {}",
+            fmt_work(&guest1.since(guest0), calls)
+        );
+        println!(
+            "    host stage-2:  {}",
+            fmt_work(&host1.since(host0), calls)
+        );
     }
 
     /// Every page's entry and the hypervisor's mappings.
@@ -289,6 +387,10 @@ impl Bare {
 
     fn stats(&self) -> Stats {
         self.s2.as_ref().expect("live table").stats(&self.pool)
+    }
+
+    fn work(&self) -> Work {
+        self.s2.as_ref().expect("live table").work()
     }
 }
 
@@ -1286,6 +1388,16 @@ fn report(_c: &mut Criterion) {
             level(&env).get(),
             fmt_stats(&bare.stats()),
         );
+        // Work of one round trip on each side (the state is warm: the same
+        // round trip just ran).
+        env.counted(h, "ownership share + unshare", 2, |env| {
+            share_round_trip(env, h)
+        });
+        let (w0, a0) = (bare.work(), allocations());
+        bare.round_trip();
+        let allocs = allocations() - a0;
+        println!("  bare stage-2 map + unmap: heap allocations {allocs}");
+        println!("    stage-2: {}", fmt_work(&bare.work().since(w0), 2));
     }
 
     let mut env = Env::new();
@@ -1296,7 +1408,13 @@ fn report(_c: &mut Criterion) {
         ("one_page", Donation::OnePage),
     ] {
         let h = env.guest(PGD, MC, 16);
-        d.run(&mut env, h);
+        let calls = match d {
+            Donation::Pages => BLOCK_PAGES,
+            _ => 1,
+        };
+        env.counted(h, &format!("donate_2MiB/{name}"), calls, |env| {
+            d.run(env, h)
+        });
         env.check();
         let guest = ok(env.o.guest_leaf(h, Gfn(GFN)), "leaf").level.get();
         let host = env.o.with_host(|m| {

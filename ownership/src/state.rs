@@ -18,12 +18,13 @@ use crate::errno::Errno;
 use crate::mem::{HypMappings, PhysMem, wipe};
 use crate::memcache::{Memcache, MemcachePool};
 use crate::table::{MemRegion, OwnershipTable, PageEntry};
+use crate::transitions::MAX_GUEST_RANGE;
 use crate::types::{Gfn, GuestHandle, GuestPageState, Pfn};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use spin::{Mutex, RwLock};
 use stage2::{
-    Annotation, AnnotationType, BlockPolicy, Ipa, LeafAttrs, Op, PAGE_SIZE, PaRange,
+    Annotation, AnnotationType, BlockPolicy, Checked, Ipa, LeafAttrs, Op, PAGE_SIZE, PaRange,
     PageState as S2State, Perms, PhysAddr, Reserved, Stage2, Stage2Config, SwBits, TablePool,
     TlbMaintenance,
 };
@@ -156,6 +157,10 @@ pub struct HostMmu<P: TablePool> {
     pub(crate) s2: Stage2,
     pub(crate) pool: P,
     pub(crate) mmio: Vec<(PhysAddr, u64)>,
+    /// Room for the runs of one guest range (at most one per page of the
+    /// largest range a call may cover), allocated once with the table so
+    /// that no transition allocates. Used under the host lock only.
+    pub(crate) runs: Vec<GuestRun>,
 }
 
 impl<P: TablePool> HostMmu<P> {
@@ -189,6 +194,7 @@ unsafe impl<M: PhysMem> TablePool for MemView<M> {
         None
     }
     fn free_root(&mut self, _root: PhysAddr, _pages: usize) {}
+    #[inline]
     fn table_ptr(&self, table: PhysAddr) -> NonNull<u64> {
         self.0.page_ptr(table).cast()
     }
@@ -196,46 +202,83 @@ unsafe impl<M: PhysMem> TablePool for MemView<M> {
 
 /// Stage-2 operations planned against one table, with the table pages they
 /// need counted before anything changes.
-pub(crate) struct Plan {
-    ops: Vec<Op>,
-    pub(crate) needed: usize,
+pub(crate) enum Plan<'a, I> {
+    /// One op whose check (kept by the caller) commits without walking the
+    /// table again.
+    One(&'a Checked),
+    /// Ops that come from an iterator walked twice, to check and then to
+    /// apply, so that the plan never stores them (no allocation).
+    Ops {
+        /// The ops.
+        ops: I,
+        /// Table pages they need.
+        needed: usize,
+    },
 }
 
-impl Plan {
-    pub(crate) const fn new() -> Plan {
-        Plan {
-            ops: Vec::new(),
-            needed: 0,
+/// The ops of a plan that has none, or only a checked one.
+pub(crate) type NoOps = core::iter::Empty<Op>;
+
+impl<'a, I: Iterator<Item = Op> + Clone> Plan<'a, I> {
+    /// Validates every op against the table as it is now and counts its
+    /// pages. The ops of one plan touch disjoint pages, so each one's count
+    /// on today's table bounds what it needs after the earlier ones ran.
+    pub(crate) fn new<P: TablePool + ?Sized>(s2: &Stage2, pool: &P, ops: I) -> Result<Self, Errno> {
+        let mut needed = 0;
+        for op in ops.clone() {
+            needed += s2.check(pool, op).map_err(|_| Errno::Einval)?.pages();
+        }
+        Ok(Plan::Ops { ops, needed })
+    }
+
+    /// Table pages the plan needs.
+    pub(crate) fn needed(&self) -> usize {
+        match self {
+            Plan::One(checked) => checked.pages(),
+            Plan::Ops { needed, .. } => *needed,
         }
     }
 
-    /// Validates `op` against the table as it is now and counts its pages.
-    /// The ops of one plan touch disjoint pages, so each one's count on
-    /// today's table bounds what it needs after the earlier ones ran.
-    pub(crate) fn add<P: TablePool + ?Sized>(
-        &mut self,
-        s2: &Stage2,
-        pool: &P,
-        op: Op,
-    ) -> Result<(), Errno> {
-        self.ops.try_reserve(1).map_err(|_| Errno::Enomem)?;
-        self.needed += s2.pages_needed(pool, op).map_err(|_| Errno::Einval)?;
-        self.ops.push(op);
-        Ok(())
-    }
-
     /// Applies every op with pages from `reserved`. Cannot fail: every op
-    /// was validated and its pages reserved.
+    /// was validated and its pages reserved (and nothing changed the table
+    /// since the check: the stage-2 generation check would catch it).
     pub(crate) fn apply<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
-        self,
+        &self,
         s2: &mut Stage2,
         reserved: &mut P,
         tlb: &mut T,
     ) {
-        for op in self.ops {
-            let r = s2.apply(reserved, tlb, op);
-            debug_assert!(r.is_ok(), "planned stage-2 op failed: {r:?}");
+        match self {
+            Plan::One(checked) => {
+                let r = s2.apply_checked(reserved, tlb, checked);
+                debug_assert!(r.is_ok(), "planned stage-2 op failed: {r:?}");
+            }
+            Plan::Ops { ops, .. } => {
+                for op in ops.clone() {
+                    let r = s2.apply(reserved, tlb, op);
+                    debug_assert!(r.is_ok(), "planned stage-2 op failed: {r:?}");
+                }
+            }
         }
+    }
+}
+
+/// Checks one op. The result stays in the caller's frame ([`Plan::One`]
+/// refers to it): moving it around costs more than the check itself.
+#[inline(always)]
+pub(crate) fn check_one<P: TablePool + ?Sized>(
+    s2: &Stage2,
+    pool: &P,
+    op: Op,
+) -> Result<Checked, Errno> {
+    s2.check(pool, op).map_err(|_| Errno::Einval)
+}
+
+/// A plan that changes nothing.
+pub(crate) const fn plan_none<'a>() -> Plan<'a, NoOps> {
+    Plan::Ops {
+        ops: core::iter::empty(),
+        needed: 0,
     }
 }
 
@@ -295,6 +338,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         tlb: &mut T,
     ) -> Result<Self, Errno> {
         let mut table = OwnershipTable::new(layout.ram)?;
+        let mut runs = Vec::new();
+        runs.try_reserve_exact(MAX_GUEST_RANGE as usize)
+            .map_err(|_| Errno::Enomem)?;
         let bits = layout.pa_range.bits();
         let config = Stage2Config::new(bits, layout.pa_range).map_err(|_| Errno::Einval)?;
         let mut s2 = Stage2::new(config, 0, &mut pool).map_err(|_| Errno::Enomem)?;
@@ -339,6 +385,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
                 s2,
                 pool,
                 mmio,
+                runs,
             }),
             hyp: Mutex::new(hyp),
         })
@@ -447,17 +494,18 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         };
         let h = &mut *host;
         check_host_owned(&h.table, pgd, pages)?;
-        let mut plan = Plan::new();
-        plan.add(&h.s2, &h.pool, host_annotate(pgd, pages, hyp_annotation()))?;
         if let Some((m, n)) = meta {
             check_host_owned(&h.table, m, n)?;
             let overlaps = m.0 < pgd.0 + pages && pgd.0 < m.0 + n;
             if overlaps {
                 return Err(Errno::Einval);
             }
-            plan.add(&h.s2, &h.pool, host_annotate(m, n, hyp_annotation()))?;
         }
-        let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        let ops = core::iter::once((pgd, pages))
+            .chain(meta)
+            .map(|(first, n)| host_annotate(first, n, hyp_annotation()));
+        let plan = Plan::new(&h.s2, &h.pool, ops)?;
+        let mut reserved = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         // Everything is checked: commit.
         plan.apply(&mut h.s2, &mut reserved, tlb);
         drop(reserved);
@@ -515,9 +563,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut g = gm.lock();
         let h = &mut *host;
         check_host_owned(&h.table, pfn, n)?;
-        let mut plan = Plan::new();
-        plan.add(&h.s2, &h.pool, host_annotate(pfn, n, hyp_annotation()))?;
-        let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        let checked = check_one(&h.s2, &h.pool, host_annotate(pfn, n, hyp_annotation()))?;
+        let plan = Plan::<NoOps>::One(&checked);
+        let mut reserved = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         plan.apply(&mut h.s2, &mut reserved, tlb);
         drop(reserved);
         hyp.map(pfn, n);
@@ -586,11 +634,12 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             pfns.sort_unstable();
             runs_of(&pfns)?
         };
-        let mut plan = Plan::new();
-        for &(pfn, n) in &runs {
-            plan.add(&h.s2, &h.pool, host_map(pfn, n))?;
-        }
-        let mut reserved = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        let plan = Plan::new(
+            &h.s2,
+            &h.pool,
+            runs.iter().map(|&(pfn, n)| host_map(pfn, n)),
+        )?;
+        let mut reserved = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         // Checked: commit.
         let Some(gm) = guests[idx].take() else {
             return Err(Errno::Einval);
@@ -655,15 +704,12 @@ pub(crate) fn check_entries(
     n: u64,
     expected: PageEntry,
 ) -> Result<(), Errno> {
-    if !table.is_ram(pfn, n) {
-        return Err(Errno::Einval);
+    let entries = table.range(pfn, n).filter(|_| n > 0).ok_or(Errno::Einval)?;
+    if entries.iter().all(|&e| e == expected) {
+        Ok(())
+    } else {
+        Err(Errno::Eperm)
     }
-    for i in 0..n {
-        if table.get(Pfn(pfn.0 + i)) != Some(expected) {
-            return Err(Errno::Eperm);
-        }
-    }
-    Ok(())
 }
 
 /// `EINVAL` unless `[pfn, pfn + n)` is RAM in one region; `EPERM` unless
@@ -672,15 +718,45 @@ pub(crate) fn check_host_owned(table: &OwnershipTable, pfn: Pfn, n: u64) -> Resu
     check_entries(table, pfn, n, PageEntry::HOST_OWNED)
 }
 
-/// Calls `f` with the state and frame of every page of `[gfn, gfn + n)`
-/// in order, from one walk of the guest stage-2 (a 2 MiB block is one
-/// leaf, not 512 lookups). Stops at the first error `f` returns.
-pub(crate) fn for_each_guest_page<M: PhysMem>(
+/// Pages of a guest range that one entry of the guest stage-2 covers:
+/// `pages` pages from `gfn`, all in `state`, mapped from `pfn` onward if
+/// mapped. A 2 MiB block is one run, not 512 pages.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct GuestRun {
+    pub(crate) gfn: Gfn,
+    pub(crate) pages: u64,
+    pub(crate) state: GuestPageState,
+    pub(crate) pfn: Option<Pfn>,
+}
+
+/// The guest page state a stage-2 entry gives, `None` for a valid leaf
+/// without a page state (which a guest table never holds).
+pub(crate) fn leaf_state(leaf: &stage2::Leaf) -> Option<GuestPageState> {
+    if leaf.is_valid() {
+        match leaf.descriptor.page_state() {
+            Some(S2State::Owned) => Some(GuestPageState::Owned),
+            Some(S2State::SharedOwned) => Some(GuestPageState::SharedOwned),
+            Some(S2State::SharedBorrowed) => Some(GuestPageState::SharedBorrowed),
+            None => None,
+        }
+    } else {
+        Some(match leaf.annotation() {
+            Some(a) if a.kind() == AnnotationType::POISONED => GuestPageState::Poisoned,
+            Some(a) if a.kind() == RELINQUISHED => GuestPageState::Relinquished,
+            _ => GuestPageState::NoPage,
+        })
+    }
+}
+
+/// Calls `f` with every run of `[gfn, gfn + n)` in order (one per entry of
+/// the guest stage-2, from one walk), stopping at the first error `f`
+/// returns.
+pub(crate) fn for_each_guest_run<M: PhysMem>(
     g: &Guest,
     mem: M,
     gfn: Gfn,
     n: u64,
-    mut f: impl FnMut(Gfn, GuestPageState, Option<Pfn>) -> Result<(), Errno>,
+    mut f: impl FnMut(GuestRun) -> Result<(), Errno>,
 ) -> Result<(), Errno> {
     let end = gfn.0.checked_add(n).ok_or(Errno::Einval)?;
     if n == 0 || end > g.gfn_limit() {
@@ -695,37 +771,47 @@ pub(crate) fn for_each_guest_page<M: PhysMem>(
             if result.is_err() {
                 return;
             }
-            let first = (leaf.base.0 / PAGE_SIZE).max(gfn.0);
-            let last = ((leaf.base.0 + leaf.size()) / PAGE_SIZE).min(end);
-            let state = if leaf.is_valid() {
-                match leaf.descriptor.page_state() {
-                    Some(S2State::Owned) => Some(GuestPageState::Owned),
-                    Some(S2State::SharedOwned) => Some(GuestPageState::SharedOwned),
-                    Some(S2State::SharedBorrowed) => Some(GuestPageState::SharedBorrowed),
-                    None => None,
-                }
-            } else {
-                Some(match leaf.annotation() {
-                    Some(a) if a.kind() == AnnotationType::POISONED => GuestPageState::Poisoned,
-                    Some(a) if a.kind() == RELINQUISHED => GuestPageState::Relinquished,
-                    _ => GuestPageState::NoPage,
-                })
-            };
-            let Some(state) = state else {
+            let Some(state) = leaf_state(leaf) else {
                 result = Err(Errno::Einval);
                 return;
             };
-            for p in first..last {
-                let pfn = leaf.output_for(Ipa(p * PAGE_SIZE)).map(Pfn::containing);
-                result = f(Gfn(p), state, pfn);
-                if result.is_err() {
-                    return;
-                }
-            }
+            let first = (leaf.base.0 / PAGE_SIZE).max(gfn.0);
+            let last = ((leaf.base.0 + leaf.size()) / PAGE_SIZE).min(end);
+            let pfn = leaf.output_for(Ipa(first * PAGE_SIZE)).map(Pfn::containing);
+            result = f(GuestRun {
+                gfn: Gfn(first),
+                pages: last - first,
+                state,
+                pfn,
+            });
         },
     )
     .map_err(|_| Errno::Einval)?;
     result
+}
+
+/// The runs of `[gfn, gfn + n)` (`n` at most [`MAX_GUEST_RANGE`]), into
+/// `runs`, whose room was set aside when the table was built: this never
+/// allocates.
+pub(crate) fn collect_runs<M: PhysMem>(
+    g: &Guest,
+    mem: M,
+    gfn: Gfn,
+    n: u64,
+    runs: &mut Vec<GuestRun>,
+) -> Result<(), Errno> {
+    runs.clear();
+    if n > MAX_GUEST_RANGE {
+        return Err(Errno::Einval);
+    }
+    for_each_guest_run(g, mem, gfn, n, |run| {
+        // At most one run per page, so the room always suffices.
+        if runs.len() == runs.capacity() {
+            return Err(Errno::Enomem);
+        }
+        runs.push(run);
+        Ok(())
+    })
 }
 
 /// How `g` sees `gfn`, and the page mapped there.
@@ -739,18 +825,6 @@ pub(crate) fn guest_page<M: PhysMem>(
     }
     let ipa = Ipa(gfn.0 * PAGE_SIZE);
     let leaf = g.s2.lookup(&MemView(mem), ipa).map_err(|_| Errno::Einval)?;
-    if let Some(pa) = leaf.output_for(ipa) {
-        let state = match leaf.descriptor.page_state() {
-            Some(S2State::Owned) => GuestPageState::Owned,
-            Some(S2State::SharedOwned) => GuestPageState::SharedOwned,
-            Some(S2State::SharedBorrowed) => GuestPageState::SharedBorrowed,
-            None => return Err(Errno::Einval),
-        };
-        return Ok((state, Some(Pfn::containing(pa))));
-    }
-    Ok(match leaf.annotation() {
-        Some(a) if a.kind() == AnnotationType::POISONED => (GuestPageState::Poisoned, None),
-        Some(a) if a.kind() == RELINQUISHED => (GuestPageState::Relinquished, None),
-        _ => (GuestPageState::NoPage, None),
-    })
+    let state = leaf_state(&leaf).ok_or(Errno::Einval)?;
+    Ok((state, leaf.output_for(ipa).map(Pfn::containing)))
 }

@@ -184,32 +184,55 @@ impl OwnershipTable {
     }
 
     /// Whether `[pfn, pfn + n)` is RAM inside a single region.
+    #[inline]
     pub fn is_ram(&self, pfn: Pfn, n: u64) -> bool {
         n > 0 && self.regions.iter().any(|(r, _)| r.contains(pfn, n))
     }
 
-    fn slot(&self, pfn: Pfn) -> Option<(usize, usize)> {
+    /// The region holding all of `[pfn, pfn + n)` and the index of `pfn`
+    /// in it.
+    #[inline]
+    fn slot(&self, pfn: Pfn, n: u64) -> Option<(usize, usize)> {
         self.regions
             .iter()
-            .position(|(r, _)| r.contains(pfn, 1))
+            .position(|(r, _)| r.contains(pfn, n))
             .map(|i| (i, (pfn.0 - self.regions[i].0.base.0) as usize))
     }
 
     /// The entry of `pfn`, if it is RAM.
+    #[inline]
     pub fn get(&self, pfn: Pfn) -> Option<PageEntry> {
-        self.slot(pfn).map(|(r, i)| self.regions[r].1[i])
+        self.slot(pfn, 1).map(|(r, i)| self.regions[r].1[i])
     }
 
     /// Replaces the entry of `pfn`; returns `false` (and does nothing) if
     /// it is not RAM.
+    #[inline]
     pub fn set(&mut self, pfn: Pfn, entry: PageEntry) -> bool {
-        match self.slot(pfn) {
+        match self.slot(pfn, 1) {
             Some((r, i)) => {
                 self.regions[r].1[i] = entry;
                 true
             }
             None => false,
         }
+    }
+
+    /// The entries of `[pfn, pfn + n)`, if it is RAM inside one region: a
+    /// range is checked or changed with one region search instead of one
+    /// per page.
+    #[inline]
+    pub fn range(&self, pfn: Pfn, n: u64) -> Option<&[PageEntry]> {
+        let (r, i) = self.slot(pfn, n)?;
+        self.regions[r].1.get(i..i + n as usize)
+    }
+
+    /// The entries of `[pfn, pfn + n)` for changing, if it is RAM inside
+    /// one region.
+    #[inline]
+    pub fn range_mut(&mut self, pfn: Pfn, n: u64) -> Option<&mut [PageEntry]> {
+        let (r, i) = self.slot(pfn, n)?;
+        self.regions[r].1.get_mut(i..i + n as usize)
     }
 
     /// Every page with its entry, in address order.

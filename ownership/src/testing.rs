@@ -76,6 +76,7 @@ pub struct SimMem {
 // the page is inside it, and the buffer is contiguous, so the rest of the
 // region follows the page.
 unsafe impl PhysMem for SimMem {
+    #[inline]
     fn page_ptr(self, pa: PhysAddr) -> NonNull<u8> {
         let off = pa.0.checked_sub(self.base).filter(|o| *o < self.size);
         let off = off.unwrap_or_else(|| panic!("{pa:?} is outside simulated RAM"));
@@ -83,6 +84,7 @@ unsafe impl PhysMem for SimMem {
         unsafe { self.mem.add(off as usize) }
     }
 
+    #[inline]
     fn clean_to_poc(self, _pa: PhysAddr, _len: u64) {}
 }
 

@@ -5,22 +5,26 @@
 //! page and every precondition, count and reserve the page-table pages the
 //! host and guest stage-2 changes need (host pool and guest memcache), and
 //! only then change anything. A call that returns an error changed nothing.
+//!
+//! None of them allocates: guest ranges are read into room set aside when
+//! the table was built ([`HostMmu`]'s runs), stage-2 plans regenerate their
+//! operations instead of storing them, and ranges of ownership entries are
+//! checked and changed as slices.
 
 use crate::errno::Errno;
 use crate::mem::{HypMappings, PhysMem, wipe};
 use crate::memcache::MemcachePool;
 use crate::state::{
-    Conversion, ConversionKind, Guest, HostMmu, MemView, Ownership, Plan, SPARE_BLOCK_SHARE,
-    check_entries, check_host_owned, for_each_guest_page, guest_annotation, guest_attrs,
-    guest_page, host_annotate, host_map, hyp_annotation, poison_annotation,
-    relinquished_annotation, slot,
+    Conversion, ConversionKind, Guest, GuestRun, HostMmu, MemView, NoOps, Ownership, Plan,
+    SPARE_BLOCK_SHARE, check_entries, check_host_owned, check_one, collect_runs,
+    for_each_guest_run, guest_annotation, guest_attrs, guest_page, host_annotate, host_map,
+    hyp_annotation, leaf_state, plan_none, poison_annotation, relinquished_annotation, slot,
 };
 use crate::table::{MAX_GFN, OwnershipTable, PageEntry};
 use crate::types::{BLOCK_PAGES, Extent, Gfn, GuestHandle, GuestPageState, Owner, PageState, Pfn};
-use alloc::vec::Vec;
 use stage2::{
-    BlockPolicy, Ipa, Op, PAGE_SIZE, PageState as S2State, PhysAddr, Reserved, SwBits, TablePool,
-    TlbMaintenance,
+    BlockPolicy, Ipa, Op, PAGE_SIZE, PageState as S2State, PhysAddr, Reserved, Stage2, SwBits,
+    TablePool, TlbMaintenance,
 };
 
 /// Most pages one guest-side call (share, unshare, relinquish) may cover.
@@ -42,16 +46,57 @@ fn entry(table: &OwnershipTable, pfn: Pfn) -> PageEntry {
     table.get(pfn).unwrap_or(PageEntry::HYP_OWNED)
 }
 
-/// One host→guest share of `pfn` ended: one fewer share; the page is the
+/// Calls `f` with the index and entry of each page of `[pfn, pfn + n)` in
+/// order, stopping at its first error: one region search for the range
+/// (page by page, with [`entry`], if it is not inside one region).
+fn for_each_entry(
+    table: &OwnershipTable,
+    pfn: Pfn,
+    n: u64,
+    mut f: impl FnMut(u64, PageEntry) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    match table.range(pfn, n) {
+        Some(entries) => entries
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, &e)| f(i as u64, e)),
+        None => (0..n).try_for_each(|i| f(i, entry(table, Pfn(pfn.0 + i)))),
+    }
+}
+
+/// Replaces the entry of each page of `[pfn, pfn + n)` with `f(index,
+/// entry)`, as a slice when the range is inside one region.
+fn update_entries(
+    table: &mut OwnershipTable,
+    pfn: Pfn,
+    n: u64,
+    mut f: impl FnMut(u64, PageEntry) -> PageEntry,
+) {
+    match table.range_mut(pfn, n) {
+        Some(entries) => {
+            for (i, e) in entries.iter_mut().enumerate() {
+                *e = f(i as u64, *e);
+            }
+        }
+        None => {
+            for i in 0..n {
+                let p = Pfn(pfn.0 + i);
+                let e = entry(table, p);
+                table.set(p, f(i, e));
+            }
+        }
+    }
+}
+
+/// One host→guest share of a page ended: one fewer share; the page is the
 /// host's alone again at zero. The caller checked the count is non-zero.
-fn drop_share(table: &mut OwnershipTable, pfn: Pfn) {
-    let count = entry(table, pfn).share_count().saturating_sub(1);
-    let e = if count == 0 {
+fn drop_share(e: PageEntry) -> PageEntry {
+    let count = e.share_count().saturating_sub(1);
+    if count == 0 {
         PageEntry::HOST_OWNED
     } else {
         PageEntry::host_owned(SO, N, 0, count)
-    };
-    table.set(pfn, e);
+    }
 }
 
 /// Checks the alignment and range of a host↔guest extent.
@@ -82,61 +127,89 @@ fn pa(pfn: Pfn) -> PhysAddr {
     PhysAddr(pfn.0 * PAGE_SIZE)
 }
 
-/// One guest page of a range: its gfn, state and frame.
-type GuestPageInfo = (Gfn, GuestPageState, Option<Pfn>);
-
-/// The state and frame of every page of `[gfn, gfn + n)`.
-fn collect_pages<M: PhysMem>(
-    g: &Guest,
-    mem: M,
-    gfn: Gfn,
-    n: u64,
-) -> Result<Vec<GuestPageInfo>, Errno> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n as usize).map_err(|_| Errno::Enomem)?;
-    for_each_guest_page(g, mem, gfn, n, |f, state, pfn| {
-        v.push((f, state, pfn));
-        Ok(())
-    })?;
-    Ok(v)
-}
-
-/// Wipes the guest-private pages among `pages` (pages the guest shared keep
+/// Wipes the guest-private pages among `runs` (pages the guest shared keep
 /// their contents).
-fn wipe_private<M: PhysMem>(mem: M, pages: &[GuestPageInfo]) {
-    for &(_, state, pfn) in pages {
-        if let (GuestPageState::Owned, Some(p)) = (state, pfn) {
-            wipe(mem, p, 1);
+fn wipe_private<M: PhysMem>(mem: M, runs: &[GuestRun]) {
+    for r in runs {
+        if let (GuestPageState::Owned, Some(p)) = (r.state, r.pfn) {
+            wipe(mem, p, r.pages);
         }
     }
 }
 
-/// Plans host stage-2 ops for the frames of the selected `pages`, as runs
-/// of pages contiguous in both spaces.
-fn plan_host_runs<P: TablePool>(
-    h: &HostMmu<P>,
-    pages: &[GuestPageInfo],
-    plan: &mut Plan,
-    select: impl Fn(GuestPageState) -> bool,
-    op: impl Fn(Pfn, u64) -> Op,
-) -> Result<(), Errno> {
-    let mut run: Option<(Pfn, u64)> = None;
-    for &(_, state, pfn) in pages {
-        let next = pfn.filter(|_| select(state));
-        match (run, next) {
-            (Some((start, len)), Some(p)) if start.0 + len == p.0 => run = Some((start, len + 1)),
-            (prev, next) => {
-                if let Some((start, len)) = prev {
-                    plan.add(&h.s2, &h.pool, op(start, len))?;
+/// The host stage-2 ops for the frames of the selected runs, as runs of
+/// pages contiguous in both spaces (a page not selected ends a run). An
+/// iterator, so that a plan can check the ops and later apply them without
+/// storing them.
+#[derive(Clone)]
+struct HostOps<'a, S, F> {
+    runs: &'a [GuestRun],
+    next: usize,
+    select: S,
+    op: F,
+}
+
+impl<S: Fn(GuestPageState) -> bool, F: Fn(Pfn, u64) -> Op> Iterator for HostOps<'_, S, F> {
+    type Item = Op;
+
+    fn next(&mut self) -> Option<Op> {
+        let mut run: Option<(Pfn, u64)> = None;
+        while let Some(r) = self.runs.get(self.next) {
+            let frames = r.pfn.filter(|_| (self.select)(r.state));
+            match (run, frames) {
+                (None, None) => {}
+                (None, Some(p)) => run = Some((p, r.pages)),
+                (Some((start, len)), Some(p)) if start.0 + len == p.0 => {
+                    run = Some((start, len + r.pages));
                 }
-                run = next.map(|p| (p, 1));
+                // Ends the run; the next call starts from this one.
+                (Some(_), _) => break,
             }
+            self.next += 1;
         }
+        run.map(|(p, len)| (self.op)(p, len))
     }
-    if let Some((start, len)) = run {
-        plan.add(&h.s2, &h.pool, op(start, len))?;
+}
+
+fn host_ops<'a, S: Fn(GuestPageState) -> bool + Clone, F: Fn(Pfn, u64) -> Op + Clone>(
+    runs: &'a [GuestRun],
+    select: S,
+    op: F,
+) -> HostOps<'a, S, F> {
+    HostOps {
+        runs,
+        next: 0,
+        select,
+        op,
     }
-    Ok(())
+}
+
+/// The guest stage-2 ops for runs of consecutive selected pages (a page not
+/// selected ends a run).
+#[derive(Clone)]
+struct GuestOps<'a, S, F> {
+    runs: &'a [GuestRun],
+    next: usize,
+    select: S,
+    op: F,
+}
+
+impl<S: Fn(GuestPageState) -> bool, F: Fn(Gfn, u64) -> Op> Iterator for GuestOps<'_, S, F> {
+    type Item = Op;
+
+    fn next(&mut self) -> Option<Op> {
+        let mut run: Option<(Gfn, u64)> = None;
+        while let Some(r) = self.runs.get(self.next) {
+            match (run, (self.select)(r.state)) {
+                (None, false) => {}
+                (None, true) => run = Some((r.gfn, r.pages)),
+                (Some((start, len)), true) => run = Some((start, len + r.pages)),
+                (Some(_), false) => break,
+            }
+            self.next += 1;
+        }
+        run.map(|(f, len)| (self.op)(f, len))
+    }
 }
 
 /// Which table loses access first: access is always removed before it is
@@ -152,32 +225,66 @@ enum First {
 /// applies the `first` plan, runs `between` (e.g. wiping pages that are by
 /// then mapped by nobody), and applies the other plan.
 #[allow(clippy::too_many_arguments)]
-fn commit_plans<M: PhysMem, P: TablePool, T: TlbMaintenance + ?Sized>(
-    h: &mut HostMmu<P>,
+fn commit_plans<M, P, T, HI, GI>(
+    (host_s2, host_pool): (&mut Stage2, &mut P),
     g: &mut Guest,
     mem: M,
-    host_plan: Plan,
-    guest_plan: Plan,
+    host_plan: &Plan<HI>,
+    guest_plan: &Plan<GI>,
     tlb: &mut T,
     first: First,
     between: impl FnOnce(),
-) -> Result<(), Errno> {
-    let mut hr = Reserved::new(&mut h.pool, host_plan.needed).map_err(|_| Errno::Enomem)?;
+) -> Result<(), Errno>
+where
+    M: PhysMem,
+    P: TablePool,
+    T: TlbMaintenance + ?Sized,
+    HI: Iterator<Item = Op> + Clone,
+    GI: Iterator<Item = Op> + Clone,
+{
     let mut mc = MemcachePool {
         cache: &mut g.memcache,
         mem,
     };
-    let mut gr = Reserved::new(&mut mc, guest_plan.needed).map_err(|_| Errno::Enomem)?;
-    if first == First::Host {
-        host_plan.apply(&mut h.s2, &mut hr, tlb);
-        between();
-        guest_plan.apply(&mut g.s2, &mut gr, tlb);
-    } else {
-        guest_plan.apply(&mut g.s2, &mut gr, tlb);
-        between();
-        host_plan.apply(&mut h.s2, &mut hr, tlb);
+    let plans = (host_plan, guest_plan);
+    let tables = (host_s2, &mut g.s2);
+    if plans.0.needed() == 0 && plans.1.needed() == 0 {
+        // Nothing to set aside (the common case): each plan runs on its
+        // pool directly, which only takes back pages merges free.
+        apply_plans(tables, (host_pool, &mut mc), plans, tlb, first, between);
+        return Ok(());
     }
+    let mut hr = Reserved::new(host_pool, plans.0.needed()).map_err(|_| Errno::Enomem)?;
+    let mut gr = Reserved::new(&mut mc, plans.1.needed()).map_err(|_| Errno::Enomem)?;
+    apply_plans(tables, (&mut hr, &mut gr), plans, tlb, first, between);
     Ok(())
+}
+
+/// The second half of [`commit_plans`]: applies the `first` plan, runs
+/// `between`, applies the other, each with pages from its pool.
+fn apply_plans<HP, GP, T, HI, GI>(
+    (host_s2, guest_s2): (&mut Stage2, &mut Stage2),
+    (host_pool, guest_pool): (&mut HP, &mut GP),
+    (host_plan, guest_plan): (&Plan<HI>, &Plan<GI>),
+    tlb: &mut T,
+    first: First,
+    between: impl FnOnce(),
+) where
+    HP: TablePool + ?Sized,
+    GP: TablePool + ?Sized,
+    T: TlbMaintenance + ?Sized,
+    HI: Iterator<Item = Op> + Clone,
+    GI: Iterator<Item = Op> + Clone,
+{
+    if first == First::Host {
+        host_plan.apply(host_s2, host_pool, tlb);
+        between();
+        guest_plan.apply(guest_s2, guest_pool, tlb);
+    } else {
+        guest_plan.apply(guest_s2, guest_pool, tlb);
+        between();
+        host_plan.apply(host_s2, host_pool, tlb);
+    }
 }
 
 impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
@@ -217,24 +324,21 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
         check_ram(&host.table, pfn, n)?;
-        for i in 0..n {
-            let e = entry(&host.table, Pfn(pfn.0 + i));
+        for_each_entry(&host.table, pfn, n, |_, e| {
             if (e.host(), e.hyp()) != (SO, SB) {
                 return Err(Errno::Eperm);
             }
             if e.pins() == u16::MAX {
                 return Err(Errno::Ebusy);
             }
-        }
-        for i in 0..n {
-            let p = Pfn(pfn.0 + i);
-            let e = entry(&host.table, p);
+            Ok(())
+        })?;
+        update_entries(&mut host.table, pfn, n, |i, e| {
             if e.pins() == 0 {
-                hyp.map(p, 1);
+                hyp.map(Pfn(pfn.0 + i), 1);
             }
-            host.table
-                .set(p, PageEntry::host_owned(SO, SB, e.pins() + 1, 0));
-        }
+            PageEntry::host_owned(SO, SB, e.pins() + 1, 0)
+        });
         Ok(())
     }
 
@@ -243,21 +347,18 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
         check_ram(&host.table, pfn, n)?;
-        for i in 0..n {
-            let e = entry(&host.table, Pfn(pfn.0 + i));
+        for_each_entry(&host.table, pfn, n, |_, e| {
             if (e.host(), e.hyp()) != (SO, SB) || e.pins() == 0 {
                 return Err(Errno::Eperm);
             }
-        }
-        for i in 0..n {
-            let p = Pfn(pfn.0 + i);
-            let e = entry(&host.table, p);
+            Ok(())
+        })?;
+        update_entries(&mut host.table, pfn, n, |i, e| {
             if e.pins() == 1 {
-                hyp.unmap(p, 1);
+                hyp.unmap(Pfn(pfn.0 + i), 1);
             }
-            host.table
-                .set(p, PageEntry::host_owned(SO, SB, e.pins() - 1, 0));
-        }
+            PageEntry::host_owned(SO, SB, e.pins() - 1, 0)
+        });
         Ok(())
     }
 
@@ -266,10 +367,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
     pub fn host_share_ffa(&self, pfn: Pfn, n: u64) -> Result<(), Errno> {
         let mut host = self.host.lock();
         check_host_owned(&host.table, pfn, n)?;
-        for i in 0..n {
-            host.table
-                .set(Pfn(pfn.0 + i), PageEntry::host_owned(SO, N, 0, 0));
-        }
+        update_entries(&mut host.table, pfn, n, |_, _| {
+            PageEntry::host_owned(SO, N, 0, 0)
+        });
         Ok(())
     }
 
@@ -277,9 +377,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
     pub fn host_unshare_ffa(&self, pfn: Pfn, n: u64) -> Result<(), Errno> {
         let mut host = self.host.lock();
         check_entries(&host.table, pfn, n, PageEntry::host_owned(SO, N, 0, 0))?;
-        for i in 0..n {
-            host.table.set(Pfn(pfn.0 + i), PageEntry::HOST_OWNED);
-        }
+        update_entries(&mut host.table, pfn, n, |_, _| PageEntry::HOST_OWNED);
         Ok(())
     }
 
@@ -295,13 +393,11 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut hyp = self.hyp.lock();
         let h = &mut *host;
         check_host_owned(&h.table, pfn, n)?;
-        let mut plan = Plan::new();
-        plan.add(&h.s2, &h.pool, host_annotate(pfn, n, hyp_annotation()))?;
-        let mut r = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        let checked = check_one(&h.s2, &h.pool, host_annotate(pfn, n, hyp_annotation()))?;
+        let plan = Plan::<NoOps>::One(&checked);
+        let mut r = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         plan.apply(&mut h.s2, &mut r, tlb);
-        for i in 0..n {
-            h.table.set(Pfn(pfn.0 + i), PageEntry::HYP_OWNED);
-        }
+        update_entries(&mut h.table, pfn, n, |_, _| PageEntry::HYP_OWNED);
         hyp.map(pfn, n);
         Ok(())
     }
@@ -317,15 +413,13 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut hyp = self.hyp.lock();
         let h = &mut *host;
         check_entries(&h.table, pfn, n, PageEntry::HYP_OWNED)?;
-        let mut plan = Plan::new();
-        plan.add(&h.s2, &h.pool, host_map(pfn, n))?;
-        let mut r = Reserved::new(&mut h.pool, plan.needed).map_err(|_| Errno::Enomem)?;
+        let checked = check_one(&h.s2, &h.pool, host_map(pfn, n))?;
+        let plan = Plan::<NoOps>::One(&checked);
+        let mut r = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         hyp.unmap(pfn, n);
         wipe(self.mem, pfn, n);
         plan.apply(&mut h.s2, &mut r, tlb);
-        for i in 0..n {
-            h.table.set(Pfn(pfn.0 + i), PageEntry::HOST_OWNED);
-        }
+        update_entries(&mut h.table, pfn, n, |_, _| PageEntry::HOST_OWNED);
         Ok(())
     }
 
@@ -347,8 +441,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let h = &mut *host;
         let n = check_extent(&g, Some(pfn), gfn, ext)?;
         check_ram(&h.table, pfn, n)?;
-        for i in 0..n {
-            let e = entry(&h.table, Pfn(pfn.0 + i));
+        for_each_entry(&h.table, pfn, n, |_, e| {
             let lendable = e.owner() == Owner::Host
                 && e.hyp() == N
                 && (e.host() == O || (e.host() == SO && e.share_count() > 0));
@@ -358,11 +451,10 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             if e.share_count() == u32::MAX {
                 return Err(Errno::Ebusy);
             }
-        }
-        check_guest_empty(&g, self.mem, gfn, n)?;
+            Ok(())
+        })?;
         let mem = self.mem;
         let attrs = guest_attrs(S2State::SharedBorrowed, ext == Extent::Block);
-        let mut gp = Plan::new();
         let op = Op::Map {
             ipa: ipa(gfn),
             size: n * PAGE_SIZE,
@@ -370,24 +462,23 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             attrs,
             policy: BlockPolicy::Largest,
         };
-        gp.add(&g.s2, &MemView(self.mem), op)?;
+        let gc = check_one(&g.s2, &MemView(self.mem), op)?;
+        let gp = Plan::<NoOps>::One(&gc);
+        check_guest_empty(&g, self.mem, gfn, n, gc.entry())?;
         // What the host wrote is what the guest reads, caches on or off.
         commit_plans(
-            h,
+            (&mut h.s2, &mut h.pool),
             &mut g,
             self.mem,
-            Plan::new(),
-            gp,
+            &plan_none(),
+            &gp,
             tlb,
             First::Host,
             || mem.sync_for_guest(pa(pfn), n * PAGE_SIZE),
         )?;
-        for i in 0..n {
-            let p = Pfn(pfn.0 + i);
-            let e = entry(&h.table, p);
-            h.table
-                .set(p, PageEntry::host_owned(SO, N, 0, e.share_count() + 1));
-        }
+        update_entries(&mut h.table, pfn, n, |_, e| {
+            PageEntry::host_owned(SO, N, 0, e.share_count() + 1)
+        });
         Ok(())
     }
 
@@ -407,9 +498,20 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut g = gm.lock();
         let h = &mut *host;
         let n = check_extent(&g, None, gfn, ext)?;
-        let leaf =
-            g.s2.lookup(&MemView(self.mem), ipa(gfn))
-                .map_err(|_| Errno::Einval)?;
+        let op = Op::Unmap {
+            ipa: ipa(gfn),
+            size: n * PAGE_SIZE,
+        };
+        let gc = check_one(&g.s2, &MemView(self.mem), op)?;
+        let gp = Plan::<NoOps>::One(&gc);
+        // The entry the unmap changes, when the check read it; else look.
+        let leaf = match gc.entry() {
+            Some(leaf) => leaf,
+            None => {
+                g.s2.lookup(&MemView(self.mem), ipa(gfn))
+                    .map_err(|_| Errno::Einval)?
+            }
+        };
         let Some(first) = leaf.output_for(ipa(gfn)) else {
             return Err(Errno::Enoent);
         };
@@ -422,45 +524,40 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         }
         let pfn = Pfn::containing(first);
         // Every page of the extent must still be this share: a page of a
-        // 2 MiB share reclaimed on its own (at teardown) is gone.
-        for_each_guest_page(&g, self.mem, gfn, n, |f, state, p| match p {
-            None => Err(Errno::Enoent),
-            Some(p) if state == GuestPageState::SharedBorrowed && p.0 == pfn.0 + (f.0 - gfn.0) => {
-                Ok(())
-            }
-            Some(_) => Err(Errno::Eperm),
-        })?;
-        for i in 0..n {
-            let e = entry(&h.table, Pfn(pfn.0 + i));
+        // 2 MiB share reclaimed on its own (at teardown) is gone. (A single
+        // page is the leaf just looked up.)
+        if n > 1 {
+            for_each_guest_run(&g, self.mem, gfn, n, |r| match r.pfn {
+                None => Err(Errno::Enoent),
+                Some(p)
+                    if r.state == GuestPageState::SharedBorrowed
+                        && p.0 == pfn.0 + (r.gfn.0 - gfn.0) =>
+                {
+                    Ok(())
+                }
+                Some(_) => Err(Errno::Eperm),
+            })?;
+        }
+        for_each_entry(&h.table, pfn, n, |_, e| {
             if e.owner() != Owner::Host || e.host() != SO {
                 return Err(Errno::Eperm);
             }
             if e.share_count() == 0 {
                 return Err(Errno::Einval);
             }
-        }
-        let mut gp = Plan::new();
-        gp.add(
-            &g.s2,
-            &MemView(self.mem),
-            Op::Unmap {
-                ipa: ipa(gfn),
-                size: n * PAGE_SIZE,
-            },
-        )?;
+            Ok(())
+        })?;
         commit_plans(
-            h,
+            (&mut h.s2, &mut h.pool),
             &mut g,
             self.mem,
-            Plan::new(),
-            gp,
+            &plan_none(),
+            &gp,
             tlb,
             First::Guest,
             || {},
         )?;
-        for i in 0..n {
-            drop_share(&mut h.table, Pfn(pfn.0 + i));
-        }
+        update_entries(&mut h.table, pfn, n, |_, e| drop_share(e));
         Ok(())
     }
 
@@ -482,14 +579,6 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let h = &mut *host;
         let n = check_extent(&g, Some(pfn), gfn, ext)?;
         check_host_owned(&h.table, pfn, n)?;
-        check_guest_empty(&g, self.mem, gfn, n)?;
-        let mut hp = Plan::new();
-        hp.add(
-            &h.s2,
-            &h.pool,
-            host_annotate(pfn, n, guest_annotation(handle)),
-        )?;
-        let mut gp = Plan::new();
         let attrs = guest_attrs(S2State::Owned, false);
         let op = Op::Map {
             ipa: ipa(gfn),
@@ -498,19 +587,31 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             attrs,
             policy: BlockPolicy::Largest,
         };
-        gp.add(&g.s2, &MemView(self.mem), op)?;
+        let gc = check_one(&g.s2, &MemView(self.mem), op)?;
+        let gp = Plan::<NoOps>::One(&gc);
+        check_guest_empty(&g, self.mem, gfn, n, gc.entry())?;
+        let hc = check_one(
+            &h.s2,
+            &h.pool,
+            host_annotate(pfn, n, guest_annotation(handle)),
+        )?;
+        let hp = Plan::<NoOps>::One(&hc);
         // Once the host can no longer write it, and before the guest can
         // see it: what the host wrote reaches the point of coherency.
         let mem = self.mem;
-        commit_plans(h, &mut g, self.mem, hp, gp, tlb, First::Host, || {
-            mem.sync_for_guest(pa(pfn), n * PAGE_SIZE)
-        })?;
-        for i in 0..n {
-            h.table.set(
-                Pfn(pfn.0 + i),
-                PageEntry::guest_owned(N, handle, Gfn(gfn.0 + i)),
-            );
-        }
+        commit_plans(
+            (&mut h.s2, &mut h.pool),
+            &mut g,
+            self.mem,
+            &hp,
+            &gp,
+            tlb,
+            First::Host,
+            || mem.sync_for_guest(pa(pfn), n * PAGE_SIZE),
+        )?;
+        update_entries(&mut h.table, pfn, n, |i, _| {
+            PageEntry::guest_owned(N, handle, Gfn(gfn.0 + i))
+        });
         Ok(())
     }
 
@@ -554,7 +655,14 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         }
         let n = conversion.pages;
         check_guest_range(&g, conversion.gfn, n)?;
-        check_share_change(&host, &g, self.mem, conversion.gfn, n, conversion.kind)?;
+        check_share_change(
+            &host.table,
+            &g,
+            self.mem,
+            conversion.gfn,
+            n,
+            conversion.kind,
+        )?;
         g.pending = Some(conversion);
         Ok(())
     }
@@ -600,7 +708,13 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
         let mut g = gm.lock();
-        let h = &mut *host;
+        let HostMmu {
+            table,
+            s2,
+            pool,
+            runs,
+            ..
+        } = &mut *host;
         if completing
             && g.pending
                 != Some(Conversion {
@@ -612,38 +726,41 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             return Err(Errno::Eperm);
         }
         check_guest_range(&g, gfn, n)?;
-        check_share_change(h, &g, self.mem, gfn, n, kind)?;
-        let pages = collect_pages(&g, self.mem, gfn, n)?;
-        let mut hp = Plan::new();
+        check_share_change(table, &g, self.mem, gfn, n, kind)?;
+        collect_runs(&g, self.mem, gfn, n, runs)?;
+        let runs = &runs[..];
+        let annotation = guest_annotation(handle);
         let (to, host_state, first) = match kind {
-            ConversionKind::Share => {
-                plan_host_runs(h, &pages, &mut hp, |_| true, host_map)?;
-                (S2State::SharedOwned, SB, First::Guest)
-            }
-            ConversionKind::Unshare => {
-                let annotation = guest_annotation(handle);
-                plan_host_runs(
-                    h,
-                    &pages,
-                    &mut hp,
-                    |_| true,
-                    |p, len| host_annotate(p, len, annotation),
-                )?;
-                (S2State::Owned, N, First::Host)
-            }
+            ConversionKind::Share => (S2State::SharedOwned, SB, First::Guest),
+            ConversionKind::Unshare => (S2State::Owned, N, First::Host),
         };
-        let mut gp = Plan::new();
+        // Every page is mapped (checked above): a share maps the host
+        // again, an unshare takes the host's access away.
+        let hp = Plan::new(
+            s2,
+            &*pool,
+            host_ops(
+                runs,
+                |_| true,
+                move |p, len| match kind {
+                    ConversionKind::Share => host_map(p, len),
+                    ConversionKind::Unshare => host_annotate(p, len, annotation),
+                },
+            ),
+        )?;
         let op = Op::SetSw {
             ipa: ipa(gfn),
             size: n * PAGE_SIZE,
             sw: SwBits::state(to),
         };
-        gp.add(&g.s2, &MemView(self.mem), op)?;
-        commit_plans(h, &mut g, self.mem, hp, gp, tlb, first, || {})?;
-        for &(f, _, pfn) in &pages {
-            if let Some(p) = pfn {
-                h.table
-                    .set(p, PageEntry::guest_owned(host_state, handle, f));
+        let gc = check_one(&g.s2, &MemView(self.mem), op)?;
+        let gp = Plan::<NoOps>::One(&gc);
+        commit_plans((s2, pool), &mut g, self.mem, &hp, &gp, tlb, first, || {})?;
+        for r in runs {
+            if let Some(p) = r.pfn {
+                update_entries(table, p, r.pages, |i, _| {
+                    PageEntry::guest_owned(host_state, handle, Gfn(r.gfn.0 + i))
+                });
             }
         }
         if completing {
@@ -668,39 +785,45 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
         let mut g = gm.lock();
-        let h = &mut *host;
+        let HostMmu {
+            table,
+            s2,
+            pool,
+            runs,
+            ..
+        } = &mut *host;
         check_guest_range(&g, gfn, n)?;
-        let pages = collect_pages(&g, self.mem, gfn, n)?;
-        for &(f, state, pfn) in &pages {
-            match (state, pfn) {
+        collect_runs(&g, self.mem, gfn, n, runs)?;
+        let runs = &runs[..];
+        for r in runs {
+            match (r.state, r.pfn) {
                 (GuestPageState::Poisoned, _) => return Err(Errno::Ehwpoison),
                 (GuestPageState::SharedBorrowed, _) => return Err(Errno::Eperm),
                 (GuestPageState::Owned | GuestPageState::SharedOwned, Some(p)) => {
-                    check_guest_page_entry(&h.table, p, handle, f)?;
+                    check_guest_entries(table, p, handle, r.gfn, r.pages)?;
                 }
                 _ => {}
             }
         }
         let owned =
             |s: GuestPageState| matches!(s, GuestPageState::Owned | GuestPageState::SharedOwned);
-        let mut hp = Plan::new();
-        plan_host_runs(h, &pages, &mut hp, owned, host_map)?;
-        let mut gp = Plan::new();
+        let hp = Plan::new(s2, &*pool, host_ops(runs, owned, host_map))?;
         let op = Op::Annotate {
             ipa: ipa(gfn),
             size: n * PAGE_SIZE,
             annotation: relinquished_annotation(),
         };
-        gp.add(&g.s2, &MemView(self.mem), op)?;
+        let gc = check_one(&g.s2, &MemView(self.mem), op)?;
+        let gp = Plan::<NoOps>::One(&gc);
         // Guest-private pages are wiped once the guest no longer maps them
         // and before the host does; pages the guest shared keep contents.
         let mem = self.mem;
-        commit_plans(h, &mut g, mem, hp, gp, tlb, First::Guest, || {
-            wipe_private(mem, &pages)
+        commit_plans((s2, pool), &mut g, mem, &hp, &gp, tlb, First::Guest, || {
+            wipe_private(mem, runs)
         })?;
-        for &(_, state, pfn) in &pages {
-            if let (true, Some(p)) = (owned(state), pfn) {
-                h.table.set(p, PageEntry::HOST_OWNED);
+        for r in runs {
+            if let (true, Some(p)) = (owned(r.state), r.pfn) {
+                update_entries(table, p, r.pages, |_, _| PageEntry::HOST_OWNED);
             }
         }
         Ok(())
@@ -722,59 +845,65 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
         let mut g = gm.lock();
-        let h = &mut *host;
+        let HostMmu {
+            table,
+            s2,
+            pool,
+            runs,
+            ..
+        } = &mut *host;
         if !g.dying {
             return Err(Errno::Einval);
         }
         let n = check_extent(&g, None, gfn, ext)?;
-        let pages = collect_pages(&g, self.mem, gfn, n)?;
-        if pages.iter().all(|p| p.1 == GuestPageState::Poisoned) {
+        collect_runs(&g, self.mem, gfn, n, runs)?;
+        let runs = &runs[..];
+        if runs.iter().all(|r| r.state == GuestPageState::Poisoned) {
             return Ok(());
         }
-        if pages.iter().all(|p| p.2.is_none()) {
+        if runs.iter().all(|r| r.pfn.is_none()) {
             return Err(Errno::Enoent);
         }
-        for &(f, state, pfn) in &pages {
-            match (state, pfn) {
+        for r in runs {
+            match (r.state, r.pfn) {
                 (GuestPageState::Owned | GuestPageState::SharedOwned, Some(p)) => {
-                    check_guest_page_entry(&h.table, p, handle, f)?;
+                    check_guest_entries(table, p, handle, r.gfn, r.pages)?;
                 }
                 (GuestPageState::SharedBorrowed, Some(p)) => {
-                    let e = entry(&h.table, p);
-                    if e.owner() != Owner::Host || e.share_count() == 0 {
-                        return Err(Errno::Eperm);
-                    }
+                    for_each_entry(table, p, r.pages, |_, e| {
+                        if e.owner() != Owner::Host || e.share_count() == 0 {
+                            return Err(Errno::Eperm);
+                        }
+                        Ok(())
+                    })?;
                 }
                 _ => {}
             }
         }
         let owned =
             |s: GuestPageState| matches!(s, GuestPageState::Owned | GuestPageState::SharedOwned);
-        let mut hp = Plan::new();
-        plan_host_runs(h, &pages, &mut hp, owned, host_map)?;
-        let mut gp = Plan::new();
+        let hp = Plan::new(s2, &*pool, host_ops(runs, owned, host_map))?;
         // Unmap the mapped pages only: a poisoned IPA stays poisoned.
-        plan_guest_runs(
-            &g,
-            self.mem,
-            &pages,
-            &mut gp,
-            |s| s != GuestPageState::Poisoned,
-            |f, len| Op::Unmap {
+        let unmap = GuestOps {
+            runs,
+            next: 0,
+            select: |s| s != GuestPageState::Poisoned,
+            op: |f, len| Op::Unmap {
                 ipa: ipa(f),
                 size: len * PAGE_SIZE,
             },
-        )?;
+        };
+        let gp = Plan::new(&g.s2, &MemView(self.mem), unmap)?;
         let mem = self.mem;
-        commit_plans(h, &mut g, mem, hp, gp, tlb, First::Guest, || {
-            wipe_private(mem, &pages)
+        commit_plans((s2, pool), &mut g, mem, &hp, &gp, tlb, First::Guest, || {
+            wipe_private(mem, runs)
         })?;
-        for &(_, state, pfn) in &pages {
-            let Some(p) = pfn else { continue };
-            if owned(state) {
-                h.table.set(p, PageEntry::HOST_OWNED);
-            } else if state == GuestPageState::SharedBorrowed {
-                drop_share(&mut h.table, p);
+        for r in runs {
+            let Some(p) = r.pfn else { continue };
+            if owned(r.state) {
+                update_entries(table, p, r.pages, |_, _| PageEntry::HOST_OWNED);
+            } else if r.state == GuestPageState::SharedBorrowed {
+                update_entries(table, p, r.pages, |_, e| drop_share(e));
             }
         }
         Ok(())
@@ -808,50 +937,29 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             (GuestPageState::Owned, Some(p)) if p == pfn => {}
             _ => return Err(Errno::Eperm),
         }
-        let mut hp = Plan::new();
-        hp.add(&h.s2, &h.pool, host_map(pfn, 1))?;
-        let mut gp = Plan::new();
+        let hc = check_one(&h.s2, &h.pool, host_map(pfn, 1))?;
+        let hp = Plan::<NoOps>::One(&hc);
         let op = Op::Annotate {
             ipa: ipa(gfn),
             size: PAGE_SIZE,
             annotation: poison_annotation(),
         };
-        gp.add(&g.s2, &MemView(self.mem), op)?;
+        let gc = check_one(&g.s2, &MemView(self.mem), op)?;
+        let gp = Plan::<NoOps>::One(&gc);
         let mem = self.mem;
-        commit_plans(h, &mut g, self.mem, hp, gp, tlb, First::Guest, || {
-            wipe(mem, pfn, 1)
-        })?;
+        commit_plans(
+            (&mut h.s2, &mut h.pool),
+            &mut g,
+            self.mem,
+            &hp,
+            &gp,
+            tlb,
+            First::Guest,
+            || wipe(mem, pfn, 1),
+        )?;
         h.table.set(pfn, PageEntry::HOST_OWNED);
         Ok(())
     }
-}
-
-/// Plans guest stage-2 ops for runs of consecutive selected `pages`.
-fn plan_guest_runs<M: PhysMem>(
-    g: &Guest,
-    mem: M,
-    pages: &[GuestPageInfo],
-    plan: &mut Plan,
-    select: impl Fn(GuestPageState) -> bool,
-    op: impl Fn(Gfn, u64) -> Op,
-) -> Result<(), Errno> {
-    let mut run: Option<(Gfn, u64)> = None;
-    for &(f, state, _) in pages {
-        let take = select(state);
-        match run {
-            Some((start, len)) if take => run = Some((start, len + 1)),
-            Some((start, len)) => {
-                plan.add(&g.s2, &MemView(mem), op(start, len))?;
-                run = None;
-            }
-            None if take => run = Some((f, 1)),
-            None => {}
-        }
-    }
-    if let Some((start, len)) = run {
-        plan.add(&g.s2, &MemView(mem), op(start, len))?;
-    }
-    Ok(())
 }
 
 /// `EINVAL` unless `1 <= n <= MAX_GUEST_RANGE` and the range is inside the
@@ -865,9 +973,24 @@ fn check_guest_range(g: &Guest, gfn: Gfn, n: u64) -> Result<(), Errno> {
 
 /// `EPERM` unless every page of `[gfn, gfn + n)` is empty in the guest
 /// (nothing mapped, or relinquished). A poisoned IPA is not empty.
-fn check_guest_empty<M: PhysMem>(g: &Guest, mem: M, gfn: Gfn, n: u64) -> Result<(), Errno> {
-    for_each_guest_page(g, mem, gfn, n, |_, state, _| {
-        if state.is_empty() {
+/// `entry` is the one guest entry covering the range, when the stage-2
+/// check of the mapping already read it; otherwise the range is walked.
+fn check_guest_empty<M: PhysMem>(
+    g: &Guest,
+    mem: M,
+    gfn: Gfn,
+    n: u64,
+    entry: Option<stage2::Leaf>,
+) -> Result<(), Errno> {
+    if let Some(leaf) = entry {
+        return match leaf_state(&leaf) {
+            None => Err(Errno::Einval),
+            Some(state) if state.is_empty() => Ok(()),
+            Some(_) => Err(Errno::Eperm),
+        };
+    }
+    for_each_guest_run(g, mem, gfn, n, |r| {
+        if r.state.is_empty() {
             Ok(())
         } else {
             Err(Errno::Eperm)
@@ -875,25 +998,27 @@ fn check_guest_empty<M: PhysMem>(g: &Guest, mem: M, gfn: Gfn, n: u64) -> Result<
     })
 }
 
-/// `EPERM` unless the ownership table says `pfn` belongs to `handle` at
-/// `gfn`.
-fn check_guest_page_entry(
+/// `EPERM` unless the ownership table says each page of `[pfn, pfn + n)`
+/// belongs to `handle` at the matching page of `[gfn, gfn + n)`.
+fn check_guest_entries(
     table: &OwnershipTable,
     pfn: Pfn,
     handle: GuestHandle,
     gfn: Gfn,
+    n: u64,
 ) -> Result<(), Errno> {
-    match table.get(pfn).map(PageEntry::owner) {
-        Some(Owner::Guest { handle: h, gfn: f }) if h == handle && f == gfn => Ok(()),
+    // A page that is not RAM reads as the hypervisor's: `EPERM` too.
+    for_each_entry(table, pfn, n, |i, e| match e.owner() {
+        Owner::Guest { handle: h, gfn: f } if h == handle && f.0 == gfn.0 + i => Ok(()),
         _ => Err(Errno::Eperm),
-    }
+    })
 }
 
 /// The checks of guest share (O/N → SO/SB) and unshare (SO/SB → O/N) for
-/// every page: `EHWPOISON` poisoned, `ENOENT` nothing mapped, `EPERM`
-/// wrong state.
-fn check_share_change<M: PhysMem, P: TablePool>(
-    h: &HostMmu<P>,
+/// every page, in order: `EHWPOISON` poisoned, `ENOENT` nothing mapped,
+/// `EPERM` wrong state.
+fn check_share_change<M: PhysMem>(
+    table: &OwnershipTable,
     g: &Guest,
     mem: M,
     gfn: Gfn,
@@ -904,22 +1029,24 @@ fn check_share_change<M: PhysMem, P: TablePool>(
         ConversionKind::Share => (GuestPageState::Owned, N),
         ConversionKind::Unshare => (GuestPageState::SharedOwned, SB),
     };
-    for i in 0..n {
-        let f = Gfn(gfn.0 + i);
-        let (state, pfn) = guest_page(g, mem, f)?;
-        match (state, pfn) {
-            (GuestPageState::Poisoned, _) => return Err(Errno::Ehwpoison),
-            (_, None) => return Err(Errno::Enoent),
-            (s, Some(p)) => {
-                if s != guest_from {
-                    return Err(Errno::Eperm);
-                }
-                check_guest_page_entry(&h.table, p, g.handle, f)?;
-                if entry(&h.table, p).host() != host_from {
-                    return Err(Errno::Eperm);
-                }
+    for_each_guest_run(g, mem, gfn, n, |r| match (r.state, r.pfn) {
+        (GuestPageState::Poisoned, _) => Err(Errno::Ehwpoison),
+        (_, None) => Err(Errno::Enoent),
+        (s, Some(p)) => {
+            if s != guest_from {
+                return Err(Errno::Eperm);
             }
+            for_each_entry(table, p, r.pages, |i, e| {
+                let owner_ok = e.owner()
+                    == (Owner::Guest {
+                        handle: g.handle,
+                        gfn: Gfn(r.gfn.0 + i),
+                    });
+                if !owner_ok || e.host() != host_from {
+                    return Err(Errno::Eperm);
+                }
+                Ok(())
+            })
         }
-    }
-    Ok(())
+    })
 }

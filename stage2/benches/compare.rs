@@ -11,6 +11,11 @@
 //!   every other 4 KiB page, one call per page (131072 calls);
 //! - `remap_alternate_1GiB`: from that state, map those pages back, one
 //!   call per page (131072 calls);
+//! - `map_4GiB_blocks_x64`: `map_4GiB_blocks` on 64 fresh tables per timed
+//!   section, reported per map: a single map takes about as long as
+//!   reading the clock, which the per-iteration timing of the other
+//!   workloads adds to both libraries alike and so pulls their ratio
+//!   towards 1;
 //! - `memset_8MiB`: one 8 MiB `memset`, the cost of writing 1 Mi
 //!   descriptors and nothing else: the floor for `map_4GiB_pages`.
 //!
@@ -18,7 +23,9 @@
 //! the timed section with `iter_custom`) and the table is torn down
 //! outside it too. Before the benchmarks, each workload runs once per
 //! library to check that both produce the same translations and to print
-//! the table pages each uses.
+//! the table pages each uses, the work `stage2` did (descriptors read and
+//! written, tables visited, TLB invalidations: [`stage2::Work`]) and the
+//! heap allocations each library made.
 //!
 //! `stage2` runs with a no-op [`TlbMaintenance`] (its break-before-make
 //! sequence still runs; only the instructions are empty) and a 40-bit IPA
@@ -36,6 +43,7 @@ use stage2::testing::ArenaPool;
 use stage2::tlb::record::NoopTlb;
 use stage2::{
     BlockPolicy, Ipa, LeafAttrs, Op, PAGE_SIZE, PaRange, Perms, PhysAddr, Stage2, Stage2Config,
+    Work,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -63,6 +71,10 @@ const ARENA_PAGES: usize = 2200;
 /// layout (the arena is one large allocation).
 static TABLE_PAGES: AtomicUsize = AtomicUsize::new(0);
 
+/// Every heap allocation (and reallocation) so far, for the per-workload
+/// counts.
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
 fn is_table_layout(layout: Layout) -> bool {
     layout.size() == 4096 && layout.align() == 4096
 }
@@ -74,6 +86,7 @@ struct CountingAlloc;
 // effect on the allocations.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         if is_table_layout(layout) {
             TABLE_PAGES.fetch_add(1, Ordering::Relaxed);
         }
@@ -82,6 +95,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         if is_table_layout(layout) {
             TABLE_PAGES.fetch_add(1, Ordering::Relaxed);
         }
@@ -98,6 +112,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         let new = Layout::from_size_align(new_size, layout.align()).expect("valid layout");
         if is_table_layout(layout) {
             TABLE_PAGES.fetch_sub(1, Ordering::Relaxed);
@@ -115,6 +130,10 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn aarch64_paging_pages() -> usize {
     TABLE_PAGES.load(Ordering::Relaxed)
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.load(Ordering::Relaxed)
 }
 
 /// Minor page faults of this process so far (`/proc/self/stat` field 10),
@@ -325,15 +344,18 @@ fn report(_c: &mut Criterion) {
     let mut pool = ArenaPool::new(ARENA_PAGES);
     println!("== stage2 vs aarch64-paging: one run of each workload");
     println!(
-        "{:<22} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "{:<22} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9}",
         "workload",
         "stage2 pages",
         "a64p pages",
         "stage2 time",
         "a64p time",
         "s2 faults",
-        "a64p flts"
+        "a64p flts",
+        "s2 alloc",
+        "a64p allc"
     );
+    let mut works: Vec<(&str, Work)> = Vec::new();
 
     type Setup<'a> = (&'a dyn Fn(&mut Ours<'_>), &'a dyn Fn(&mut Theirs));
     type Step<'a> = (&'a dyn Fn(&mut Ours<'_>), &'a dyn Fn(&mut Theirs));
@@ -385,20 +407,26 @@ fn report(_c: &mut Criterion) {
     for (name, (ours_setup, theirs_setup), (ours_step, theirs_step)) in cases {
         let mut o = Ours::new(&mut pool);
         ours_setup(&mut o);
+        let w0 = o.s2().work();
         let f0 = minor_faults();
+        let a0 = allocations();
         let t0 = Instant::now();
         ours_step(&mut o);
         let ours_time = t0.elapsed();
+        let ours_allocs = allocations() - a0;
         let ours_faults = minor_faults().zip(f0).map(|(a, b)| a - b);
+        works.push((name, o.s2().work().since(w0)));
         let ours_pages = o.pages();
 
         let before = aarch64_paging_pages();
         let mut t = theirs_new();
         theirs_setup(&mut t);
         let f0 = minor_faults();
+        let a0 = allocations();
         let t0 = Instant::now();
         theirs_step(&mut t);
         let theirs_time = t0.elapsed();
+        let theirs_allocs = allocations() - a0;
         let theirs_faults = minor_faults().zip(f0).map(|(a, b)| a - b);
         let theirs_pages = aarch64_paging_pages() - before;
 
@@ -413,7 +441,7 @@ fn report(_c: &mut Criterion) {
         assert_eq!(aarch64_paging_pages(), before, "aarch64-paging freed all");
         drop(o);
         println!(
-            "{:<22} {:>12} {:>12} {:>12.3?} {:>12.3?} {:>10} {:>10}",
+            "{:<22} {:>12} {:>12} {:>12.3?} {:>12.3?} {:>10} {:>10} {:>9} {:>9}",
             name,
             ours_pages,
             theirs_pages,
@@ -421,9 +449,44 @@ fn report(_c: &mut Criterion) {
             theirs_time,
             ours_faults.map_or("?".into(), |f| f.to_string()),
             theirs_faults.map_or("?".into(), |f| f.to_string()),
+            ours_allocs,
+            theirs_allocs,
         );
     }
-    println!("(pages include the root: 2 concatenated pages for stage2, 1 for aarch64-paging)");
+    println!("(pages include the root: 2 concatenated pages for stage2, 1 for aarch64-paging;");
+    println!(
+        " alloc: heap allocations during the workload; stage2 takes its pages from the arena)"
+    );
+    println!("stage2 work per workload (both walks of every call; per call in brackets):");
+    println!(
+        "{:<22} {:>7} {:>16} {:>16} {:>16} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "workload",
+        "calls",
+        "desc. read",
+        "desc. written",
+        "tables visited",
+        "+tables",
+        "-tables",
+        "tlbi ipa",
+        "tlbi s1",
+        "tlbi vm"
+    );
+    for (name, w) in works {
+        let per = |v: u64| format!("{v} ({:.1})", v as f64 / w.ops as f64);
+        println!(
+            "{:<22} {:>7} {:>16} {:>16} {:>16} {:>7} {:>7} {:>8} {:>8} {:>8}",
+            name,
+            w.ops,
+            per(w.reads),
+            per(w.writes),
+            per(w.tables_visited),
+            w.tables_added,
+            w.tables_freed,
+            w.tlbi_ipa,
+            w.tlbi_stage1,
+            w.tlbi_vmid,
+        );
+    }
 }
 
 /// Times `step` on a table prepared by `setup`, excluding setup and
@@ -498,6 +561,61 @@ fn bench_map(c: &mut Criterion) {
     }
 }
 
+/// Fresh tables timed together in `map_4GiB_blocks_x64`.
+const BATCH: usize = 64;
+
+/// `map_4GiB_blocks` on `BATCH` fresh tables per timed section (built and
+/// torn down outside it), per map: the clock is read twice per section
+/// instead of twice per map.
+fn bench_map_batched(c: &mut Criterion) {
+    let mut pool = ArenaPool::new(ARENA_PAGES);
+    let mut g = group(c, "map_4GiB_blocks_x64");
+    g.bench_function("stage2", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut tlb = NoopTlb;
+            for _ in 0..iters {
+                let mut tables: Vec<Stage2> = (0..BATCH)
+                    .map(|_| Stage2::new(config(), 1, &mut pool).expect("root"))
+                    .collect();
+                let t0 = Instant::now();
+                for s2 in &mut tables {
+                    let op = Op::Map {
+                        ipa: Ipa(BASE),
+                        size: BIG,
+                        pa: PhysAddr(BASE),
+                        attrs: OURS_ATTRS,
+                        policy: BlockPolicy::Largest,
+                    };
+                    s2.apply(&mut pool, &mut tlb, black_box(op)).expect("map");
+                }
+                total += t0.elapsed();
+                black_box(&mut tables);
+                for s2 in tables {
+                    s2.destroy(&mut pool, &mut tlb);
+                }
+            }
+            total / BATCH as u32
+        })
+    });
+    g.bench_function("aarch64-paging", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut tables: Vec<Theirs> = (0..BATCH).map(|_| theirs_new()).collect();
+                let t0 = Instant::now();
+                for t in &mut tables {
+                    theirs_map(t, black_box(BASE), BIG, Constraints::empty());
+                }
+                total += t0.elapsed();
+                black_box(&mut tables);
+            }
+            total / BATCH as u32
+        })
+    });
+    g.finish();
+}
+
 fn bench_alternate(c: &mut Criterion) {
     let mut pool = ArenaPool::new(ARENA_PAGES);
     let mut g = group(c, "unmap_alternate_1GiB");
@@ -568,5 +686,12 @@ fn bench_memset(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, report, bench_map, bench_alternate, bench_memset);
+criterion_group!(
+    benches,
+    report,
+    bench_map,
+    bench_map_batched,
+    bench_alternate,
+    bench_memset
+);
 criterion_main!(benches);

@@ -448,16 +448,23 @@ impl Descriptor {
     }
 
     /// Whether this is a table descriptor at `level`.
+    #[inline]
     pub const fn is_table(self, level: Level) -> bool {
-        matches!(self.kind(level), DescriptorKind::Table)
+        // Bit tests rather than `kind`: this runs on every entry of every
+        // walk.
+        self.0 & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE && level.get() != 3
     }
 
     /// Whether this is a valid leaf (block or page) at `level`.
+    #[inline]
     pub const fn is_leaf(self, level: Level) -> bool {
-        matches!(
-            self.kind(level),
-            DescriptorKind::Block | DescriptorKind::Page
-        )
+        match self.0 & (VALID | TABLE_OR_PAGE) {
+            // Page at level 3, table above.
+            0b11 => level.get() == 3,
+            // Block: levels 1 and 2 only.
+            0b01 => level.allows_block(),
+            _ => false,
+        }
     }
 
     /// The output address (of a leaf) or next-level table (of a table).

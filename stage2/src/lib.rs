@@ -41,5 +41,5 @@ pub use descriptor::{
 pub use error::Error;
 pub use level::{ENTRIES_PER_TABLE, Level};
 pub use pool::{Reserved, TablePool};
-pub use table::{BlockPolicy, Leaf, Op, Prepared, Stage2, Stats, TLBI_BATCH};
+pub use table::{BlockPolicy, Checked, Leaf, Op, Prepared, Stage2, Stats, TLBI_BATCH, Work};
 pub use tlb::TlbMaintenance;

@@ -90,7 +90,12 @@ impl PageList {
     }
 
     /// Gives every page back to the pool.
+    #[inline]
     pub(crate) fn free_all<P: TablePool + ?Sized>(&mut self, pool: &mut P) {
+        if self.len == 0 {
+            // Most operations reserve nothing and free nothing.
+            return;
+        }
         while let Some(page) = self.pop(pool) {
             pool.free_page(page);
         }

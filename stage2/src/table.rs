@@ -5,15 +5,30 @@
 //! Every change is an [`Op`] over a page-aligned IPA range. It runs in two
 //! phases:
 //!
-//! 1. **Prepare** ([`Stage2::prepare`]): validate the arguments, then walk
-//!    the table without writing and decide, entry by entry, what the change
-//!    will do: skip it (already as asked), overwrite it, descend into its
-//!    table, or split it into a new table. The walk counts the new tables
-//!    exactly and reserves that many pages from the pool. Any error (bad
-//!    range, a permission change on an unmapped page, an empty pool) is
-//!    returned here, before anything is written.
+//! 1. **Prepare** ([`Stage2::prepare`], or [`Stage2::check`] then
+//!    [`Stage2::reserve`]): validate the arguments, then walk the table
+//!    without writing and decide, entry by entry, what the change will do:
+//!    skip it (already as asked), overwrite it, descend into its table, or
+//!    split it into a new table. The walk counts the new tables exactly
+//!    and reserves that many pages from the pool. Any error (bad range, a
+//!    permission change on an unmapped page, an empty pool) is returned
+//!    here, before anything is written.
 //! 2. **Commit** ([`Stage2::commit`]): the same walk again, writing. It
 //!    cannot fail: every table page it needs is already reserved.
+//!
+//! Three shapes cost less, with the same result:
+//!
+//! - an operation that changes one entry reached through existing tables
+//!   (a page, or a whole block-sized entry) is checked by one descent that
+//!   records the path; the commit writes that entry directly (the
+//!   generation check guarantees the path is current) and climbs back for
+//!   the merge checks;
+//! - entries fully covered by a map that fits a leaf at their level, an
+//!   unmap or an annotation become a value known in advance: the checking
+//!   walk skips them (they need no page and cannot fail) and the writing
+//!   walk writes them in a tight loop;
+//! - whole root entries that are all invalid (a fresh map of 1 GiB blocks)
+//!   are written directly.
 //!
 //! # Block mappings, splits and merges
 //!
@@ -29,7 +44,10 @@
 //! So a table that starts canonical (no mergeable table anywhere) stays
 //! canonical under every operation except explicit [`Op::Split`] and
 //! [`BlockPolicy::PagesOnly`] maps, which ask for smaller entries on
-//! purpose; [`Op::Merge`] merges such ranges back.
+//! purpose; [`Op::Merge`] merges such ranges back. The uniformity check
+//! reads outward from the entries the operation changed (where a table
+//! that is not uniform almost always differs), so refilling a table page
+//! by page costs a few reads per page, not a scan per page.
 //!
 //! # Break-before-make and TLB maintenance
 //!
@@ -49,9 +67,9 @@
 //! Batches of up to [`TLBI_BATCH`] IPAs are invalidated one by one; larger
 //! ones switch to one whole-VMID invalidation.
 
-use crate::addr::{Ipa, PhysAddr};
+use crate::addr::{Ipa, PAGE_SIZE, PhysAddr};
 use crate::config::Stage2Config;
-use crate::descriptor::{Annotation, Descriptor, LeafAttrs, Perms, SW_MASK, SwBits};
+use crate::descriptor::{Annotation, Descriptor, LeafAttrs, OA_MASK, Perms, SW_MASK, SwBits};
 use crate::error::{Error, check_output, check_range};
 use crate::level::{ENTRIES_PER_TABLE, Level};
 use crate::pool::{PageList, TablePool};
@@ -179,25 +197,156 @@ enum Action {
     Split,
 }
 
+/// Takes `needed` pages from `pool`, or none at all if it has fewer.
+fn reserve_pages<P: TablePool + ?Sized>(pool: &mut P, needed: usize) -> Result<PageList, Error> {
+    let mut reserved = PageList::new();
+    for _ in 0..needed {
+        match pool.alloc_page() {
+            Some(page) => reserved.push(&*pool, page),
+            None => {
+                reserved.free_all(pool);
+                return Err(Error::OutOfMemory { needed });
+            }
+        }
+    }
+    Ok(reserved)
+}
+
+/// Most tables on the way from the root to a leaf (levels 0–3).
+const MAX_DEPTH: usize = 4;
+
+/// The descent of a single-entry operation, recorded by the checking walk:
+/// the table holding the one entry it changes, that entry and what it
+/// becomes. The commit uses it instead of walking again (the generation
+/// check guarantees nothing changed in between); the rare merge that
+/// follows finds the tables above by descending again.
+#[derive(Clone, Copy, Debug)]
+struct Path {
+    /// The table holding the entry, and the entry's index in it.
+    table: PhysAddr,
+    idx: u16,
+    /// Tables from the root to `table`, both included.
+    depth: u8,
+    /// The entry's level.
+    level: Level,
+    /// The entry's first IPA.
+    base: u64,
+    old: Descriptor,
+    /// What the entry becomes (`old` when it is already as asked).
+    new: Descriptor,
+}
+
+/// What the commit of a checked operation walks.
+#[derive(Clone, Copy, Debug)]
+enum Walk {
+    /// One entry, reached by the recorded descent.
+    Path(Path),
+    /// The general walk of `[start, end)`.
+    Range {
+        update: Update,
+        start: u64,
+        end: u64,
+    },
+}
+
+/// An operation that passed every check, with the exact number of table
+/// pages it needs, but nothing reserved yet: [`Stage2::reserve`] turns it
+/// into a [`Prepared`] operation. Checking several operations (on several
+/// tables) before reserving for any of them keeps "a refused call changes
+/// nothing" across tables, without walking each table a third time.
+#[must_use = "a checked operation does nothing until it is reserved and committed"]
+#[derive(Clone, Copy, Debug)]
+pub struct Checked {
+    walk: Walk,
+    merge: bool,
+    pages: usize,
+    root: PhysAddr,
+    generation: u64,
+    /// Work of the checking walk, added to the table's [`Work`] on commit.
+    reads: u32,
+    tables: u32,
+}
+
+impl Checked {
+    /// Table pages the operation needs.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// The entry the operation changes, as the check read it, when it
+    /// changes at most one existing entry (a page below existing tables,
+    /// or a whole block-sized entry): callers that must know what is there
+    /// (is the page free?) need no lookup of their own.
+    pub fn entry(&self) -> Option<Leaf> {
+        let Walk::Path(path) = &self.walk else {
+            return None;
+        };
+        Some(Leaf {
+            level: path.level,
+            base: Ipa(path.base),
+            descriptor: path.old,
+        })
+    }
+}
+
 /// An operation that passed every check and holds the table pages it will
 /// need. Commit it with [`Stage2::commit`] or give its pages back with
 /// [`Stage2::cancel`]; dropping it leaks the reserved pages.
 #[must_use = "a prepared operation holds reserved pages: commit or cancel it"]
 #[derive(Debug)]
 pub struct Prepared {
-    update: Update,
-    start: u64,
-    end: u64,
-    merge: bool,
+    checked: Checked,
     reserved: PageList,
-    root: PhysAddr,
-    generation: u64,
 }
 
 impl Prepared {
     /// Table pages reserved for the commit.
     pub fn reserved_pages(&self) -> usize {
         self.reserved.len()
+    }
+}
+
+/// Running totals of the work the committed operations on one table did,
+/// for benchmarks and tuning (see [`Stage2::work`]). Counted per table
+/// visit and per loop, not per descriptor, so keeping them is nearly free.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Work {
+    /// Operations committed.
+    pub ops: u64,
+    /// Descriptors read: the checking walk, the writing walk, merge checks
+    /// and subtrees detached for freeing.
+    pub reads: u64,
+    /// Descriptors written, including the fill of a new table split from a
+    /// block (a break-before-make replacement counts twice).
+    pub writes: u64,
+    /// Tables visited by the checking and the writing walks.
+    pub tables_visited: u64,
+    /// Table pages linked in (splits).
+    pub tables_added: u64,
+    /// Table pages freed (merges, replaced subtrees).
+    pub tables_freed: u64,
+    /// `tlbi ipas2e1is` issued.
+    pub tlbi_ipa: u64,
+    /// `tlbi vmalle1is` issued.
+    pub tlbi_stage1: u64,
+    /// `tlbi vmalls12e1is` (whole VMID) issued.
+    pub tlbi_vmid: u64,
+}
+
+impl Work {
+    /// The work done since `earlier` (a value read from the same table).
+    pub fn since(self, earlier: Work) -> Work {
+        Work {
+            ops: self.ops - earlier.ops,
+            reads: self.reads - earlier.reads,
+            writes: self.writes - earlier.writes,
+            tables_visited: self.tables_visited - earlier.tables_visited,
+            tables_added: self.tables_added - earlier.tables_added,
+            tables_freed: self.tables_freed - earlier.tables_freed,
+            tlbi_ipa: self.tlbi_ipa - earlier.tlbi_ipa,
+            tlbi_stage1: self.tlbi_stage1 - earlier.tlbi_stage1,
+            tlbi_vmid: self.tlbi_vmid - earlier.tlbi_vmid,
+        }
     }
 }
 
@@ -272,10 +421,6 @@ struct TableRef {
     base: u64,
 }
 
-/// Callback of the internal walk: every leaf or invalid entry, and every
-/// table (after its entries) with `Some`.
-type WalkFn<'a> = dyn FnMut(&Leaf, Option<TableRef>) + 'a;
-
 /// One stage-2 translation table: a VMID, a root (possibly concatenated)
 /// and the configuration it was built for.
 ///
@@ -288,8 +433,12 @@ pub struct Stage2 {
     config: Stage2Config,
     vmid: u16,
     root: PhysAddr,
-    tables: usize,
     generation: u64,
+    work: Work,
+    tlbi: TlbiBatch,
+    /// The configuration's start level and root entries, computed once.
+    start: Level,
+    root_entries: usize,
 }
 
 #[inline]
@@ -321,23 +470,40 @@ fn replicate(parent: Descriptor, level: Level, idx: usize) -> Descriptor {
 }
 
 /// The index range of `[start, end)` in a table at `level` based at `base`
-/// with `entries` entries. The range must intersect the table.
+/// with `entries` entries. The range must intersect the table. (Shifts,
+/// not divisions: the level's size is not a constant here, and a 64-bit
+/// division costs tens of cycles on every level of every walk.)
+#[inline]
 fn index_range(level: Level, base: u64, entries: usize, start: u64, end: u64) -> (usize, usize) {
-    let size = level.size();
-    let span_end = base.saturating_add(entries as u64 * size);
+    let shift = level.shift();
+    let span_end = base.saturating_add((entries as u64) << shift);
     let s = start.max(base);
     let e = end.min(span_end);
     (
-        ((s - base) / size) as usize,
-        ((e - 1 - base) / size) as usize,
+        ((s - base) >> shift) as usize,
+        ((e - 1 - base) >> shift) as usize,
     )
+}
+
+/// Entry `idx` of the table a leaf at `level` splits into, as a raw value:
+/// the first entry and the step between entries (0 for a copy).
+#[inline]
+fn split_pattern(parent: Descriptor, level: Level) -> (u64, u64) {
+    match level.next() {
+        Some(child) if parent.is_leaf(level) => (
+            Descriptor::leaf_from_bits(child, parent.output_address().get(), parent.attr_bits())
+                .raw(),
+            child.size(),
+        ),
+        _ => (parent.raw(), 0),
+    }
 }
 
 impl Update {
     /// Whether `old` already gives the wanted result on `[s, ...)` within
     /// its entry based at `eb`. Errors for permission or software-bit
     /// changes on unmapped pages.
-    #[inline]
+    #[inline(always)]
     fn satisfied(&self, old: Descriptor, level: Level, eb: u64, s: u64) -> Result<bool, Error> {
         Ok(match *self {
             Update::Map {
@@ -366,7 +532,7 @@ impl Update {
 
     /// The single entry at `level` (based at `eb`, fully covered) that
     /// gives the wanted result, if one can.
-    #[inline]
+    #[inline(always)]
     fn single(&self, old: Descriptor, level: Level, eb: u64) -> Option<Descriptor> {
         match *self {
             Update::Map {
@@ -387,9 +553,46 @@ impl Update {
         }
     }
 
+    /// Whether every fully covered entry at `level` becomes one entry that
+    /// is known without reading the old one ([`whole_entry`]): unmaps,
+    /// annotations, and maps whose output fits a leaf at this level. Such
+    /// entries need no table page and cannot fail, so the checking walk
+    /// skips them and the writing walk writes them without deciding.
+    ///
+    /// [`whole_entry`]: Self::whole_entry
+    #[inline(always)]
+    fn whole(&self, level: Level) -> bool {
+        match *self {
+            Update::Map {
+                ipa0, pa0, blocks, ..
+            } => {
+                level == Level::L3
+                    || (blocks
+                        && level.allows_block()
+                        && pa0.wrapping_sub(ipa0).is_multiple_of(level.size()))
+            }
+            Update::Set(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The entry a fully covered entry based at `eb` becomes, when
+    /// [`whole`](Self::whole) holds at `level`: what `decide` would write
+    /// (or find already there).
+    #[inline(always)]
+    fn whole_entry(&self, level: Level, eb: u64) -> Descriptor {
+        match *self {
+            Update::Map {
+                ipa0, pa0, attrs, ..
+            } => Descriptor::leaf_from_bits(level, pa0.wrapping_add(eb - ipa0), attrs),
+            Update::Set(d) => d,
+            _ => Descriptor::EMPTY,
+        }
+    }
+
     /// What the entry `old` at `level`, covering `[eb, eb + size)`, needs
     /// for the part `[s, e)` of the operation's range.
-    #[inline]
+    #[inline(always)]
     fn decide(
         &self,
         old: Descriptor,
@@ -436,25 +639,31 @@ impl Update {
     }
 }
 
-/// TLB invalidations owed by the operation in progress.
-struct Pending {
-    ipas: [(Ipa, Level); TLBI_BATCH],
+/// Room for the IPAs one operation invalidates one by one, kept in the
+/// table so that no commit has to clear it first.
+#[derive(Clone)]
+struct TlbiBatch([u64; TLBI_BATCH]);
+
+impl core::fmt::Debug for TlbiBatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("TlbiBatch")
+    }
+}
+
+/// TLB invalidations owed by the operation in progress. Each IPA is kept
+/// with its level in the low bits (IPAs are page aligned); only the first
+/// `len` entries of the batch are meaningful.
+struct Pending<'a> {
+    ipas: &'a mut TlbiBatch,
     len: usize,
     all: bool,
 }
 
-impl Pending {
-    const fn new() -> Pending {
-        Pending {
-            ipas: [(Ipa(0), Level::L3); TLBI_BATCH],
-            len: 0,
-            all: false,
-        }
-    }
-
+impl Pending<'_> {
+    #[inline]
     fn add(&mut self, ipa: Ipa, level: Level) {
         if self.len < TLBI_BATCH {
-            self.ipas[self.len] = (ipa, level);
+            self.ipas.0[self.len] = ipa.get() | level.get() as u64;
             self.len += 1;
         } else {
             self.all = true;
@@ -464,11 +673,142 @@ impl Pending {
     fn any(&self) -> bool {
         self.all || self.len > 0
     }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.all = false;
+    }
+}
+
+/// The by-IPA invalidation sequence (pkvm.md §5.6): `dsb ishst`, switch
+/// to the table's VMID, `tlbi ipas2e1is` per IPA (each kept with its level
+/// in the low bits), `dsb ish`, `tlbi vmalle1is`, `dsb ish`, `isb`, switch
+/// back.
+fn flush_ipas<T: TlbMaintenance + ?Sized>(tlb: &mut T, vttbr: u64, ipas: &[u64]) {
+    tlb.dsb_ishst();
+    let previous = tlb.switch_vttbr(vttbr);
+    for &v in ipas {
+        let level = Level::new((v & 3) as u8).unwrap_or(Level::L3);
+        tlb.tlbi_ipas2e1is(Ipa(v & !(PAGE_SIZE - 1)), Some(level));
+    }
+    tlb.dsb_ish();
+    tlb.tlbi_vmalle1is();
+    tlb.dsb_ish();
+    tlb.isb();
+    tlb.restore_vttbr(previous);
+}
+
+/// The whole-VMID invalidation sequence: `dsb ishst`, switch,
+/// `tlbi vmalls12e1is`, `dsb ish`, `isb`, switch back.
+fn flush_vmid<T: TlbMaintenance + ?Sized>(tlb: &mut T, vttbr: u64) {
+    tlb.dsb_ishst();
+    let previous = tlb.switch_vttbr(vttbr);
+    tlb.tlbi_vmalls12e1is();
+    tlb.dsb_ish();
+    tlb.isb();
+    tlb.restore_vttbr(previous);
 }
 
 /// One descriptor slot: a table and an index into it.
 #[derive(Clone, Copy)]
 struct Slot(*mut u64, usize);
+
+/// Where the checking walk reads a table's entries from: a real table, or
+/// (for a split that has not happened) the leaf it would be split from.
+#[derive(Clone, Copy)]
+enum Src {
+    Table(*mut u64),
+    Split(Descriptor, Level),
+}
+
+/// The checking walk of one operation: counts the table pages it needs
+/// and finds the first error it would hit, writing nothing.
+struct Count<'a, P: TablePool + ?Sized> {
+    pool: &'a P,
+    update: Update,
+    reads: u64,
+    tables: u64,
+}
+
+impl<P: TablePool + ?Sized> Count<'_, P> {
+    fn table(
+        &mut self,
+        src: Src,
+        level: Level,
+        base: u64,
+        entries: usize,
+        start: u64,
+        end: u64,
+    ) -> Result<usize, Error> {
+        if level.next().is_none() && !matches!(self.update, Update::Perms(_) | Update::Sw(_)) {
+            // Nothing below level 3, and only permission and software-bit
+            // changes can fail on a page.
+            return Ok(0);
+        }
+        let (first, last) = index_range(level, base, entries, start, end);
+        if let Src::Table(_) = src {
+            self.tables += 1;
+        }
+        if self.update.whole(level) {
+            // Fully covered entries need nothing: only a partly covered
+            // first or last entry is looked at.
+            let mut needed = self.entry(src, level, base, first, start, end, true)?;
+            if last != first {
+                needed += self.entry(src, level, base, last, start, end, true)?;
+            }
+            return Ok(needed);
+        }
+        let mut needed = 0;
+        for idx in first..=last {
+            needed += self.entry(src, level, base, idx, start, end, false)?;
+        }
+        Ok(needed)
+    }
+
+    /// The table pages entry `idx` needs (and the first error it hits);
+    /// with `partial_only`, nothing if it is fully covered.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn entry(
+        &mut self,
+        src: Src,
+        level: Level,
+        base: u64,
+        idx: usize,
+        start: u64,
+        end: u64,
+        partial_only: bool,
+    ) -> Result<usize, Error> {
+        let shift = level.shift();
+        let eb = base + ((idx as u64) << shift);
+        let s = start.max(eb);
+        let e = end.min(eb + (1 << shift));
+        if partial_only && s == eb && e - eb == 1 << shift {
+            return Ok(0);
+        }
+        let old = match src {
+            Src::Table(p) => {
+                self.reads += 1;
+                read(p, idx)
+            }
+            Src::Split(parent, plevel) => replicate(parent, plevel, idx),
+        };
+        let Some(next) = level.next() else {
+            self.update.decide(old, level, eb, s, e)?;
+            return Ok(0);
+        };
+        Ok(match self.update.decide(old, level, eb, s, e)? {
+            Action::Skip | Action::Write(_) => 0,
+            Action::Descend => {
+                let child = self.pool.table_ptr(old.output_address()).as_ptr();
+                self.table(Src::Table(child), next, eb, ENTRIES_PER_TABLE, s, e)?
+            }
+            Action::Split => {
+                1 + self.table(Src::Split(old, level), next, eb, ENTRIES_PER_TABLE, s, e)?
+            }
+        })
+    }
+}
 
 /// The writing walk of one committed operation.
 struct Commit<'a, P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> {
@@ -481,13 +821,12 @@ struct Commit<'a, P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> {
     merge: bool,
     reserved: PageList,
     detached: PageList,
-    pending: Pending,
+    pending: Pending<'a>,
     /// Descriptors written since the last `dsb ishst`.
     dirty: bool,
-    /// Descriptors written by this operation, so far.
-    writes: usize,
-    tables_added: usize,
-    tables_freed: usize,
+    /// The table's running totals, counted in place (`work.writes` also
+    /// tells whether a walk below an entry changed anything).
+    work: &'a mut Work,
 }
 
 impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
@@ -495,10 +834,11 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
         self.pool.table_ptr(table).as_ptr()
     }
 
+    #[inline]
     fn store(&mut self, table: *mut u64, idx: usize, d: Descriptor) {
         write(table, idx, d);
         self.dirty = true;
-        self.writes += 1;
+        self.work.writes += 1;
     }
 
     /// Issues the owed TLB invalidations (pkvm.md §5.6 order).
@@ -506,27 +846,25 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
         if !self.pending.any() {
             return;
         }
-        self.tlb.dsb_ishst();
         self.dirty = false;
-        let previous = self.tlb.switch_vttbr(self.vttbr);
         if self.pending.all {
-            self.tlb.tlbi_vmalls12e1is();
-            self.tlb.dsb_ish();
+            flush_vmid(self.tlb, self.vttbr);
+            self.work.tlbi_vmid += 1;
         } else {
-            for &(ipa, level) in &self.pending.ipas[..self.pending.len] {
-                self.tlb.tlbi_ipas2e1is(ipa, Some(level));
-            }
-            self.tlb.dsb_ish();
-            self.tlb.tlbi_vmalle1is();
-            self.tlb.dsb_ish();
+            flush_ipas(
+                self.tlb,
+                self.vttbr,
+                &self.pending.ipas.0[..self.pending.len],
+            );
+            self.work.tlbi_ipa += self.pending.len as u64;
+            self.work.tlbi_stage1 += 1;
         }
-        self.tlb.isb();
-        self.tlb.restore_vttbr(previous);
-        self.pending = Pending::new();
+        self.pending.clear();
     }
 
     /// Replaces a non-table entry `old` with `new`, following the
     /// break-before-make rules in the module docs.
+    #[inline]
     fn replace(
         &mut self,
         Slot(table, idx): Slot,
@@ -580,12 +918,29 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
         }
     }
 
+    /// [`replace_table`](Self::replace_table) of a table just found
+    /// uniform (`merged` replaces it): it holds no tables, so it is the
+    /// only page to free and its entries need not be read again.
+    fn merge_table(&mut self, slot: Slot, old: Descriptor, merged: Descriptor) {
+        self.pending.all = true;
+        let Slot(table, idx) = slot;
+        if merged.is_valid() {
+            self.store(table, idx, Descriptor::EMPTY);
+            self.flush();
+        }
+        self.store(table, idx, merged);
+        self.detached.push(&*self.pool, old.output_address());
+        self.work.tables_freed += 1;
+    }
+
     /// Queues every page of the subtree at `table` for freeing after the
     /// final flush (children first: a page's entries are read before its
-    /// word 0 becomes a list link).
+    /// word 0 becomes a list link). Level-3 tables hold no tables, so
+    /// their entries are not read.
     fn detach(&mut self, table: PhysAddr, level: Level) {
         let ptr = self.ptr(table);
         if let Some(next) = level.next() {
+            self.work.reads += ENTRIES_PER_TABLE as u64;
             for i in 0..ENTRIES_PER_TABLE {
                 let d = read(ptr, i);
                 if d.is_table(level) {
@@ -594,36 +949,131 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
             }
         }
         self.detached.push(&*self.pool, table);
-        self.tables_freed += 1;
+        self.work.tables_freed += 1;
+    }
+
+    /// Continues a single-entry commit whose entry's table (`tables[k]`,
+    /// the path from the root being `tables`) became uniform, `merged`
+    /// being the entry that replaces it: replaces each table that became
+    /// uniform in its parent, climbing while the parent becomes uniform in
+    /// turn (the same merges, in the same order, as the general walk makes
+    /// on its way back up).
+    fn climb(
+        &mut self,
+        tables: &[(PhysAddr, usize); MAX_DEPTH],
+        start_level: Level,
+        mut k: usize,
+        mut merged: Descriptor,
+    ) {
+        let level_of = |k: usize| Level::new(start_level.get() + k as u8).unwrap_or(Level::L3);
+        loop {
+            let (parent_table, pidx) = tables[k - 1];
+            let parent = self.ptr(parent_table);
+            self.work.tables_visited += 1;
+            self.merge_table(Slot(parent, pidx), Descriptor::table(tables[k].0), merged);
+            k -= 1;
+            if k == 0 {
+                return;
+            }
+            match collapse(
+                parent,
+                level_of(k),
+                level_of(k - 1),
+                pidx,
+                pidx,
+                &mut self.work.reads,
+            ) {
+                Some(m) => merged = m,
+                None => return,
+            }
+        }
     }
 
     fn table(&mut self, table: PhysAddr, level: Level, base: u64, entries: usize, live: bool) {
         let ptr = self.ptr(table);
-        let size = level.size();
+        let shift = level.shift();
         let (first, last) = index_range(level, base, entries, self.start, self.end);
-        if let (
-            Level::L3,
-            Update::Map {
-                ipa0, pa0, attrs, ..
-            },
-        ) = (level, self.update)
-        {
+        self.work.tables_visited += 1;
+        if !self.update.whole(level) {
+            self.work.reads += (last - first + 1) as u64;
             for idx in first..=last {
-                let eb = base + idx as u64 * size;
-                let new = Descriptor::leaf_from_bits(Level::L3, pa0 + (eb - ipa0), attrs);
-                let old = read(ptr, idx);
-                if old != new {
-                    self.replace(Slot(ptr, idx), old, new, eb, level, live);
-                }
+                self.entry(ptr, level, base, idx, live);
             }
             return;
         }
-        for idx in first..=last {
-            let eb = base + idx as u64 * size;
-            let s = self.start.max(eb);
-            let e = self.end.min(eb + size);
-            let old = read(ptr, idx);
-            // The prepare walk made the same decisions and saw no error.
+        // Fully covered entries become a value known in advance (`whole`):
+        // a tight loop, with a partly covered first or last entry decided
+        // on its own.
+        let (start, end) = (self.start, self.end);
+        let full = |idx: usize| {
+            let eb = base + ((idx as u64) << shift);
+            start <= eb && eb + (1 << shift) <= end
+        };
+        let (mut lo, mut hi) = (first, last);
+        if !full(first) {
+            self.work.reads += 1;
+            self.entry(ptr, level, base, first, live);
+            if first == last {
+                return;
+            }
+            lo += 1;
+        }
+        let last_partial = !full(last);
+        if last_partial {
+            hi -= 1;
+        }
+        if lo <= hi {
+            let base_lo = base + ((lo as u64) << shift);
+            let mut new = self.update.whole_entry(level, base_lo);
+            // Consecutive entries of a map step by the entry size; unmaps
+            // and annotations repeat one value.
+            let step = if new.is_valid() { 1 << shift } else { 0 };
+            if !live {
+                // A new table nobody walks yet: write every entry, no
+                // break-before-make and no need to compare.
+                for idx in lo..hi + 1 {
+                    write(ptr, idx, new);
+                    new = Descriptor::from_raw(new.raw().wrapping_add(step));
+                }
+                self.work.writes += (hi - lo + 1) as u64;
+                self.dirty = true;
+            } else {
+                self.work.reads += (hi - lo + 1) as u64;
+                for idx in lo..hi + 1 {
+                    let old = read(ptr, idx);
+                    if new != old {
+                        if !old.is_valid() {
+                            // `Commit::replace` of an invalid entry (`new`
+                            // is never a table here).
+                            self.store(ptr, idx, new);
+                        } else if old.is_table(level) {
+                            self.replace_table(Slot(ptr, idx), old, new, level);
+                        } else {
+                            let eb = base + ((idx as u64) << shift);
+                            self.replace(Slot(ptr, idx), old, new, eb, level, live);
+                        }
+                    }
+                    new = Descriptor::from_raw(new.raw().wrapping_add(step));
+                }
+            }
+        }
+        if last_partial {
+            self.work.reads += 1;
+            self.entry(ptr, level, base, last, live);
+        }
+    }
+
+    /// The general writing step for entry `idx`: what the checking walk
+    /// decided for it, carried out.
+    #[inline]
+    fn entry(&mut self, ptr: *mut u64, level: Level, base: u64, idx: usize, live: bool) {
+        let shift = level.shift();
+        let eb = base + ((idx as u64) << shift);
+        let s = self.start.max(eb);
+        let e = self.end.min(eb + (1 << shift));
+        let old = read(ptr, idx);
+        {
+            // The checking walk made the same decisions and saw no error.
             let action = self
                 .update
                 .decide(old, level, eb, s, e)
@@ -639,36 +1089,46 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
                     }
                 }
                 Action::Descend => {
-                    let Some(next) = level.next() else { continue };
+                    let Some(next) = level.next() else { return };
                     let child = old.output_address();
-                    let before = self.writes;
+                    let before = self.work.writes;
                     self.table(child, next, eb, ENTRIES_PER_TABLE, live);
                     // An unchanged table cannot have become uniform (only an
                     // explicit merge looks at untouched tables).
-                    let changed = self.writes != before || matches!(self.update, Update::Merge);
-                    if self.merge
-                        && changed
-                        && let Some(merged) = collapse(&*self.pool, child, next, level)
-                    {
-                        self.replace_table(Slot(ptr, idx), old, merged, level);
+                    let changed =
+                        self.work.writes != before || matches!(self.update, Update::Merge);
+                    if self.merge && changed {
+                        let (lo, hi) = index_range(next, eb, ENTRIES_PER_TABLE, s, e);
+                        let cptr = self.ptr(child);
+                        if let Some(merged) =
+                            collapse(cptr, next, level, lo, hi, &mut self.work.reads)
+                        {
+                            self.merge_table(Slot(ptr, idx), old, merged);
+                        }
                     }
                 }
                 Action::Split => {
-                    let Some(next) = level.next() else { continue };
-                    // The prepare walk reserved one page per split.
+                    let Some(next) = level.next() else { return };
+                    // The checking walk counted one page per split.
                     let Some(child) = self.reserved.pop(&*self.pool) else {
-                        continue;
+                        return;
                     };
                     let cptr = self.ptr(child);
-                    for i in 0..ENTRIES_PER_TABLE {
-                        let d = replicate(old, level, i);
-                        if d != Descriptor::EMPTY {
-                            write(cptr, i, d);
+                    let (raw0, step) = split_pattern(old, level);
+                    if raw0 != 0 {
+                        for i in 0..ENTRIES_PER_TABLE {
+                            write(
+                                cptr,
+                                i,
+                                Descriptor::from_raw(raw0.wrapping_add(i as u64 * step)),
+                            );
                         }
+                        self.work.writes += ENTRIES_PER_TABLE as u64;
                     }
                     self.table(child, next, eb, ENTRIES_PER_TABLE, false);
                     let merged = if self.merge {
-                        collapse(&*self.pool, child, next, level)
+                        let (lo, hi) = index_range(next, eb, ENTRIES_PER_TABLE, s, e);
+                        collapse(cptr, next, level, lo, hi, &mut self.work.reads)
                     } else {
                         None
                     };
@@ -679,11 +1139,12 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
                             for i in 0..ENTRIES_PER_TABLE {
                                 write(cptr, i, Descriptor::EMPTY);
                             }
+                            self.work.writes += ENTRIES_PER_TABLE as u64;
                             self.reserved.push(&*self.pool, child);
                             m
                         }
                         None => {
-                            self.tables_added += 1;
+                            self.work.tables_added += 1;
                             Descriptor::table(child)
                         }
                     };
@@ -696,44 +1157,87 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
     }
 }
 
-/// If the table at `table` (at `level`, linked from an entry at `parent`)
-/// is uniform, the single entry that can replace it.
-fn collapse<P: TablePool + ?Sized>(
-    pool: &P,
-    table: PhysAddr,
+/// If the table at `ptr` (entries at `level`, linked from an entry at
+/// `parent`) is uniform, the single entry that can replace it: identical
+/// invalid entries, or leaves with identical attributes mapping one
+/// contiguous physical range aligned to the parent's block size.
+///
+/// `lo..=hi` are the entries the operation just covered. The scan takes
+/// its reference from entry `lo` and reads outward from the covered
+/// entries, then the covered entries themselves: a table that is not
+/// uniform almost always differs right next to where it was changed (the
+/// next hole of an ascending or descending refill, the neighbour of a
+/// single page), so a refill costs a few reads per call instead of a scan
+/// that grows with the part already refilled. Every entry is still read
+/// before a table is declared uniform.
+fn collapse(
+    ptr: *mut u64,
     level: Level,
     parent: Level,
+    lo: usize,
+    hi: usize,
+    reads: &mut u64,
 ) -> Option<Descriptor> {
-    let ptr = pool.table_ptr(table).as_ptr();
-    let first = read(ptr, 0);
-    // Probe both ends and the middle first: a table that just stopped
-    // being uniform (or never was) usually differs next to where it was
-    // changed, and changes cluster at either end in ascending or
-    // descending fills. Then scan everything.
-    let order = [1, ENTRIES_PER_TABLE - 1, ENTRIES_PER_TABLE / 2]
-        .into_iter()
-        .chain(1..ENTRIES_PER_TABLE);
-    if !first.is_valid() {
-        let mut order = order;
-        return order.all(|i| read(ptr, i) == first).then_some(first);
-    }
-    if !first.is_leaf(level) || !parent.allows_block() {
-        return None;
-    }
-    let pa0 = first.output_address().get();
-    if !pa0.is_multiple_of(parent.size()) {
-        return None;
-    }
-    let attrs = first.attr_bits();
-    let step = level.size();
-    let mut order = order;
-    let uniform = order.all(|i| {
-        let d = read(ptr, i);
-        d.is_leaf(level)
-            && d.attr_bits() == attrs
-            && d.output_address().get() == pa0 + i as u64 * step
-    });
-    uniform.then(|| Descriptor::leaf_from_bits(parent, pa0, attrs))
+    let r = read(ptr, lo);
+    let (raw0, step) = if !r.is_valid() {
+        (r.raw(), 0)
+    } else {
+        if !r.is_leaf(level) || !parent.allows_block() {
+            *reads += 1;
+            return None;
+        }
+        let step = level.size();
+        // Wraps only when `r` maps below its own position, and then the
+        // result is not aligned.
+        let pa0 = r.output_address().get().wrapping_sub(lo as u64 * step);
+        if !pa0.is_multiple_of(parent.size()) {
+            *reads += 1;
+            return None;
+        }
+        (
+            Descriptor::leaf_from_bits(level, pa0, r.attr_bits()).raw(),
+            step,
+        )
+    };
+    // The entry that replaces a uniform table: the invalid entry itself,
+    // or a block at the parent's level (computed only when needed).
+    let merged = || {
+        if r.is_valid() {
+            Descriptor::leaf_from_bits(parent, raw0 & OA_MASK, r.attr_bits())
+        } else {
+            r
+        }
+    };
+    let uniform = |i: usize| read(ptr, i).raw() == raw0.wrapping_add(i as u64 * step);
+    // Outward from the covered entries, alternating sides, with the values
+    // expected below and above kept as running sums; `n` counts the reads
+    // (kept local so the loop stays in registers).
+    let (mut below, mut above, mut n) = (lo, hi + 1, 1);
+    let mut want_below = raw0.wrapping_add(lo as u64 * step);
+    let mut want_above = raw0.wrapping_add(above as u64 * step);
+    let result = loop {
+        if below > 0 {
+            below -= 1;
+            want_below = want_below.wrapping_sub(step);
+            n += 1;
+            if read(ptr, below).raw() != want_below {
+                break None;
+            }
+        } else if above == ENTRIES_PER_TABLE {
+            n += hi - lo + 1;
+            break (lo..=hi).all(uniform).then(merged);
+        }
+        if above < ENTRIES_PER_TABLE {
+            n += 1;
+            if read(ptr, above).raw() != want_above {
+                break None;
+            }
+            above += 1;
+            want_above = want_above.wrapping_add(step);
+        }
+    };
+    *reads += n as u64;
+    result
 }
 
 impl Stage2 {
@@ -752,8 +1256,11 @@ impl Stage2 {
             config,
             vmid,
             root,
-            tables: 0,
             generation: 0,
+            work: Work::default(),
+            tlbi: TlbiBatch([0; TLBI_BATCH]),
+            start: config.start_level(),
+            root_entries: config.root_entries(),
         })
     }
 
@@ -784,7 +1291,9 @@ impl Stage2 {
 
     /// Table pages below the root currently in use.
     pub const fn table_pages(&self) -> usize {
-        self.tables
+        // Every table page below the root was linked by a commit and is
+        // freed by one.
+        (self.work.tables_added - self.work.tables_freed) as usize
     }
 
     fn check_ipa_range(&self, ipa: Ipa, size: u64) -> Result<u64, Error> {
@@ -796,7 +1305,9 @@ impl Stage2 {
         Ok(end)
     }
 
-    /// Resolves and validates `op`.
+    /// Resolves and validates `op`. Always inlined, so that the caller's
+    /// `Op` value is taken apart in registers, not copied through memory.
+    #[inline(always)]
     fn resolve(&self, op: Op) -> Result<(Update, u64, u64, bool), Error> {
         let (update, ipa, size, merge) = match op {
             Op::Map {
@@ -826,7 +1337,7 @@ impl Stage2 {
                 level,
                 attrs,
             } => {
-                if !level.allows_block() || level < self.config.start_level() {
+                if !level.allows_block() || level < self.start {
                     return Err(Error::BlockNotAllowed(level));
                 }
                 let size = level.size();
@@ -883,122 +1394,256 @@ impl Stage2 {
         Ok((update, ipa.get(), end, merge))
     }
 
-    /// Counts the table pages `update` needs below `src` and reports the
-    /// first error it would hit. `src` is a real table or, for a split that
-    /// has not happened, the leaf it would be split from.
-    #[allow(clippy::too_many_arguments)]
-    fn count<P: TablePool + ?Sized>(
-        &self,
-        pool: &P,
-        src: Result<PhysAddr, (Descriptor, Level)>,
-        level: Level,
-        base: u64,
-        entries: usize,
+    /// Validates `op` and runs the checking walk: the table pages it needs
+    /// now and the first error it would hit. Nothing is reserved or
+    /// changed.
+    #[inline(always)]
+    pub fn check<P: TablePool + ?Sized>(&self, pool: &P, op: Op) -> Result<Checked, Error> {
+        let (update, start, end, merge) = self.resolve(op)?;
+        if let Some(path) = self.descend(pool, &update, start, end)? {
+            return Ok(Checked {
+                walk: Walk::Path(path),
+                merge,
+                pages: 0,
+                root: self.root,
+                generation: self.generation,
+                reads: path.depth as u32,
+                tables: path.depth as u32,
+            });
+        }
+        self.check_walk(pool, update, start, end, merge)
+    }
+
+    /// Whether `[start, end)` covers whole root entries that the update
+    /// turns into values known in advance ([`Update::whole`]): then the
+    /// checking walk would read nothing, need no page and find no error.
+    #[inline]
+    fn whole_root_entries(&self, update: &Update, start: u64, end: u64) -> bool {
+        let size = self.start.size();
+        // The alignment first: it rules out most operations at once.
+        start.is_multiple_of(size) && end.is_multiple_of(size) && update.whole(self.start)
+    }
+
+    /// Commits an operation over whole root entries ([`whole_root_entries`])
+    /// that are all invalid now, such as a fresh map with the largest
+    /// blocks: each becomes its new value directly, with no
+    /// break-before-make and no TLB maintenance (invalid entries are never
+    /// cached), which is what the general walk would do, without setting
+    /// it up. `false` (nothing done) if any entry is valid.
+    ///
+    /// [`whole_root_entries`]: Self::whole_root_entries
+    fn commit_fresh_root_entries<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        tlb: &mut T,
         update: &Update,
         start: u64,
         end: u64,
-    ) -> Result<usize, Error> {
-        if level.next().is_none() && !matches!(update, Update::Perms(_) | Update::Sw(_)) {
-            // Nothing below level 3, and only permission and software-bit
-            // changes can fail on a page.
-            return Ok(0);
+    ) -> bool {
+        let ptr = pool.table_ptr(self.root).as_ptr();
+        let shift = self.start.shift();
+        let (first, last) = ((start >> shift) as usize, ((end - 1) >> shift) as usize);
+        if (first..=last).any(|i| read(ptr, i).is_valid()) {
+            return false;
         }
-        let ptr = src.ok().map(|t| pool.table_ptr(t).as_ptr());
-        let size = level.size();
-        let (first, last) = index_range(level, base, entries, start, end);
-        let mut needed = 0;
-        for idx in first..=last {
-            let eb = base + idx as u64 * size;
-            let s = start.max(eb);
-            let e = end.min(eb + size);
-            let old = match (ptr, src) {
-                (Some(p), _) => read(p, idx),
-                (None, Err((parent, plevel))) => replicate(parent, plevel, idx),
-                (None, Ok(_)) => Descriptor::EMPTY,
+        let mut new = update.whole_entry(self.start, (first as u64) << shift);
+        let step = if new.is_valid() { 1 << shift } else { 0 };
+        let mut writes = 0;
+        for i in first..last + 1 {
+            if read(ptr, i) != new {
+                write(ptr, i, new);
+                writes += 1;
+            }
+            new = Descriptor::from_raw(new.raw().wrapping_add(step));
+        }
+        self.generation += 1;
+        let w = &mut self.work;
+        w.ops += 1;
+        w.reads += 2 * (last - first + 1) as u64;
+        w.writes += writes;
+        w.tables_visited += 1;
+        if writes > 0 {
+            // As the general walk ends: the new entries are visible to
+            // table walkers.
+            tlb.dsb_ishst();
+        }
+        true
+    }
+
+    /// The general checking walk of a resolved operation.
+    fn check_walk<P: TablePool + ?Sized>(
+        &self,
+        pool: &P,
+        update: Update,
+        start: u64,
+        end: u64,
+        merge: bool,
+    ) -> Result<Checked, Error> {
+        let (pages, reads, tables) = if self.whole_root_entries(&update, start, end) {
+            (0, 0, 0)
+        } else {
+            let mut count = Count {
+                pool,
+                update,
+                reads: 0,
+                tables: 0,
             };
-            let Some(next) = level.next() else {
-                update.decide(old, level, eb, s, e)?;
-                continue;
-            };
-            needed += match update.decide(old, level, eb, s, e)? {
-                Action::Skip | Action::Write(_) => 0,
-                Action::Descend => self.count(
-                    pool,
-                    Ok(old.output_address()),
-                    next,
-                    eb,
-                    ENTRIES_PER_TABLE,
-                    update,
-                    s,
-                    e,
-                )?,
-                Action::Split => {
-                    1 + self.count(
-                        pool,
-                        Err((old, level)),
-                        next,
-                        eb,
-                        ENTRIES_PER_TABLE,
-                        update,
-                        s,
-                        e,
-                    )?
+            let root = pool.table_ptr(self.root).as_ptr();
+            let pages = count.table(
+                Src::Table(root),
+                self.start,
+                0,
+                self.root_entries,
+                start,
+                end,
+            )?;
+            (pages, count.reads, count.tables)
+        };
+        Ok(Checked {
+            walk: Walk::Range { update, start, end },
+            merge,
+            pages,
+            root: self.root,
+            generation: self.generation,
+            reads: reads as u32,
+            tables: tables as u32,
+        })
+    }
+
+    /// The checking walk of an operation that changes at most one entry
+    /// reached through tables (a page, or a whole block or table entry):
+    /// the recorded descent, `None` when the general walk is needed (the
+    /// range spans several entries, or a split or a table replacement is
+    /// needed), or the error the general walk would report.
+    #[inline(always)]
+    fn descend<P: TablePool + ?Sized>(
+        &self,
+        pool: &P,
+        update: &Update,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Path>, Error> {
+        if !matches!(
+            update,
+            Update::Map { .. } | Update::Set(_) | Update::Perms(_) | Update::Sw(_)
+        ) {
+            return Ok(None);
+        }
+        let mut level = self.start;
+        let mut table = self.root;
+        let mut base = 0;
+        for depth in 1..=MAX_DEPTH as u8 {
+            // `[start, end)` lies inside this table (the root covers the
+            // whole IPA space, and a table is entered only when the range
+            // lies inside its entry): no clamping needed.
+            let shift = level.shift();
+            let idx = ((start - base) >> shift) as usize;
+            if ((end - 1 - base) >> shift) as usize != idx {
+                return Ok(None);
+            }
+            let old = read(pool.table_ptr(table).as_ptr(), idx);
+            let eb = base + ((idx as u64) << shift);
+            match level.next() {
+                Some(next) if old.is_table(level) => {
+                    if start == eb && end - eb == 1 << shift {
+                        // Replaced or walked as a whole: the general walk.
+                        return Ok(None);
+                    }
+                    table = old.output_address();
+                    base = eb;
+                    level = next;
                 }
-            };
+                _ => {
+                    let new = match update.decide(old, level, eb, start, end)? {
+                        Action::Skip => old,
+                        Action::Write(new) => new,
+                        Action::Descend | Action::Split => return Ok(None),
+                    };
+                    return Ok(Some(Path {
+                        table,
+                        idx: idx as u16,
+                        depth,
+                        level,
+                        base: eb,
+                        old,
+                        new,
+                    }));
+                }
+            }
         }
-        Ok(needed)
+        Ok(None)
+    }
+
+    /// The tables from the root down to (and including) the table holding
+    /// the entry of `path`, with the index taken in each: the descent
+    /// again, for the rare merge after a single-entry commit (only that
+    /// entry changed since the check).
+    fn path_tables<P: TablePool + ?Sized>(
+        &self,
+        pool: &P,
+        path: &Path,
+    ) -> [(PhysAddr, usize); MAX_DEPTH] {
+        let mut out = [(self.root, 0); MAX_DEPTH];
+        let (mut table, mut level, mut base) = (self.root, self.start, 0);
+        for (k, slot) in out.iter_mut().enumerate().take(path.depth as usize) {
+            let shift = level.shift();
+            let idx = ((path.base - base) >> shift) as usize;
+            *slot = (table, idx);
+            if k + 1 < path.depth as usize {
+                table = read(pool.table_ptr(table).as_ptr(), idx).output_address();
+                base += (idx as u64) << shift;
+                level = level.next().unwrap_or(Level::L3);
+            }
+        }
+        out
     }
 
     /// Validates `op` and returns how many table pages it needs now,
     /// without reserving or changing anything.
     pub fn pages_needed<P: TablePool + ?Sized>(&self, pool: &P, op: Op) -> Result<usize, Error> {
-        let (update, start, end, _) = self.resolve(op)?;
-        self.count(
-            pool,
-            Ok(self.root),
-            self.config.start_level(),
-            0,
-            self.config.root_entries(),
-            &update,
-            start,
-            end,
-        )
+        self.check(pool, op).map(|c| c.pages)
+    }
+
+    /// Reserves from `pool` the table pages a checked operation needs.
+    /// Nothing in the table changes; on error nothing in the pool changes
+    /// either ([`Error::StalePreparation`] if `checked` was made for
+    /// another table or before another change to this one).
+    pub fn reserve<P: TablePool + ?Sized>(
+        &self,
+        pool: &mut P,
+        checked: Checked,
+    ) -> Result<Prepared, Error> {
+        if checked.root != self.root || checked.generation != self.generation {
+            return Err(Error::StalePreparation);
+        }
+        let reserved = reserve_pages(pool, checked.pages)?;
+        Ok(Prepared { checked, reserved })
     }
 
     /// Validates `op`, works out every table page it needs and reserves
     /// them from `pool`. Nothing in the table changes; on error nothing in
     /// the pool changes either.
     pub fn prepare<P: TablePool + ?Sized>(&self, pool: &mut P, op: Op) -> Result<Prepared, Error> {
-        let (update, start, end, merge) = self.resolve(op)?;
-        let needed = self.count(
-            &*pool,
-            Ok(self.root),
-            self.config.start_level(),
-            0,
-            self.config.root_entries(),
-            &update,
-            start,
-            end,
-        )?;
-        let mut reserved = PageList::new();
-        for _ in 0..needed {
-            match pool.alloc_page() {
-                Some(page) => reserved.push(&*pool, page),
-                None => {
-                    reserved.free_all(pool);
-                    return Err(Error::OutOfMemory { needed });
-                }
-            }
+        let checked = self.check(&*pool, op)?;
+        self.reserve(pool, checked)
+    }
+
+    /// Reserves the pages a checked operation needs from `pool` and
+    /// commits it: [`reserve`](Self::reserve) then [`commit`](Self::commit)
+    /// without handing the reservation around. On error
+    /// ([`Error::StalePreparation`], [`Error::OutOfMemory`]) nothing
+    /// changes.
+    pub fn apply_checked<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        tlb: &mut T,
+        checked: &Checked,
+    ) -> Result<(), Error> {
+        if checked.root != self.root || checked.generation != self.generation {
+            return Err(Error::StalePreparation);
         }
-        Ok(Prepared {
-            update,
-            start,
-            end,
-            merge,
-            reserved,
-            root: self.root,
-            generation: self.generation,
-        })
+        let reserved = reserve_pages(pool, checked.pages)?;
+        self.commit_checked(pool, tlb, checked, reserved)
     }
 
     /// Returns the pages a prepared operation reserved, without applying it.
@@ -1017,42 +1662,199 @@ impl Stage2 {
         tlb: &mut T,
         prepared: Prepared,
     ) -> Result<(), Error> {
-        if prepared.root != self.root || prepared.generation != self.generation {
-            Self::cancel(pool, prepared);
+        let Prepared { checked, reserved } = prepared;
+        self.commit_checked(pool, tlb, &checked, reserved)
+    }
+
+    /// [`commit`](Self::commit) of `checked` with its pages in `reserved`.
+    #[inline]
+    fn commit_checked<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        tlb: &mut T,
+        checked: &Checked,
+        mut reserved: PageList,
+    ) -> Result<(), Error> {
+        if checked.root != self.root || checked.generation != self.generation {
+            reserved.free_all(pool);
             return Err(Error::StalePreparation);
         }
+        let work = (checked.reads as u64, checked.tables as u64);
+        match checked.walk {
+            Walk::Path(path) => {
+                // A single-entry operation reserves nothing.
+                reserved.free_all(pool);
+                self.commit_path(pool, tlb, &path, checked.merge);
+            }
+            Walk::Range { update, start, end } => {
+                self.commit_walk(
+                    pool,
+                    tlb,
+                    (update, start, end, checked.merge),
+                    reserved,
+                    work,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The general writing walk of a checked operation (`(update, start,
+    /// end, merge)`), with its table pages in `reserved` and the work of
+    /// its checking walk.
+    #[inline]
+    fn commit_walk<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        tlb: &mut T,
+        (update, start, end, merge): (Update, u64, u64, bool),
+        reserved: PageList,
+        (check_reads, check_tables): (u64, u64),
+    ) {
         self.generation += 1;
+        self.work.ops += 1;
+        self.work.reads += check_reads;
+        self.work.tables_visited += check_tables;
         let mut c = Commit {
-            vttbr: self.vttbr(),
+            vttbr: self.root.get() | ((self.vmid as u64) << 48),
             pool,
             tlb,
-            update: prepared.update,
-            start: prepared.start,
-            end: prepared.end,
-            merge: prepared.merge,
-            reserved: prepared.reserved,
+            update,
+            start,
+            end,
+            merge,
+            reserved,
             detached: PageList::new(),
-            pending: Pending::new(),
+            pending: Pending {
+                ipas: &mut self.tlbi,
+                len: 0,
+                all: false,
+            },
             dirty: false,
-            writes: 0,
-            tables_added: 0,
-            tables_freed: 0,
+            work: &mut self.work,
         };
-        c.table(
-            self.root,
-            self.config.start_level(),
-            0,
-            self.config.root_entries(),
-            true,
-        );
+        c.table(self.root, self.start, 0, self.root_entries, true);
         c.flush();
         if c.dirty {
             c.tlb.dsb_ishst();
         }
         c.detached.free_all(c.pool);
         c.reserved.free_all(c.pool);
-        self.tables = self.tables + c.tables_added - c.tables_freed;
-        Ok(())
+    }
+
+    /// Commits a single-entry operation along the path its checking walk
+    /// recorded, with the same writes and TLB maintenance as the general
+    /// walk ([`Commit::replace`], then the merges): the entry is never a
+    /// table and its new value never one either, so the common case needs
+    /// none of the general walk's state; a merge hands over to it.
+    #[inline(always)]
+    fn commit_path<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        tlb: &mut T,
+        path: &Path,
+        merge: bool,
+    ) {
+        self.generation += 1;
+        let work = &mut self.work;
+        work.ops += 1;
+        work.reads += path.depth as u64;
+        work.tables_visited += path.depth as u64 + 1;
+        let (old, new, level) = (path.old, path.new, path.level);
+        if new == old {
+            return;
+        }
+        let vttbr = self.root.get() | ((self.vmid as u64) << 48);
+        let ptr = pool.table_ptr(path.table).as_ptr();
+        let idx = path.idx as usize;
+        // Break-before-make, as `Commit::replace` with a live table.
+        let mut owed = false;
+        if !old.is_valid() || (new.is_leaf(level) && (old.raw() ^ new.raw()) & !SW_MASK == 0) {
+            write(ptr, idx, new);
+            work.writes += 1;
+        } else if new.is_valid() {
+            write(ptr, idx, Descriptor::EMPTY);
+            flush_ipas(tlb, vttbr, &[path.base | level.get() as u64]);
+            work.tlbi_ipa += 1;
+            work.tlbi_stage1 += 1;
+            write(ptr, idx, new);
+            work.writes += 2;
+        } else {
+            // An invalid `new` is the break itself; its TLBI waits for the
+            // end of the operation (and a merge may widen it).
+            write(ptr, idx, new);
+            work.writes += 1;
+            owed = true;
+        }
+        let merged = match (
+            merge && path.depth > 1,
+            Level::new(level.get().wrapping_sub(1)),
+        ) {
+            (true, Some(parent)) => collapse(ptr, level, parent, idx, idx, &mut work.reads),
+            _ => None,
+        };
+        let Some(merged) = merged else {
+            if owed {
+                flush_ipas(tlb, vttbr, &[path.base | level.get() as u64]);
+                work.tlbi_ipa += 1;
+                work.tlbi_stage1 += 1;
+            } else {
+                tlb.dsb_ishst();
+            }
+            return;
+        };
+        self.commit_path_merge(pool, tlb, path, owed, merged);
+    }
+
+    /// The rest of [`commit_path`](Self::commit_path) when the entry's
+    /// table became uniform (`merged` replaces it): the general walk's
+    /// state takes over for the merges. Out of line: it is rare, and the
+    /// common path stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn commit_path_merge<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        tlb: &mut T,
+        path: &Path,
+        owed: bool,
+        merged: Descriptor,
+    ) {
+        let level = path.level;
+        let vttbr = self.root.get() | ((self.vmid as u64) << 48);
+        let tables = self.path_tables(&*pool, path);
+        let mut c = Commit {
+            vttbr,
+            pool,
+            tlb,
+            update: Update::Merge,
+            start: path.base,
+            end: path.base + level.size(),
+            merge: true,
+            reserved: PageList::new(),
+            detached: PageList::new(),
+            pending: Pending {
+                ipas: &mut self.tlbi,
+                len: 0,
+                all: false,
+            },
+            dirty: true,
+            work: &mut self.work,
+        };
+        if owed {
+            c.pending.add(Ipa(path.base), level);
+        }
+        c.climb(&tables, self.start, path.depth as usize - 1, merged);
+        c.flush();
+        if c.dirty {
+            c.tlb.dsb_ishst();
+        }
+        c.detached.free_all(c.pool);
+    }
+
+    /// The work the operations committed on this table have done so far.
+    pub const fn work(&self) -> Work {
+        self.work
     }
 
     /// Prepares and commits `op`.
@@ -1062,8 +1864,43 @@ impl Stage2 {
         tlb: &mut T,
         op: Op,
     ) -> Result<(), Error> {
-        let prepared = self.prepare(pool, op)?;
-        self.commit(pool, tlb, prepared)
+        let (update, start, end, merge) = self.resolve(op)?;
+        if self.whole_root_entries(&update, start, end) {
+            // Nothing to check or reserve (see `whole_root_entries`).
+            if !self.commit_fresh_root_entries(pool, tlb, &update, start, end) {
+                self.commit_walk(
+                    pool,
+                    tlb,
+                    (update, start, end, merge),
+                    PageList::new(),
+                    (0, 0),
+                );
+            }
+            return Ok(());
+        }
+        if let Some(path) = self.descend(&*pool, &update, start, end)? {
+            self.commit_path(pool, tlb, &path, merge);
+            return Ok(());
+        }
+        let mut count = Count {
+            pool: &*pool,
+            update,
+            reads: 0,
+            tables: 0,
+        };
+        let root = pool.table_ptr(self.root).as_ptr();
+        let pages = count.table(
+            Src::Table(root),
+            self.start,
+            0,
+            self.root_entries,
+            start,
+            end,
+        )?;
+        let work = (count.reads, count.tables);
+        let reserved = reserve_pages(pool, pages)?;
+        self.commit_walk(pool, tlb, (update, start, end, merge), reserved, work);
+        Ok(())
     }
 
     /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with the largest
@@ -1156,7 +1993,7 @@ impl Stage2 {
                 limit,
             });
         }
-        let mut level = self.config.start_level();
+        let mut level = self.start;
         let mut table = self.root;
         let mut base = 0;
         loop {
@@ -1193,12 +2030,12 @@ impl Stage2 {
         self.walk_table(
             pool,
             self.root,
-            self.config.start_level(),
+            self.start,
             0,
-            self.config.root_entries(),
+            self.root_entries,
             ipa.get(),
             end,
-            &mut |leaf, table| {
+            &mut |leaf: &Leaf, table: Option<TableRef>| {
                 if table.is_none() {
                     f(leaf)
                 }
@@ -1210,7 +2047,7 @@ impl Stage2 {
     /// Walks leaves and, after each table's entries, reports the table
     /// itself (`Some(table, level, base)`) to `f`.
     #[allow(clippy::too_many_arguments)]
-    fn walk_table<P: TablePool + ?Sized>(
+    fn walk_table<P: TablePool + ?Sized, F: FnMut(&Leaf, Option<TableRef>)>(
         &self,
         pool: &P,
         table: PhysAddr,
@@ -1219,13 +2056,13 @@ impl Stage2 {
         entries: usize,
         start: u64,
         end: u64,
-        f: &mut WalkFn<'_>,
+        f: &mut F,
     ) {
         let ptr = pool.table_ptr(table).as_ptr();
         let (first, last) = index_range(level, base, entries, start, end);
         for idx in first..=last {
             let d = read(ptr, idx);
-            let eb = base + idx as u64 * level.size();
+            let eb = base + ((idx as u64) << level.shift());
             match level.next() {
                 Some(next) if d.is_table(level) => {
                     let child = d.output_address();
@@ -1256,24 +2093,19 @@ impl Stage2 {
         }
     }
 
-    fn walk_all<P: TablePool + ?Sized>(&self, pool: &P, f: &mut WalkFn<'_>) {
+    fn walk_all<P: TablePool + ?Sized, F: FnMut(&Leaf, Option<TableRef>)>(
+        &self,
+        pool: &P,
+        f: &mut F,
+    ) {
         let end = self.config.ipa_limit();
-        self.walk_table(
-            pool,
-            self.root,
-            self.config.start_level(),
-            0,
-            self.config.root_entries(),
-            0,
-            end,
-            f,
-        );
+        self.walk_table(pool, self.root, self.start, 0, self.root_entries, 0, end, f);
     }
 
     /// Counts tables, leaves per level and annotations.
     pub fn stats<P: TablePool + ?Sized>(&self, pool: &P) -> Stats {
         let mut stats = Stats::default();
-        self.walk_all(pool, &mut |leaf, table| {
+        self.walk_all(pool, &mut |leaf: &Leaf, table: Option<TableRef>| {
             if table.is_some() {
                 stats.tables += 1;
             } else if leaf.descriptor.is_leaf(leaf.level) {
@@ -1290,7 +2122,8 @@ impl Stage2 {
     /// `None` means every range that can be a block is one.
     pub fn find_mergeable<P: TablePool + ?Sized>(&self, pool: &P) -> Option<(Ipa, Level)> {
         let mut found = None;
-        self.walk_all(pool, &mut |leaf, table| {
+        let mut reads = 0;
+        self.walk_all(pool, &mut |leaf: &Leaf, table: Option<TableRef>| {
             if let (
                 None,
                 Some(TableRef {
@@ -1299,25 +2132,47 @@ impl Stage2 {
                     base,
                 }),
             ) = (found, table)
-                && collapse(pool, child, level, leaf.level).is_some()
             {
-                found = Some((Ipa(base), level));
+                let ptr = pool.table_ptr(child).as_ptr();
+                if collapse(ptr, level, leaf.level, 0, 0, &mut reads).is_some() {
+                    found = Some((Ipa(base), level));
+                }
             }
         });
         found
     }
 
-    /// Calls `f` with the address of every table page below the root.
+    /// Calls `f` with the address of every table page below `table` (its
+    /// entries at `level`), each after the tables below it. Only tables
+    /// that can hold tables are read: level-3 tables are reported, never
+    /// scanned.
+    fn tables_below<P: TablePool + ?Sized, F: FnMut(PhysAddr)>(
+        pool: &P,
+        table: PhysAddr,
+        level: Level,
+        entries: usize,
+        f: &mut F,
+    ) {
+        let Some(next) = level.next() else { return };
+        let ptr = pool.table_ptr(table).as_ptr();
+        for idx in 0..entries {
+            let d = read(ptr, idx);
+            if d.is_table(level) {
+                let child = d.output_address();
+                Self::tables_below(pool, child, next, ENTRIES_PER_TABLE, f);
+                f(child);
+            }
+        }
+    }
+
+    /// Calls `f` with the address of every table page below the root,
+    /// each after the tables below it.
     pub fn for_each_table_page<P: TablePool + ?Sized, F: FnMut(PhysAddr)>(
         &self,
         pool: &P,
         mut f: F,
     ) {
-        self.walk_all(pool, &mut |_, table| {
-            if let Some(t) = table {
-                f(t.table);
-            }
-        });
+        Self::tables_below(pool, self.root, self.start, self.root_entries, &mut f);
     }
 
     /// Frees every table page and the root, after invalidating the whole
