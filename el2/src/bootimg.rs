@@ -563,15 +563,21 @@ fn place(
                 .iter()
                 .all(|&(b, s)| end <= b || b.saturating_add(s) <= start)
     };
+    // Checked throughout: RAM may end near the top of the address space,
+    // where rounding up or stepping on would wrap (and the search restart
+    // from 0).
     let first_fit = |from: u64, size: u64, align: u64, offset: u64| {
-        let mut base = from.next_multiple_of(align);
-        while base.saturating_add(offset).saturating_add(size) <= ram_end {
-            if free(base + offset, size.max(1)) {
-                return Some(base + offset);
+        let mut base = from.checked_next_multiple_of(align)?;
+        loop {
+            let at = base.checked_add(offset)?;
+            if at.checked_add(size)? > ram_end {
+                return None;
             }
-            base += align;
+            if free(at, size.max(1)) {
+                return Some(at);
+            }
+            base = base.checked_add(align)?;
         }
-        None
     };
     let in_place = kernel.is_some();
     let kernel = match kernel {
@@ -874,6 +880,20 @@ mod tests {
         // A table entry reaching past the vendor ramdisk.
         let bad = patch(&vb, 3 * 4096, 500);
         assert_eq!(refused(&v4, Some(&bad)).field, "vendor ramdisk table entry");
+    }
+
+    #[test]
+    fn planning_near_the_top_of_the_address_space_fails_cleanly() {
+        let k = kernel();
+        let img = boot_v3_v4(4, &k, &[1; 100], "");
+        let b = BootImage::parse(&img, None).unwrap();
+        // Rounding the start up to 2 MiB, or stepping on, would wrap.
+        for ram in [
+            (u64::MAX - (1 << 20) + 1, 1 << 20),
+            (0xffff_ffff_fff0_0000, 0x1000),
+        ] {
+            assert!(plan(&b, ram, &[]).is_err(), "{ram:x?}");
+        }
     }
 
     #[test]

@@ -206,6 +206,18 @@ pub fn validate(blob: &[u8]) -> Result<(), DtError> {
                 if name.is_empty() {
                     return Err(err(at, "empty property name"));
                 }
+                // Cell counts are one cell of at most 4 (the devicetree
+                // specification's widest address): a wider value is read
+                // differently by different readers (the full word here,
+                // its low byte by `flat_device_tree`).
+                if (name == "#address-cells" || name == "#size-cells")
+                    && (len != 4 || be32(st, pos).is_none_or(|cells| cells > 4))
+                {
+                    return Err(err(
+                        at,
+                        "#address-cells or #size-cells not one cell of 0 to 4",
+                    ));
+                }
                 pos = (pos + len).next_multiple_of(4);
             }
             FDT_NOP => {}
@@ -241,13 +253,25 @@ pub fn raw_ram(blob: &[u8]) -> Ranges<MAX_RAM> {
         enabled: bool,
         /// Offset and length of its `reg` value in the structure block.
         reg: (usize, usize),
+        /// The properties above already read (bits: address cells, size
+        /// cells, device_type, status, reg): a repeated property keeps its
+        /// first value, as `flat_device_tree`'s lookups (and so
+        /// [`Platform::parse`]) do.
+        seen: u8,
     }
     const FRESH: Open = Open {
         cells: (2, 1),
         memory: false,
         enabled: true,
         reg: (0, 0),
+        seen: 0,
     };
+    /// A string property's value as `flat_device_tree`'s `as_str` sees it:
+    /// without its trailing NULs.
+    fn trimmed(value: &[u8]) -> &[u8] {
+        let end = value.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        &value[..end]
+    }
     let mut out = Ranges::new();
     let field = |off: usize| be32(blob, off).map(|v| v as usize);
     let (Some(off_struct), Some(off_strings), Some(size_strings), Some(size_struct)) =
@@ -291,13 +315,26 @@ pub fn raw_ram(blob: &[u8]) -> Ranges<MAX_RAM> {
                 ) else {
                     continue;
                 };
+                let bit = match name {
+                    "#address-cells" => 1,
+                    "#size-cells" => 2,
+                    "device_type" => 4,
+                    "status" => 8,
+                    "reg" => 16,
+                    _ => 0,
+                };
+                if bit == 0 || node.seen & bit != 0 {
+                    continue;
+                }
+                node.seen |= bit;
                 match name {
                     "#address-cells" => node.cells.0 = be32(value, 0).unwrap_or(2),
                     "#size-cells" => node.cells.1 = be32(value, 0).unwrap_or(1),
-                    "device_type" => node.memory = value == b"memory\0",
-                    "status" => node.enabled = value == b"okay\0" || value == b"ok\0",
-                    "reg" => node.reg = (start, len),
-                    _ => {}
+                    "device_type" => node.memory = trimmed(value) == b"memory",
+                    "status" => {
+                        node.enabled = matches!(trimmed(value), b"okay" | b"ok");
+                    }
+                    _ => node.reg = (start, len),
                 }
             }
             FDT_END_NODE => {
@@ -536,6 +573,21 @@ fn regs<'a>(node: FdtNode<'_, 'a>) -> impl Iterator<Item = Range> + 'a {
     })
 }
 
+/// The child of the root named exactly `name` (`chosen`, `cpus`, `psci`,
+/// `reserved-memory`): the node Linux reads and el2's writer edits.
+/// `Fdt::find_node` and `Fdt::chosen` would also take `chosen@0` or an
+/// alias, and so read another node than the one the host sees.
+pub fn top_node<'b, 'a>(fdt: &'b Fdt<'a>, name: &str) -> Option<FdtNode<'b, 'a>> {
+    fdt.find_node("/")?.children().find(|n| n.name == name)
+}
+
+/// `/chosen/bootargs` of the node [`top_node`] names `chosen`.
+pub fn bootargs<'a>(fdt: &Fdt<'a>) -> Option<&'a str> {
+    top_node(fdt, "chosen")?
+        .property("bootargs")
+        .and_then(|p| p.as_str())
+}
+
 impl Platform {
     /// Reads the platform from a tree that passed [`validate`]; `own_mpidr`
     /// is the boot CPU's MPIDR (its affinity fields).
@@ -607,7 +659,7 @@ impl Platform {
                 return Err(DtError::TooMany("memory reservations"));
             }
         }
-        if let Some(rm) = fdt.find_node("/reserved-memory") {
+        if let Some(rm) = top_node(fdt, "reserved-memory") {
             for child in rm.children() {
                 for r in regs(child) {
                     if !p.reserved.push(r) {
@@ -618,7 +670,7 @@ impl Platform {
         }
 
         // CPUs: boot CPU first.
-        let cpus = fdt.find_node("/cpus").ok_or(DtError::Missing("/cpus"))?;
+        let cpus = top_node(fdt, "cpus").ok_or(DtError::Missing("/cpus"))?;
         let cpu_cells = match cpus.cell_sizes().address_cells {
             CellSize::One => 1,
             CellSize::Two => 2,
@@ -666,7 +718,7 @@ impl Platform {
         p.cpu_count = n;
 
         // PSCI.
-        let psci = fdt.find_node("/psci").ok_or(DtError::Missing("/psci"))?;
+        let psci = top_node(fdt, "psci").ok_or(DtError::Missing("/psci"))?;
         p.psci_smc = psci.property("method").and_then(|m| m.as_str()) == Some("smc");
 
         // GIC.
@@ -717,11 +769,11 @@ impl Platform {
             n.compatible()
                 .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
         };
-        let stdout = fdt
-            .chosen()
-            .ok()
-            .and_then(|c| c.stdout())
-            .map(|s| s.node())
+        // `stdout-path` is `<path or alias>[:<options>]`.
+        let stdout = top_node(fdt, "chosen")
+            .and_then(|c| c.property("stdout-path"))
+            .and_then(|p| p.as_str())
+            .and_then(|path| fdt.find_node(path.split(':').next().unwrap_or(path)))
             .filter(|n| is_pl011(*n));
         let uart = stdout.or(first_pl011);
         p.uart = uart.and_then(|u| regs(u).next()).map(|r| r.base);

@@ -268,3 +268,119 @@ fn the_console_is_stdout_path_when_it_is_a_pl011() {
     let p = parse_blob(&lookup_tree(true, Some("/intc@2c001000")));
     assert_eq!(p.uart, Some(0x0900_0000));
 }
+
+/// A root with `cells` as `#address-cells` (`#size-cells` 1) and a memory
+/// node with `props` in that order (128 MiB at 0x4000_0000 as `reg`
+/// needs 2 address cells), one CPU and PSCI.
+fn memory_tree(cells: u32, props: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", cells).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    let mem = w.begin_node("memory@40000000").unwrap();
+    for (name, value) in props {
+        w.property(name, value).unwrap();
+    }
+    w.end_node(mem).unwrap();
+    let cpus = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    let cpu = w.begin_node("cpu@0").unwrap();
+    w.property_string("device_type", "cpu").unwrap();
+    w.property_u32("reg", 0).unwrap();
+    w.end_node(cpu).unwrap();
+    w.end_node(cpus).unwrap();
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(psci).unwrap();
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+const REG_128M: [u8; 12] = [0, 0, 0, 0, 0x40, 0, 0, 0, 0x08, 0, 0, 0];
+
+/// el2's own reader (`raw_ram`, used before the tree is edited) and
+/// `Platform::parse` must find the same RAM.
+fn ram_both_ways(blob: &[u8]) -> (Vec<el2::fdt::Range>, Vec<el2::fdt::Range>) {
+    validate(blob).expect("a valid tree");
+    let raw = el2::fdt::raw_ram(blob).as_slice().to_vec();
+    let parsed = Platform::parse(&Fdt::new(blob).unwrap(), 0)
+        .unwrap()
+        .ram
+        .as_slice()
+        .to_vec();
+    (raw, parsed)
+}
+
+#[test]
+fn cell_counts_above_4_are_refused() {
+    let blob = memory_tree(0x102, &[("device_type", b"memory\0"), ("reg", &REG_128M)]);
+    assert!(validate(&blob).is_err(), "#address-cells 0x102 accepted");
+    let ok = memory_tree(2, &[("device_type", b"memory\0"), ("reg", &REG_128M)]);
+    assert!(validate(&ok).is_ok());
+}
+
+#[test]
+fn a_repeated_or_unterminated_property_is_read_alike_by_both_readers() {
+    let want = vec![range(0x4000_0000, 0x0800_0000)];
+    // The first of two device_type properties counts, for both.
+    let dup = memory_tree(
+        2,
+        &[
+            ("device_type", b"memory\0"),
+            ("reg", &REG_128M),
+            ("device_type", b"cpu\0"),
+        ],
+    );
+    assert_eq!(ram_both_ways(&dup), (want.clone(), want.clone()));
+    // "memory" without its NUL is "memory" to both.
+    let bare = memory_tree(2, &[("device_type", b"memory"), ("reg", &REG_128M)]);
+    assert_eq!(ram_both_ways(&bare), (want.clone(), want));
+}
+
+#[test]
+fn chosen_is_the_node_named_exactly_chosen() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    // A decoy before the real /chosen: Fdt::chosen() would take it.
+    let decoy = w.begin_node("chosen@0").unwrap();
+    w.property_string("stdout-path", "/pl011@9001000").unwrap();
+    w.property_string("bootargs", "decoy").unwrap();
+    w.end_node(decoy).unwrap();
+    let mem = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    reg(&mut w, &[(0x4000_0000, 0x0800_0000)]);
+    w.end_node(mem).unwrap();
+    let cpus = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    let cpu = w.begin_node("cpu@0").unwrap();
+    w.property_string("device_type", "cpu").unwrap();
+    w.property_u32("reg", 0).unwrap();
+    w.end_node(cpu).unwrap();
+    w.end_node(cpus).unwrap();
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(psci).unwrap();
+    for base in [0x0900_0000u64, 0x0900_1000] {
+        let uart = w.begin_node(&format!("pl011@{base:x}")).unwrap();
+        w.property_string("compatible", "arm,pl011").unwrap();
+        reg(&mut w, &[(base, 0x1000)]);
+        w.end_node(uart).unwrap();
+    }
+    let chosen = w.begin_node("chosen").unwrap();
+    w.property_string("stdout-path", "/pl011@9000000:115200n8")
+        .unwrap();
+    w.property_string("bootargs", "console=ttyAMA0").unwrap();
+    w.end_node(chosen).unwrap();
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    let p = parse_blob(&blob);
+    assert_eq!(p.uart, Some(0x0900_0000));
+    assert_eq!(
+        el2::fdt::bootargs(&Fdt::new(&blob).unwrap()),
+        Some("console=ttyAMA0")
+    );
+}

@@ -405,7 +405,7 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
 
     marks[3] = sysreg::counter();
     // 7. The host: kernel, initrd, command line; then its device tree.
-    let qemu_bootargs = tree.chosen().ok().and_then(|c| c.bootargs());
+    let qemu_bootargs = fdt::bootargs(&tree);
     let mut prepared = hostimg::prepare(&host, &lay, ram, dt_range, qemu_bootargs)?;
     let edits = ChosenEdits {
         bootargs: prepared.bootargs.as_deref(),
