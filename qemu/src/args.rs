@@ -64,6 +64,14 @@ Commands:
               --guest-small-pages; print the guest's figures (null HVC,
               MMIO exit, share/unshare, first touch of 64 MiB) in ticks and
               ns per iteration against the host's null HVC.
+  fuzz        Run the coverage-guided fuzz targets (fuzz/, cargo-fuzz on a
+              nightly toolchain it installs if missing, saying so) one
+              after another, 1 minute each by default, and print
+              executions, coverage, corpus and crashes per target; fails
+              on a crash. Options: --minutes N, --runs N, --target NAME
+              (repeatable: host_call, guest_call, vm_layer, boot_image,
+              device_tree); --proptest-cases N [--proptest-rounds R]
+              runs the workspace's property tests longer instead.
   bench-guest-boot
               Boot the pKVM guest kernel and initramfs (guest-kernel) five
               times directly at EL1 as the only OS (-m 256M -smp 2) and five
@@ -186,6 +194,8 @@ pub enum Command {
     /// Benchmark the pKVM Linux guest's boot directly at EL1 vs as a
     /// protected guest under el2.
     BenchGuestBoot,
+    /// Run the fuzz targets (or longer property tests).
+    Fuzz(crate::commands::fuzz::FuzzOptions),
     /// Run the QEMU tests.
     Test,
     /// Run the whole test suite.
@@ -385,6 +395,7 @@ where
         "host-driver" => no_arguments("host-driver", rest).map(|()| Command::HostDriver),
         "vmm-images" => no_arguments("vmm-images", rest).map(|()| Command::VmmImages),
         "bench-boot" => no_arguments("bench-boot", rest).map(|()| Command::BenchBoot),
+        "fuzz" => crate::commands::fuzz::parse(rest).map(Command::Fuzz),
         "bench-guest" => no_arguments("bench-guest", rest).map(|()| Command::BenchGuest),
         "bench-guest-boot" => {
             no_arguments("bench-guest-boot", rest).map(|()| Command::BenchGuestBoot)
@@ -698,6 +709,14 @@ mod tests {
         assert_eq!(parse(["test-all"]), Ok(Command::TestAll));
         assert_eq!(parse(["linux-images"]), Ok(Command::LinuxImages));
         assert_eq!(parse(["bench-boot"]), Ok(Command::BenchBoot));
+        assert_eq!(
+            parse(["fuzz"]),
+            Ok(Command::Fuzz(crate::commands::fuzz::FuzzOptions::default()))
+        );
+        assert!(matches!(
+            parse(["fuzz", "--target", "host_call", "--minutes", "2"]),
+            Ok(Command::Fuzz(o)) if o.targets == ["host_call"] && o.seconds == Some(120)
+        ));
         assert_eq!(parse(["bench-guest"]), Ok(Command::BenchGuest));
         assert_eq!(parse(["bench-guest-boot"]), Ok(Command::BenchGuestBoot));
         assert_eq!(parse(["bench-guest-boot", "-h"]), Ok(Command::Help));

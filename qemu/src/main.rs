@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         Command::HostDriver => commands::host_driver::host_driver().map(|()| ExitCode::SUCCESS),
         Command::VmmImages => commands::vmm_images::vmm_images().map(|()| ExitCode::SUCCESS),
         Command::BenchBoot => commands::bench::bench_boot().map(|()| ExitCode::SUCCESS),
+        Command::Fuzz(options) => commands::fuzz::fuzz(&options).map(|()| ExitCode::SUCCESS),
         Command::BenchGuest => commands::bench_guest::bench_guest().map(|()| ExitCode::SUCCESS),
         Command::BenchGuestBoot => {
             commands::bench_guest_boot::bench_guest_boot().map(|()| ExitCode::SUCCESS)

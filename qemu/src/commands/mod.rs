@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_guest;
 pub mod bench_guest_boot;
 pub mod build;
+pub mod fuzz;
 pub mod guest_kernel;
 pub mod host_driver;
 pub mod linux_images;
