@@ -150,6 +150,23 @@ fn more_than_one_redistributor_region_is_refused() {
     );
 }
 
+/// `/cpus` with one CPU (MPIDR 0) and `/psci` (method `smc`): what every
+/// tree el2 accepts needs besides RAM.
+fn one_cpu_and_psci(w: &mut FdtWriter) {
+    let cpus = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    let cpu = w.begin_node("cpu@0").unwrap();
+    w.property_string("device_type", "cpu").unwrap();
+    w.property_u32("reg", 0).unwrap();
+    w.end_node(cpu).unwrap();
+    w.end_node(cpus).unwrap();
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string("compatible", "arm,psci-1.0").unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(psci).unwrap();
+}
+
 /// A tree for the lookups by type and compatible string: RAM in two
 /// enabled memory nodes and a disabled one, two PL011s, a GICv2 node
 /// first and (optionally) a GICv3 node after it, and `stdout` as
@@ -177,18 +194,7 @@ fn lookup_tree(gic_v3: bool, stdout: Option<&str>) -> Vec<u8> {
         reg(&mut w, &[(base, size)]);
         w.end_node(mem).unwrap();
     }
-    let cpus = w.begin_node("cpus").unwrap();
-    w.property_u32("#address-cells", 1).unwrap();
-    w.property_u32("#size-cells", 0).unwrap();
-    let cpu = w.begin_node("cpu@0").unwrap();
-    w.property_string("device_type", "cpu").unwrap();
-    w.property_u32("reg", 0).unwrap();
-    w.end_node(cpu).unwrap();
-    w.end_node(cpus).unwrap();
-    let psci = w.begin_node("psci").unwrap();
-    w.property_string("compatible", "arm,psci-1.0").unwrap();
-    w.property_string("method", "smc").unwrap();
-    w.end_node(psci).unwrap();
+    one_cpu_and_psci(&mut w);
     for base in [0x0900_0000u64, 0x0904_0000] {
         let uart = w.begin_node(&format!("pl011@{base:x}")).unwrap();
         w.property_string_list(
@@ -282,17 +288,7 @@ fn memory_tree(cells: u32, props: &[(&str, &[u8])]) -> Vec<u8> {
         w.property(name, value).unwrap();
     }
     w.end_node(mem).unwrap();
-    let cpus = w.begin_node("cpus").unwrap();
-    w.property_u32("#address-cells", 1).unwrap();
-    w.property_u32("#size-cells", 0).unwrap();
-    let cpu = w.begin_node("cpu@0").unwrap();
-    w.property_string("device_type", "cpu").unwrap();
-    w.property_u32("reg", 0).unwrap();
-    w.end_node(cpu).unwrap();
-    w.end_node(cpus).unwrap();
-    let psci = w.begin_node("psci").unwrap();
-    w.property_string("method", "smc").unwrap();
-    w.end_node(psci).unwrap();
+    one_cpu_and_psci(&mut w);
     w.end_node(root).unwrap();
     w.finish().unwrap()
 }
@@ -353,17 +349,7 @@ fn chosen_is_the_node_named_exactly_chosen() {
     w.property_string("device_type", "memory").unwrap();
     reg(&mut w, &[(0x4000_0000, 0x0800_0000)]);
     w.end_node(mem).unwrap();
-    let cpus = w.begin_node("cpus").unwrap();
-    w.property_u32("#address-cells", 1).unwrap();
-    w.property_u32("#size-cells", 0).unwrap();
-    let cpu = w.begin_node("cpu@0").unwrap();
-    w.property_string("device_type", "cpu").unwrap();
-    w.property_u32("reg", 0).unwrap();
-    w.end_node(cpu).unwrap();
-    w.end_node(cpus).unwrap();
-    let psci = w.begin_node("psci").unwrap();
-    w.property_string("method", "smc").unwrap();
-    w.end_node(psci).unwrap();
+    one_cpu_and_psci(&mut w);
     for base in [0x0900_0000u64, 0x0900_1000] {
         let uart = w.begin_node(&format!("pl011@{base:x}")).unwrap();
         w.property_string("compatible", "arm,pl011").unwrap();
