@@ -42,7 +42,7 @@
 //! and written, tables visited and TLB invalidations ([`stage2::Work`]),
 //! and the heap allocations made (a counting global allocator).
 
-use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, criterion_group};
 use ownership::check::check;
 use ownership::testing::{RecordingHyp, SimMem, SimRam};
 use ownership::{
@@ -319,6 +319,7 @@ fn share_env(n: Neighbours) -> (Env, GuestHandle) {
     (env, h)
 }
 
+#[inline(never)]
 fn share_round_trip(env: &mut Env, h: GuestHandle) {
     let r = env.o.host_share_guest(
         &mut env.tlb,
@@ -365,6 +366,7 @@ impl Bare {
         }
     }
 
+    #[inline(never)]
     fn round_trip(&mut self) {
         let s2 = self.s2.as_mut().expect("live table");
         let r = s2.map(
@@ -1470,4 +1472,41 @@ fn report(_c: &mut Criterion) {
 }
 
 criterion_group!(benches, report, bench_share, bench_donate, bench_random);
-criterion_main!(benches);
+
+/// Instruction counting, for a noisy machine: with `TRANSITIONS_ROUNDS=N`
+/// set, the binary runs `N` share+unshare round trips of each side (for
+/// the neighbourhood named by `TRANSITIONS_NEIGHBOURS`, else each) and
+/// exits without timing anything; run it under callgrind collecting only
+/// the two round-trip functions (see the README) to read instructions per
+/// round trip, which load on the machine does not change.
+#[inline(never)]
+fn count_rounds(rounds: u64, only: Option<&str>) {
+    for n in Neighbours::ALL {
+        if only.is_some_and(|o| o != n.name()) {
+            continue;
+        }
+        let (mut env, h) = share_env(n);
+        let mut bare = Bare::new(n);
+        for _ in 0..rounds {
+            share_round_trip(&mut env, h);
+            bare.round_trip();
+        }
+        env.check();
+        println!("{}: {rounds} round trips each side", n.name());
+    }
+}
+
+fn main() {
+    if let Ok(v) = std::env::var("TRANSITIONS_ROUNDS") {
+        let rounds = v
+            .parse()
+            .expect("TRANSITIONS_ROUNDS: a number of round trips");
+        count_rounds(
+            rounds,
+            std::env::var("TRANSITIONS_NEIGHBOURS").ok().as_deref(),
+        );
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -16,7 +16,9 @@
 //!
 //! And for every table: no valid leaf outside RAM except the host's MMIO,
 //! guest leaves only in states consistent with the table, and no table
-//! left that is uniform (blocks wherever the range is uniform).
+//! left that is uniform (blocks wherever the range is uniform) — except
+//! in a host stage-2 with 4 KiB mappings ([`BlockPolicy::PagesOnly`]),
+//! whose RAM must be mapped with pages only.
 
 use crate::mem::{HypMappings, PhysMem};
 use crate::state::{
@@ -26,7 +28,7 @@ use crate::state::{
 use crate::types::{Gfn, GuestHandle, Owner, PageState, Pfn};
 use alloc::collections::BTreeMap;
 use core::fmt;
-use stage2::{AnnotationType, Ipa, PAGE_SIZE, PageState as S2State, TablePool};
+use stage2::{AnnotationType, BlockPolicy, Ipa, PAGE_SIZE, PageState as S2State, TablePool};
 
 /// A broken invariant.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -64,15 +66,17 @@ fn fail<T>(
 pub fn check<M: PhysMem, P: TablePool, H: HypMappings>(
     o: &Ownership<M, P, H>,
 ) -> Result<(), Violation> {
-    let guests = o.guests.read();
     let host = o.host.lock();
     let hyp = o.hyp.lock();
     let view = MemView(o.mem);
     let mut borrowed: BTreeMap<u64, u64> = BTreeMap::new();
 
     // Every guest leaf against the table.
-    for gm in guests.iter().flatten() {
-        let g = gm.lock();
+    for slot in o.guests.iter() {
+        let slot = slot.lock();
+        let Some(g) = slot.as_ref() else {
+            continue;
+        };
         let h = g.handle;
         let limit = g.s2.config().ipa_limit();
         let mut err = Ok(());
@@ -186,10 +190,9 @@ pub fn check<M: PhysMem, P: TablePool, H: HypMappings>(
             }
             Owner::Guest { handle, gfn } => {
                 let at = Some((handle, gfn));
-                let Ok(gm) = crate::state::slot(&guests, handle) else {
+                let Ok(g) = o.lock_guest(handle) else {
                     return fail("page owned by a guest that does not exist", p, at);
                 };
-                let g = gm.lock();
                 let (state, mapped) =
                     crate::state::guest_page(&g, o.mem, gfn).map_err(|_| Violation {
                         what: "owner gfn outside the guest",
@@ -234,7 +237,13 @@ pub fn check<M: PhysMem, P: TablePool, H: HypMappings>(
                 .any(|&(b, s)| leaf.base.0 >= b.0 && leaf.base.0 + leaf.size() <= b.0 + s);
             let ok = (in_ram && leaf.attrs() == Some(HOST_RAM_ATTRS))
                 || (in_mmio && leaf.attrs() == Some(HOST_MMIO_ATTRS));
-            if !ok {
+            if in_ram && host.policy == BlockPolicy::PagesOnly && leaf.size() != PAGE_SIZE {
+                err = fail(
+                    "host RAM mapped with a block under 4 KiB host mappings",
+                    Some(first),
+                    None,
+                );
+            } else if !ok {
                 err = fail(
                     "host stage-2 maps something that is neither RAM nor MMIO",
                     Some(first),
@@ -243,7 +252,7 @@ pub fn check<M: PhysMem, P: TablePool, H: HypMappings>(
             }
         } else if let Some(a) = leaf.annotation()
             && a.owner() == OWNER_ID_GUEST
-            && crate::state::slot(&guests, GuestHandle(a.meta() as u16)).is_err()
+            && o.lock_guest(GuestHandle(a.meta() as u16)).is_err()
         {
             err = fail(
                 "host annotation names a guest that does not exist",
@@ -253,7 +262,10 @@ pub fn check<M: PhysMem, P: TablePool, H: HypMappings>(
         }
     });
     err?;
-    if let Some((ipa, _)) = host.s2.find_mergeable(&host.pool) {
+    // (With 4 KiB host mappings uniform tables of pages are the point.)
+    if host.policy == BlockPolicy::Largest
+        && let Some((ipa, _)) = host.s2.find_mergeable(&host.pool)
+    {
         return fail(
             "host stage-2 has a uniform table that is not a block",
             Some(Pfn(ipa.0 / PAGE_SIZE)),

@@ -5,14 +5,17 @@
 //!
 //! | order | lock | protects |
 //! |-------|------|----------|
-//! | 0 | `guests` (read/write) | the guest slots; written only to create or remove a guest |
 //! | 1 | `host` | the ownership table, the host stage-2 and its table pool |
 //! | 2 | `hyp` | the hypervisor's own mappings |
-//! | 3 | one per guest | that guest's stage-2, memcache, pending conversion |
+//! | 3 | one per guest slot | whether the slot holds a guest; that guest's stage-2, memcache, pending conversion |
 //!
 //! A call takes the locks it needs in that order and holds them until it
-//! returns; no call takes two guest locks. This is pKVM's order (host, then
-//! hypervisor, then guest, with the VM table first).
+//! returns; no call holds two guest locks at once. This is pKVM's order
+//! (host, then hypervisor, then guest). The guest slots are a fixed array
+//! made by [`Ownership::new`], so unlike pKVM's VM table they need no lock
+//! of their own: a guest is created or removed under its slot's lock (and
+//! the host's), which is what every call on that guest takes anyway. A
+//! host-to-guest transition therefore takes two locks, not three.
 
 use crate::errno::Errno;
 use crate::mem::{HypMappings, PhysMem, wipe};
@@ -20,9 +23,11 @@ use crate::memcache::{Memcache, MemcachePool};
 use crate::table::{MemRegion, OwnershipTable, PageEntry};
 use crate::transitions::MAX_GUEST_RANGE;
 use crate::types::{Gfn, GuestHandle, GuestPageState, Pfn};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
-use spin::{Mutex, RwLock};
+use spin::{Mutex, MutexGuard};
 use stage2::{
     Annotation, AnnotationType, BlockPolicy, Checked, Ipa, LeafAttrs, Op, PAGE_SIZE, PaRange,
     PageState as S2State, Perms, PhysAddr, Reserved, Stage2, Stage2Config, SwBits, TablePool,
@@ -157,6 +162,8 @@ pub struct HostMmu<P: TablePool> {
     pub(crate) s2: Stage2,
     pub(crate) pool: P,
     pub(crate) mmio: Vec<(PhysAddr, u64)>,
+    /// How the host's RAM is mapped ([`Ownership::new_with_policy`]).
+    pub(crate) policy: BlockPolicy,
     /// Room for the runs of one guest range (at most one per page of the
     /// largest range a call may cover), allocated once with the table so
     /// that no transition allocates. Used under the host lock only.
@@ -177,6 +184,12 @@ impl<P: TablePool> HostMmu<P> {
     /// The pool the host stage-2 takes table pages from.
     pub fn pool(&self) -> &P {
         &self.pool
+    }
+
+    /// How the host's RAM is mapped: [`BlockPolicy::Largest`] (the
+    /// default) or [`BlockPolicy::PagesOnly`].
+    pub fn policy(&self) -> BlockPolicy {
+        self.policy
     }
 }
 
@@ -282,15 +295,16 @@ pub(crate) const fn plan_none<'a>() -> Plan<'a, NoOps> {
     }
 }
 
-/// The host identity-map op for `n` pages from `pfn`.
-pub(crate) fn host_map(pfn: Pfn, n: u64) -> Op {
+/// The host identity-map op for `n` pages from `pfn`, with the host's
+/// mapping `policy`.
+pub(crate) fn host_map(pfn: Pfn, n: u64, policy: BlockPolicy) -> Op {
     let pa = PhysAddr(pfn.0 * PAGE_SIZE);
     Op::Map {
         ipa: Ipa(pa.0),
         size: n * PAGE_SIZE,
         pa,
         attrs: HOST_RAM_ATTRS,
-        policy: BlockPolicy::Largest,
+        policy,
     }
 }
 
@@ -320,7 +334,8 @@ pub struct Layout<'a> {
 /// the module docs.
 pub struct Ownership<M: PhysMem, P: TablePool, H: HypMappings> {
     pub(crate) mem: M,
-    pub(crate) guests: RwLock<Vec<Option<Mutex<Guest>>>>,
+    /// [`MAX_GUESTS`] slots, slot `i` for handle `HANDLE_OFFSET + i`.
+    pub(crate) guests: Box<[Slot]>,
     pub(crate) host: Mutex<HostMmu<P>>,
     pub(crate) hyp: Mutex<H>,
 }
@@ -333,11 +348,35 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
     pub fn new<T: TlbMaintenance + ?Sized>(
         layout: Layout<'_>,
         mem: M,
+        pool: P,
+        hyp: H,
+        tlb: &mut T,
+    ) -> Result<Self, Errno> {
+        Self::new_with_policy(layout, BlockPolicy::Largest, mem, pool, hyp, tlb)
+    }
+
+    /// [`new`](Self::new), with the host's RAM mapped by `policy` for the
+    /// host's whole life: [`BlockPolicy::Largest`] (blocks wherever they
+    /// fit; pages coming back merge into blocks again) or
+    /// [`BlockPolicy::PagesOnly`] (4 KiB pages only, never merged: costs
+    /// a level-3 table per 2 MiB of RAM, 2 MiB of tables per GiB, and on
+    /// hardware the TLB reach of 4 KiB entries; it exists for emulators
+    /// whose TLB handles stage-2 blocks badly, see el2's `el2.host_map`
+    /// boot option). MMIO is mapped with blocks either way.
+    pub fn new_with_policy<T: TlbMaintenance + ?Sized>(
+        layout: Layout<'_>,
+        policy: BlockPolicy,
+        mem: M,
         mut pool: P,
         mut hyp: H,
         tlb: &mut T,
     ) -> Result<Self, Errno> {
         let mut table = OwnershipTable::new(layout.ram)?;
+        let mut guests = Vec::new();
+        guests
+            .try_reserve_exact(MAX_GUESTS)
+            .map_err(|_| Errno::Enomem)?;
+        guests.resize_with(MAX_GUESTS, || Mutex::new(None));
         let mut runs = Vec::new();
         runs.try_reserve_exact(MAX_GUEST_RANGE as usize)
             .map_err(|_| Errno::Enomem)?;
@@ -359,7 +398,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             mmio.push((base, size));
         }
         for r in layout.ram {
-            s2.apply(&mut pool, tlb, host_map(r.base, r.pages))
+            s2.apply(&mut pool, tlb, host_map(r.base, r.pages, policy))
                 .map_err(Errno::from)?;
         }
         for r in layout.hyp {
@@ -379,12 +418,13 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         }
         Ok(Ownership {
             mem,
-            guests: RwLock::new(Vec::new()),
+            guests: guests.into_boxed_slice(),
             host: Mutex::new(HostMmu {
                 table,
                 s2,
                 pool,
                 mmio,
+                policy,
                 runs,
             }),
             hyp: Mutex::new(hyp),
@@ -407,15 +447,30 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         handle: GuestHandle,
         f: impl FnOnce(&Guest) -> R,
     ) -> Result<R, Errno> {
-        let guests = self.guests.read();
-        let g = slot(&guests, handle)?;
-        Ok(f(&g.lock()))
+        let g = self.lock_guest(handle)?;
+        Ok(f(&g))
     }
 
     /// The handles of every guest.
     pub fn guest_handles(&self) -> Vec<GuestHandle> {
-        let guests = self.guests.read();
-        guests.iter().flatten().map(|g| g.lock().handle).collect()
+        self.guests
+            .iter()
+            .filter_map(|s| s.lock().as_ref().map(|g| g.handle))
+            .collect()
+    }
+
+    /// Locks guest `handle`'s slot: the guest, or `EINVAL` if there is
+    /// none. (Lock order: after `host` and `hyp` when a call takes them.)
+    #[inline]
+    pub(crate) fn lock_guest(&self, handle: GuestHandle) -> Result<GuestGuard<'_>, Errno> {
+        let slot = index(handle)
+            .and_then(|i| self.guests.get(i))
+            .ok_or(Errno::Einval)?
+            .lock();
+        if slot.is_none() {
+            return Err(Errno::Einval);
+        }
+        Ok(GuestGuard(slot))
     }
 
     /// The memory-access handle.
@@ -434,16 +489,14 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         handle: GuestHandle,
         gfn: Gfn,
     ) -> Result<(GuestPageState, Option<Pfn>), Errno> {
-        let guests = self.guests.read();
-        let g = slot(&guests, handle)?.lock();
+        let g = self.lock_guest(handle)?;
         guest_page(&g, self.mem, gfn)
     }
 
     /// The leaf of guest `handle`'s stage-2 translating `gfn` (for tests
     /// and debugging: which level maps it, with which descriptor).
     pub fn guest_leaf(&self, handle: GuestHandle, gfn: Gfn) -> Result<stage2::Leaf, Errno> {
-        let guests = self.guests.read();
-        let g = slot(&guests, handle)?.lock();
+        let g = self.lock_guest(handle)?;
         if gfn.0 >= g.gfn_limit() {
             return Err(Errno::Einval);
         }
@@ -481,16 +534,17 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         if !pgd.0.is_multiple_of(pages) {
             return Err(Errno::Einval);
         }
-        let mut guests = self.guests.write();
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
-        let idx = match guests.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if guests.len() < MAX_GUESTS => {
-                guests.try_reserve(1).map_err(|_| Errno::Enomem)?;
-                guests.len()
-            }
-            None => return Err(Errno::Ebusy),
+        // The first free slot, kept locked until the guest is in it.
+        let Some((idx, mut slot)) = self
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.lock()))
+            .find(|(_, s)| s.is_none())
+        else {
+            return Err(Errno::Ebusy);
         };
         let h = &mut *host;
         check_host_owned(&h.table, pgd, pages)?;
@@ -516,9 +570,6 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             hyp.map(first, n);
             wipe(self.mem, first, n);
         }
-        if idx == guests.len() {
-            guests.push(None);
-        }
         let root = PhysAddr(pgd.0 * PAGE_SIZE);
         let mut memcache = Memcache::new();
         memcache.set_root(root, pages as usize);
@@ -533,14 +584,14 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         )
         .map_err(|_| Errno::Einval)?;
         let handle = GuestHandle(HANDLE_OFFSET + idx as u16);
-        guests[idx] = Some(Mutex::new(Guest {
+        *slot = Some(Guest {
             handle,
             s2,
             memcache,
             pending: None,
             dying: false,
             meta,
-        }));
+        });
         Ok(handle)
     }
 
@@ -556,11 +607,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         if n == 0 || n > crate::types::BLOCK_PAGES {
             return Err(Errno::Einval);
         }
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
         let h = &mut *host;
         check_host_owned(&h.table, pfn, n)?;
         let checked = check_one(&h.s2, &h.pool, host_annotate(pfn, n, hyp_annotation()))?;
@@ -580,8 +629,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
     /// Starts guest `handle`'s teardown: it will not run again, and the
     /// host may reclaim its pages.
     pub fn start_teardown(&self, handle: GuestHandle) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let mut g = slot(&guests, handle)?.lock();
+        let mut g = self.lock_guest(handle)?;
         if g.dying {
             return Err(Errno::Einval);
         }
@@ -599,18 +647,13 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         tlb: &mut T,
         handle: GuestHandle,
     ) -> Result<(), Errno> {
-        let mut guests = self.guests.write();
-        let idx = index(handle).ok_or(Errno::Einval)?;
-        let gm = guests
-            .get(idx)
-            .and_then(Option::as_ref)
-            .ok_or(Errno::Einval)?;
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
+        let mut slot = self.lock_guest(handle)?;
         let h = &mut *host;
         // Every page the guest's memory state holds, as runs of frames.
         let runs = {
-            let g = gm.lock();
+            let g = &*slot;
             if !g.dying {
                 return Err(Errno::Einval);
             }
@@ -637,14 +680,13 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let plan = Plan::new(
             &h.s2,
             &h.pool,
-            runs.iter().map(|&(pfn, n)| host_map(pfn, n)),
+            runs.iter().map(|&(pfn, n)| host_map(pfn, n, h.policy)),
         )?;
         let mut reserved = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         // Checked: commit.
-        let Some(gm) = guests[idx].take() else {
+        let Some(mut g) = slot.0.take() else {
             return Err(Errno::Einval);
         };
-        let mut g = gm.into_inner();
         g.s2.destroy(
             &mut MemcachePool {
                 cache: &mut g.memcache,
@@ -685,15 +727,28 @@ pub(crate) fn index(handle: GuestHandle) -> Option<usize> {
     (i < MAX_GUESTS).then_some(i)
 }
 
-/// The guest behind `handle`, or `EINVAL`.
-pub(crate) fn slot(
-    guests: &[Option<Mutex<Guest>>],
-    handle: GuestHandle,
-) -> Result<&Mutex<Guest>, Errno> {
-    index(handle)
-        .and_then(|i| guests.get(i))
-        .and_then(Option::as_ref)
-        .ok_or(Errno::Einval)
+/// One guest slot: empty, or a live guest.
+pub(crate) type Slot = Mutex<Option<Guest>>;
+
+/// A locked slot holding a live guest ([`Ownership::lock_guest`]).
+pub(crate) struct GuestGuard<'a>(pub(crate) MutexGuard<'a, Option<Guest>>);
+
+impl Deref for GuestGuard<'_> {
+    type Target = Guest;
+
+    #[inline]
+    fn deref(&self) -> &Guest {
+        // Made only over a live slot, which is emptied only through this
+        // guard (`finish_teardown`, which drops it right after).
+        self.0.as_ref().expect("guard over a live guest slot")
+    }
+}
+
+impl DerefMut for GuestGuard<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Guest {
+        self.0.as_mut().expect("guard over a live guest slot")
+    }
 }
 
 /// `EINVAL` unless `[pfn, pfn + n)` is RAM in one region; `EPERM` unless

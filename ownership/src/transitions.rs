@@ -18,7 +18,7 @@ use crate::state::{
     Conversion, ConversionKind, Guest, GuestRun, HostMmu, MemView, NoOps, Ownership, Plan,
     SPARE_BLOCK_SHARE, check_entries, check_host_owned, check_one, collect_runs,
     for_each_guest_run, guest_annotation, guest_attrs, guest_page, host_annotate, host_map,
-    hyp_annotation, leaf_state, plan_none, poison_annotation, relinquished_annotation, slot,
+    hyp_annotation, leaf_state, plan_none, poison_annotation, relinquished_annotation,
 };
 use crate::table::{MAX_GFN, OwnershipTable, PageEntry};
 use crate::types::{BLOCK_PAGES, Extent, Gfn, GuestHandle, GuestPageState, Owner, PageState, Pfn};
@@ -413,7 +413,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let mut hyp = self.hyp.lock();
         let h = &mut *host;
         check_entries(&h.table, pfn, n, PageEntry::HYP_OWNED)?;
-        let checked = check_one(&h.s2, &h.pool, host_map(pfn, n))?;
+        let checked = check_one(&h.s2, &h.pool, host_map(pfn, n, h.policy))?;
         let plan = Plan::<NoOps>::One(&checked);
         let mut r = Reserved::new(&mut h.pool, plan.needed()).map_err(|_| Errno::Enomem)?;
         hyp.unmap(pfn, n);
@@ -434,14 +434,14 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         gfn: Gfn,
         ext: Extent,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
         let h = &mut *host;
         let n = check_extent(&g, Some(pfn), gfn, ext)?;
-        check_ram(&h.table, pfn, n)?;
-        for_each_entry(&h.table, pfn, n, |_, e| {
+        // One region search for the check and the update (a share never
+        // spans regions: a 2 MiB one is aligned).
+        let entries = h.table.range_mut(pfn, n).ok_or(Errno::Einval)?;
+        for e in entries.iter() {
             let lendable = e.owner() == Owner::Host
                 && e.hyp() == N
                 && (e.host() == O || (e.host() == SO && e.share_count() > 0));
@@ -451,8 +451,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             if e.share_count() == u32::MAX {
                 return Err(Errno::Ebusy);
             }
-            Ok(())
-        })?;
+        }
         let mem = self.mem;
         let attrs = guest_attrs(S2State::SharedBorrowed, ext == Extent::Block);
         let op = Op::Map {
@@ -476,9 +475,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             First::Host,
             || mem.sync_for_guest(pa(pfn), n * PAGE_SIZE),
         )?;
-        update_entries(&mut h.table, pfn, n, |_, e| {
-            PageEntry::host_owned(SO, N, 0, e.share_count() + 1)
-        });
+        for e in entries.iter_mut() {
+            *e = PageEntry::host_owned(SO, N, 0, e.share_count() + 1);
+        }
         Ok(())
     }
 
@@ -492,10 +491,8 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         gfn: Gfn,
         ext: Extent,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
         let h = &mut *host;
         let n = check_extent(&g, None, gfn, ext)?;
         let op = Op::Unmap {
@@ -538,15 +535,17 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
                 Some(_) => Err(Errno::Eperm),
             })?;
         }
-        for_each_entry(&h.table, pfn, n, |_, e| {
+        // What the guest maps is RAM (the checker's invariant); were it
+        // not, no entry would be the host's to lend.
+        let entries = h.table.range_mut(pfn, n).ok_or(Errno::Eperm)?;
+        for e in entries.iter() {
             if e.owner() != Owner::Host || e.host() != SO {
                 return Err(Errno::Eperm);
             }
             if e.share_count() == 0 {
                 return Err(Errno::Einval);
             }
-            Ok(())
-        })?;
+        }
         commit_plans(
             (&mut h.s2, &mut h.pool),
             &mut g,
@@ -557,7 +556,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
             First::Guest,
             || {},
         )?;
-        update_entries(&mut h.table, pfn, n, |_, e| drop_share(e));
+        for e in entries.iter_mut() {
+            *e = drop_share(*e);
+        }
         Ok(())
     }
 
@@ -572,10 +573,8 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         gfn: Gfn,
         ext: Extent,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
         let h = &mut *host;
         let n = check_extent(&g, Some(pfn), gfn, ext)?;
         check_host_owned(&h.table, pfn, n)?;
@@ -646,10 +645,8 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         handle: GuestHandle,
         conversion: Conversion,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
         if g.pending.is_some() {
             return Err(Errno::Ebusy);
         }
@@ -690,8 +687,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
     /// The host refuses the pending conversion: the request is dropped and
     /// nothing else changes. `EPERM` if none is pending.
     pub fn host_refuse_conversion(&self, handle: GuestHandle) -> Result<Conversion, Errno> {
-        let guests = self.guests.read();
-        let mut g = slot(&guests, handle)?.lock();
+        let mut g = self.lock_guest(handle)?;
         g.pending.take().ok_or(Errno::Eperm)
     }
 
@@ -704,10 +700,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         kind: ConversionKind,
         completing: bool,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
+        let policy = host.policy;
         let HostMmu {
             table,
             s2,
@@ -743,7 +738,7 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
                 runs,
                 |_| true,
                 move |p, len| match kind {
-                    ConversionKind::Share => host_map(p, len),
+                    ConversionKind::Share => host_map(p, len, policy),
                     ConversionKind::Unshare => host_annotate(p, len, annotation),
                 },
             ),
@@ -781,10 +776,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         gfn: Gfn,
         n: u64,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
+        let policy = host.policy;
         let HostMmu {
             table,
             s2,
@@ -807,7 +801,11 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         }
         let owned =
             |s: GuestPageState| matches!(s, GuestPageState::Owned | GuestPageState::SharedOwned);
-        let hp = Plan::new(s2, &*pool, host_ops(runs, owned, host_map))?;
+        let hp = Plan::new(
+            s2,
+            &*pool,
+            host_ops(runs, owned, |p, len| host_map(p, len, policy)),
+        )?;
         let op = Op::Annotate {
             ipa: ipa(gfn),
             size: n * PAGE_SIZE,
@@ -841,10 +839,9 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         gfn: Gfn,
         ext: Extent,
     ) -> Result<(), Errno> {
-        let guests = self.guests.read();
-        let gm = slot(&guests, handle)?;
         let mut host = self.host.lock();
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle)?;
+        let policy = host.policy;
         let HostMmu {
             table,
             s2,
@@ -882,7 +879,11 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         }
         let owned =
             |s: GuestPageState| matches!(s, GuestPageState::Owned | GuestPageState::SharedOwned);
-        let hp = Plan::new(s2, &*pool, host_ops(runs, owned, host_map))?;
+        let hp = Plan::new(
+            s2,
+            &*pool,
+            host_ops(runs, owned, |p, len| host_map(p, len, policy)),
+        )?;
         // Unmap the mapped pages only: a poisoned IPA stays poisoned.
         let unmap = GuestOps {
             runs,
@@ -919,7 +920,6 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         addr: PhysAddr,
     ) -> Result<(), Errno> {
         let pfn = Pfn::containing(addr);
-        let guests = self.guests.read();
         let mut host = self.host.lock();
         let h = &mut *host;
         let e = h.table.get(pfn).ok_or(Errno::Efault)?;
@@ -929,15 +929,14 @@ impl<M: PhysMem, P: TablePool, H: HypMappings> Ownership<M, P, H> {
         let Owner::Guest { handle, gfn } = e.owner() else {
             return Err(Errno::Eperm);
         };
-        let gm = slot(&guests, handle).map_err(|_| Errno::Eagain)?;
-        let mut g = gm.lock();
+        let mut g = self.lock_guest(handle).map_err(|_| Errno::Eagain)?;
         match guest_page(&g, self.mem, gfn)? {
             (GuestPageState::Poisoned, _) => return Err(Errno::Ehwpoison),
             (_, None) => return Err(Errno::Enoent),
             (GuestPageState::Owned, Some(p)) if p == pfn => {}
             _ => return Err(Errno::Eperm),
         }
-        let hc = check_one(&h.s2, &h.pool, host_map(pfn, 1))?;
+        let hc = check_one(&h.s2, &h.pool, host_map(pfn, 1, h.policy))?;
         let hp = Plan::<NoOps>::One(&hc);
         let op = Op::Annotate {
             ipa: ipa(gfn),

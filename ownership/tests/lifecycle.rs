@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use ownership::*;
 use stage2::testing::ArenaPool;
-use stage2::{Ipa, Leaf, Level, PhysAddr};
+use stage2::{BlockPolicy, Ipa, Leaf, Level, PhysAddr};
 
 const PGD: u64 = RAM_PFN + 0x100;
 const MC: u64 = RAM_PFN + 0x110;
@@ -530,4 +530,103 @@ fn block_unshare_after_one_page_was_reclaimed_changes_nothing() {
         .unwrap();
     assert_eq!(env.o.page(Pfn(BLOCK)).unwrap(), PageEntry::HOST_OWNED);
     env.check();
+}
+
+/// The guest slots are a fixed array: all `MAX_GUESTS` can be live at
+/// once, one more is `EBUSY` with nothing changed, a torn-down slot is
+/// reused (lowest first) and its old handle refused until then.
+#[test]
+fn guest_slots_fill_up_and_are_reused() {
+    let mut env = Env::new();
+    let first_pgd = RAM_PFN + 0x800;
+    let pgd = |i: usize| Pfn(first_pgd + 2 * i as u64);
+    let handles: Vec<GuestHandle> = (0..state::MAX_GUESTS)
+        .map(|i| env.o.create_guest(&mut env.tlb, 40, pgd(i)).unwrap())
+        .collect();
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(h.0, state::HANDLE_OFFSET + i as u16);
+    }
+    assert_eq!(env.o.guest_handles(), handles);
+    let spare = pgd(state::MAX_GUESTS);
+    assert_eq!(
+        env.o.create_guest(&mut env.tlb, 40, spare),
+        Err(Errno::Ebusy)
+    );
+    assert_eq!(env.o.page(spare).unwrap(), PageEntry::HOST_OWNED);
+    env.check();
+    // Free two slots; the handles die with them.
+    for &i in &[7usize, 3] {
+        env.o.start_teardown(handles[i]).unwrap();
+        env.o.finish_teardown(&mut env.tlb, handles[i]).unwrap();
+        assert_eq!(env.o.start_teardown(handles[i]), Err(Errno::Einval));
+        assert_eq!(
+            env.o.with_guest(handles[i], |g| g.handle()),
+            Err(Errno::Einval)
+        );
+    }
+    env.check();
+    let again = env.o.create_guest(&mut env.tlb, 40, spare).unwrap();
+    assert_eq!(again, handles[3], "lowest free slot first");
+    let again = env.o.create_guest(&mut env.tlb, 40, pgd(3)).unwrap();
+    assert_eq!(again, handles[7]);
+    assert_eq!(
+        env.o.create_guest(&mut env.tlb, 40, pgd(7)),
+        Err(Errno::Ebusy)
+    );
+    env.check();
+}
+
+/// With 4 KiB host mappings the host's RAM is pages from the start and
+/// stays pages: a 2 MiB donation still annotates one host entry and maps
+/// one guest block, but what comes back to the host is mapped page by
+/// page and never merged (the checker refuses a RAM block in such a host).
+#[test]
+fn pages_only_host_never_maps_ram_with_blocks() {
+    let mut env = Env::pages_only();
+    let stats = env.o.with_host(|h| h.stage2().stats(h.pool()));
+    // 14 MiB of host RAM in pages; MMIO keeps its 16 x 2 MiB blocks.
+    assert_eq!(stats.leaves, [0, 0, 16, 7 * 512]);
+    assert_eq!(env.o.with_host(|h| h.policy()), BlockPolicy::PagesOnly);
+    let start = host_leaves(&env);
+    let h = env.guest(PGD, MC, 16);
+    let after_create = host_leaves(&env);
+    env.o
+        .host_donate_guest(&mut env.tlb, h, Pfn(BLOCK), Gfn(GFN), Extent::Block)
+        .unwrap();
+    env.check();
+    assert_eq!(guest_leaf(&env, h, GFN + 7).level, Level::L2);
+    let host = env
+        .o
+        .with_host(|m| m.stage2().lookup(m.pool(), Ipa(BLOCK << 12)).unwrap());
+    assert!(!host.is_valid());
+    // Shared back and unshared: the host maps that page alone.
+    env.o
+        .guest_share_host(&mut env.tlb, h, Gfn(GFN + 3), 1)
+        .unwrap();
+    env.check();
+    let leaf = env
+        .o
+        .with_host(|m| m.stage2().lookup(m.pool(), Ipa((BLOCK + 3) << 12)).unwrap());
+    assert!(leaf.is_valid());
+    assert_eq!(leaf.level, Level::L3);
+    env.o
+        .guest_unshare_host(&mut env.tlb, h, Gfn(GFN + 3), 1)
+        .unwrap();
+    env.check();
+    // Reclaimed: 512 pages again, not a block.
+    env.o.start_teardown(h).unwrap();
+    env.o
+        .host_reclaim(&mut env.tlb, h, Gfn(GFN), Extent::Block)
+        .unwrap();
+    env.check();
+    assert_eq!(host_leaves(&env), after_create);
+    let leaf = env.o.with_host(|m| {
+        m.stage2()
+            .lookup(m.pool(), Ipa((BLOCK + 511) << 12))
+            .unwrap()
+    });
+    assert_eq!(leaf.level, Level::L3);
+    env.o.finish_teardown(&mut env.tlb, h).unwrap();
+    env.check();
+    assert_eq!(host_leaves(&env), start);
 }

@@ -265,8 +265,15 @@ struct H {
 }
 
 impl H {
-    fn new() -> H {
-        let mut env = Env::new();
+    /// `pages_only`: the host's RAM mapped with 4 KiB pages only (the
+    /// model is the same: the policy changes how, never whether, the host
+    /// maps a page).
+    fn new(pages_only: bool) -> H {
+        let mut env = if pages_only {
+            Env::pages_only()
+        } else {
+            Env::new()
+        };
         let a = env.guest(RAM_PFN + PGD[0], RAM_PFN + MC[0], 64);
         let b = env.guest(RAM_PFN + PGD[1], RAM_PFN + MC[1], 64);
         H {
@@ -909,9 +916,10 @@ proptest! {
 
     #[test]
     fn random_transitions_match_the_model(
-        acts in prop::collection::vec((act(), any::<usize>(), prop::bool::weighted(0.7)), 1..80)
+        acts in prop::collection::vec((act(), any::<usize>(), prop::bool::weighted(0.7)), 1..80),
+        pages_only in prop::bool::weighted(0.25),
     ) {
-        let mut h = H::new();
+        let mut h = H::new(pages_only);
         for (a, seed, targeted) in acts {
             let a = if targeted { retarget(&h.m, a, seed) } else { a };
             h.step(a)?;

@@ -9,7 +9,7 @@ use ownership::testing::{RecordingHyp, SimMem, SimRam};
 use ownership::*;
 use stage2::testing::ArenaPool;
 use stage2::tlb::record::RecordingTlb;
-use stage2::{PaRange, PhysAddr};
+use stage2::{BlockPolicy, PaRange, PhysAddr};
 
 pub const RAM_BASE: u64 = 0x4000_0000;
 pub const RAM_PAGES: u64 = 4096;
@@ -32,6 +32,16 @@ impl Env {
     }
 
     pub fn with_pool(pool: ArenaPool) -> Env {
+        Env::build(pool, BlockPolicy::Largest)
+    }
+
+    /// The host's RAM mapped with 4 KiB pages only.
+    #[allow(dead_code)]
+    pub fn pages_only() -> Env {
+        Env::build(ArenaPool::new(512), BlockPolicy::PagesOnly)
+    }
+
+    fn build(pool: ArenaPool, policy: BlockPolicy) -> Env {
         let ram = SimRam::new(RAM_BASE, RAM_PAGES * 4096);
         let mut tlb = RecordingTlb::new();
         let layout = Layout {
@@ -46,7 +56,15 @@ impl Env {
                 pages: CARVE_PAGES,
             }],
         };
-        let o = Ownership::new(layout, ram.mem(), pool, RecordingHyp::default(), &mut tlb).unwrap();
+        let o = Ownership::new_with_policy(
+            layout,
+            policy,
+            ram.mem(),
+            pool,
+            RecordingHyp::default(),
+            &mut tlb,
+        )
+        .unwrap();
         let env = Env { ram, tlb, o };
         env.check();
         env
