@@ -5,6 +5,8 @@
 //!   architecture behind [`hyp::arch::Arch`].
 //! - [`fdt`]: reading, validating and rewriting the device tree el2 is
 //!   booted with (the machine's RAM, CPUs, GIC, console; the host's copy).
+//! - [`options`]: el2's own boot options, the `el2.` words of its command
+//!   line (taken out before the host sees it).
 //! - [`bootimg`]: Android boot images (v0–v4, vendor boot v3/v4): the
 //!   parser and load planner the hypervisor uses for a Linux host, and the
 //!   packer (feature `pack`).
@@ -25,6 +27,7 @@ extern crate std;
 pub mod bootimg;
 pub mod fdt;
 pub mod hyp;
+pub mod options;
 #[cfg(feature = "sim")]
 pub mod sim;
 

@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         Command::GuestKernel => commands::guest_kernel::guest_kernel().map(|()| ExitCode::SUCCESS),
         Command::HostDriver => commands::host_driver::host_driver().map(|()| ExitCode::SUCCESS),
         Command::VmmImages => commands::vmm_images::vmm_images().map(|()| ExitCode::SUCCESS),
-        Command::BenchBoot => commands::bench::bench_boot().map(|()| ExitCode::SUCCESS),
+        Command::BenchBoot(host_map) => {
+            commands::bench::bench_boot(host_map).map(|()| ExitCode::SUCCESS)
+        }
         Command::Fuzz(options) => commands::fuzz::fuzz(&options).map(|()| ExitCode::SUCCESS),
         Command::BenchGuest => commands::bench_guest::bench_guest().map(|()| ExitCode::SUCCESS),
         Command::BenchGuestBoot => {

@@ -41,7 +41,7 @@ use aarch64_cpu::registers::{MPIDR_EL1, Readable};
 use flat_device_tree::Fdt;
 use ownership::{Errno, Layout, MemRegion, Ownership, Pfn};
 use stage2::tlb::arm::ArmTlb;
-use stage2::{PaRange, PhysAddr};
+use stage2::{BlockPolicy, PaRange, PhysAddr};
 
 use super::entry::{SECONDARY_MMU, el2_mmu_enable};
 use super::exit::status;
@@ -55,6 +55,7 @@ use super::{
     residency, sysreg,
 };
 use el2::fdt::{self, ChosenEdits, DtError, Gic, Platform, Range};
+use el2::options;
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -374,13 +375,25 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
         .collect();
     let bitmap =
         HypBitmap::new(&ram_regions).ok_or(BootError::Other("out of heap for the hyp bitmap"))?;
-    let ownership = Ownership::new(
+    // el2's own words of the command line (`el2::options`), taken out of
+    // what the host gets in step 7.
+    let qemu_bootargs = fdt::bootargs(&tree);
+    let el2_args = options::parse(qemu_bootargs.unwrap_or(""));
+    for w in &el2_args.applied {
+        log::info!("boot option {w}");
+    }
+    for w in &el2_args.ignored {
+        log::warn!("boot option {w} not understood: ignored (and not passed to the host)");
+    }
+    let host_map = el2_args.options.host_map;
+    let ownership = Ownership::new_with_policy(
         Layout {
             pa_range,
             ram: &ram_regions,
             mmio: &mmio,
             hyp: &hyp_regions,
         },
+        host_map,
         IdentityMem,
         HeapPool,
         bitmap,
@@ -393,22 +406,30 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     });
     log::info!(
         "host stage-2: {}-bit IPA, VMID 0, VTCR_EL2 {vtcr:#x}, root {:#x}, {} table pages, \
-         {} blocks 1G / {} blocks 2M / {} pages 4K; {} MMIO regions",
+         {} blocks 1G / {} blocks 2M / {} pages 4K; {} MMIO regions; RAM mapped with {}",
         pa_range.bits(),
         vttbr & 0x0000_ffff_ffff_fffe,
         stats.tables,
         stats.leaves[1],
         stats.leaves[2],
         stats.leaves[3],
-        mmio.len()
+        mmio.len(),
+        match host_map {
+            BlockPolicy::Largest => "the largest blocks",
+            BlockPolicy::PagesOnly => "4 KiB pages only (el2.host_map=pages)",
+        }
     );
 
     marks[3] = sysreg::counter();
     // 7. The host: kernel, initrd, command line; then its device tree.
-    let qemu_bootargs = fdt::bootargs(&tree);
-    let mut prepared = hostimg::prepare(&host, &lay, ram, dt_range, qemu_bootargs)?;
+    let host_args = el2_args.host_line.as_deref().or(qemu_bootargs);
+    let mut prepared = hostimg::prepare(&host, &lay, ram, dt_range, host_args)?;
     let edits = ChosenEdits {
-        bootargs: prepared.bootargs.as_deref(),
+        // A host el2 composes no line for gets QEMU's, without el2's words.
+        bootargs: prepared
+            .bootargs
+            .as_deref()
+            .or(el2_args.host_line.as_deref()),
         initrd: prepared.initrd,
     };
     let host_tree = match prepared.dtb.take() {

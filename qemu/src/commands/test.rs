@@ -535,16 +535,22 @@ pub const TESTS: &[QemuTest] = &[
         input: &[],
     },
     QemuTest {
-        // One CPU: everything but the secondary-CPU checks.
+        // One CPU: everything but the secondary-CPU checks; with the
+        // host's RAM mapped by 4 KiB pages (el2's `el2.host_map=pages`),
+        // which the whole suite must not notice.
         name: "single_cpu_boots",
         machine: machine_smp1,
         kernel: Kernel::Elf,
         host: TestHost::Builtin,
-        append: None,
+        append: Some("el2.host_map=pages"),
         dtb: None,
         timeout: TIMEOUT,
         exit_code: 0,
-        output: &["1 CPU(s), PSCI method smc"],
+        output: &[
+            "1 CPU(s), PSCI method smc",
+            "boot option el2.host_map=pages",
+            "RAM mapped with 4 KiB pages only",
+        ],
         absent: &[],
         summary: Some(Expected {
             failed: 0,
@@ -777,17 +783,25 @@ pub const TESTS: &[QemuTest] = &[
     },
     QemuTest {
         // The raw kernel Image with the initramfs as --initrd, command line
-        // from -append.
+        // from -append, less el2's own words (`el2.host_map=pages`:
+        // Linux's RAM in 4 KiB stage-2 pages; an unknown one, dropped with
+        // a warning).
         name: "linux_raw_image_initrd",
         machine: Machine::default,
         kernel: Kernel::Elf,
         host: TestHost::Linux(LinuxHost::RawInitrd),
-        append: Some("console=ttyAMA0 panic=-1 pkvm_image=raw"),
+        append: Some("console=ttyAMA0 el2.host_map=pages panic=-1 el2.bogus=1 pkvm_image=raw"),
         dtb: None,
         timeout: LINUX_TIMEOUT,
         exit_code: 0,
-        output: &["host: raw arm64 Image at 0x44000000", "image raw"],
-        absent: &[],
+        output: &[
+            "host: raw arm64 Image at 0x44000000",
+            "image raw",
+            "RAM mapped with 4 KiB pages only",
+            "boot option el2.bogus=1 not understood",
+            "Kernel command line: console=ttyAMA0 panic=-1 pkvm_image=raw",
+        ],
+        absent: &["el2.host_map=pages panic", "el2.bogus=1 pkvm_image"],
         summary: None,
         guest: None,
         input: &[],
