@@ -170,6 +170,8 @@ pub fn validate(blob: &[u8]) -> Result<(), DtError> {
     let mut pos = 0usize;
     let mut depth = 0usize;
     let mut roots = 0usize;
+    // Per open node, the properties el2 reads (`KEYED`) already seen.
+    let mut seen = [0u8; MAX_DEPTH + 1];
     loop {
         let token = be32(st, pos).ok_or(err(pos, "ends without FDT_END"))?;
         let at = pos;
@@ -190,6 +192,7 @@ pub fn validate(blob: &[u8]) -> Result<(), DtError> {
                 if depth > MAX_DEPTH {
                     return Err(err(at, "nodes nested too deep"));
                 }
+                seen[depth] = 0;
                 pos = (pos + name.len() + 1).next_multiple_of(4);
             }
             FDT_PROP => {
@@ -205,6 +208,21 @@ pub fn validate(blob: &[u8]) -> Result<(), DtError> {
                 let name = name_at(strings, nameoff).ok_or(err(at, "bad property name"))?;
                 if name.is_empty() {
                     return Err(err(at, "empty property name"));
+                }
+                // Names are unique in a node (the devicetree
+                // specification); readers of a tree that repeats one
+                // differ on which value counts (`flat_device_tree` takes
+                // the first `device_type` but the last `#address-cells`),
+                // so a repeat of a property el2 reads is refused.
+                if let Some(k) = KEYED.iter().position(|&n| n == name) {
+                    let bit = 1u8 << k;
+                    if seen[depth] & bit != 0 {
+                        return Err(err(
+                            at,
+                            "a node repeats #address-cells, #size-cells, reg, device_type or status",
+                        ));
+                    }
+                    seen[depth] |= bit;
                 }
                 // Cell counts are one cell of at most 4 (the devicetree
                 // specification's widest address): a wider value is read
@@ -236,6 +254,15 @@ pub fn validate(blob: &[u8]) -> Result<(), DtError> {
         }
     }
 }
+
+/// The properties [`validate`] refuses to see twice in one node.
+const KEYED: [&str; 5] = [
+    "#address-cells",
+    "#size-cells",
+    "reg",
+    "device_type",
+    "status",
+];
 
 /// RAM as read straight from the structure block of `blob` (a tree that
 /// passed [`validate`]; `FDT_NOP` tokens allowed): the `reg` ranges of the

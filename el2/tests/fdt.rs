@@ -317,9 +317,8 @@ fn cell_counts_above_4_are_refused() {
 }
 
 #[test]
-fn a_repeated_or_unterminated_property_is_read_alike_by_both_readers() {
-    let want = vec![range(0x4000_0000, 0x0800_0000)];
-    // The first of two device_type properties counts, for both.
+fn a_repeated_property_el2_reads_is_refused() {
+    // Two device_type properties: flat_device_tree takes the first.
     let dup = memory_tree(
         2,
         &[
@@ -328,7 +327,64 @@ fn a_repeated_or_unterminated_property_is_read_alike_by_both_readers() {
             ("device_type", b"cpu\0"),
         ],
     );
-    assert_eq!(ram_both_ways(&dup), (want.clone(), want.clone()));
+    assert!(validate(&dup).is_err(), "a repeated device_type accepted");
+    let dup_reg = memory_tree(
+        2,
+        &[
+            ("device_type", b"memory\0"),
+            ("reg", &REG_128M),
+            ("reg", &REG_128M),
+        ],
+    );
+    assert!(validate(&dup_reg).is_err(), "a repeated reg accepted");
+    let dup_status = memory_tree(
+        2,
+        &[
+            ("device_type", b"memory\0"),
+            ("status", b"okay\0"),
+            ("reg", &REG_128M),
+            ("status", b"okay\0"),
+        ],
+    );
+    assert!(validate(&dup_status).is_err(), "a repeated status accepted");
+    // Two #address-cells in the root (found by the device_tree fuzz
+    // target): flat_device_tree takes the last (1), el2's own reader the
+    // first (0), so they found different RAM.
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 0).unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    let mem = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property(
+        "reg",
+        &[0x40, 0, 0, 0, 0x08, 0, 0, 0, 0x50, 0, 0, 0, 0x10, 0, 0, 0],
+    )
+    .unwrap();
+    w.end_node(mem).unwrap();
+    one_cpu_and_psci(&mut w);
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    assert!(
+        validate(&blob).is_err(),
+        "a repeated #address-cells accepted"
+    );
+    // Repeats of properties el2 does not read are the tree's business.
+    let ok = memory_tree(
+        2,
+        &[
+            ("device_type", b"memory\0"),
+            ("reg", &REG_128M),
+            ("x,note", b"a\0"),
+            ("x,note", b"b\0"),
+        ],
+    );
+    assert!(validate(&ok).is_ok());
+}
+
+#[test]
+fn an_unterminated_device_type_is_read_alike_by_both_readers() {
+    let want = vec![range(0x4000_0000, 0x0800_0000)];
     // "memory" without its NUL is "memory" to both.
     let bare = memory_tree(2, &[("device_type", b"memory"), ("reg", &REG_128M)]);
     assert_eq!(ram_both_ways(&bare), (want.clone(), want));

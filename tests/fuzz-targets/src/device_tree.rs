@@ -181,55 +181,6 @@ fn prop_name_ok(name: &str) -> bool {
         })
 }
 
-/// Whether some `#address-cells` or `#size-cells` of `tree` does not fit
-/// in a byte. el2 reads cell counts through `flat_device_tree`'s
-/// `CellSize`, which keeps only the low byte (`<0x101>` reads as 1), so
-/// for such a tree el2's idea of the cells differs from the tree's (a
-/// known el2 bug: `cell_counts_read_alike` and
-/// `reserved_memory_reg_matches_its_cells` in `tests/known_bugs.rs`). The
-/// checks that depend on cell counts skip such trees so that fuzzing goes
-/// on past it.
-fn wide_cells(tree: &Fdt<'_>) -> bool {
-    tree.all_nodes().any(|n| {
-        n.properties().any(|p| {
-            matches!(p.name, "#address-cells" | "#size-cells")
-                && be32(p.value, 0).is_some_and(|v| v > 0xff)
-        })
-    })
-}
-
-/// Whether el2's two readers must find the same RAM in `tree`: `raw_ram`
-/// (its own reader of the structure block) and `Platform::parse`
-/// (through `flat_device_tree`) differ on trees `validate` accepts that
-/// have two properties of one name (the last wins in one, the first in
-/// the other), a cell count that is not 4 bytes or does not fit in a byte
-/// (`CellSize` keeps the low byte), or a `device_type` or `status` that is
-/// not one UTF-8 string with one NUL (`as_str` trims every trailing NUL
-/// and takes a non-UTF-8 status as no status): known el2 bugs, see
-/// `tests/known_bugs.rs`. The RAM comparison skips such trees.
-fn read_alike(tree: &Fdt<'_>) -> bool {
-    let one_string = |v: &[u8]| {
-        v.split_last().is_some_and(|(last, s)| {
-            *last == 0 && !s.contains(&0) && std::str::from_utf8(s).is_ok()
-        })
-    };
-    tree.all_nodes().all(|n| {
-        let names: Vec<&str> = n.properties().map(|p| p.name).collect();
-        let unique = names
-            .iter()
-            .enumerate()
-            .all(|(i, a)| !names[..i].contains(a));
-        unique
-            && n.properties().all(|p| match p.name {
-                "#address-cells" | "#size-cells" => {
-                    p.value.len() == 4 && be32(p.value, 0).is_some_and(|v| v <= 0xff)
-                }
-                "device_type" | "status" => one_string(p.value),
-                _ => true,
-            })
-    })
-}
-
 /// Whether `write_host_tree` copies every node and property of `tree`.
 fn nothing_dropped(tree: &Fdt<'_>) -> bool {
     tree.all_nodes()
@@ -254,7 +205,6 @@ fn check_host_tree(out: &[u8], cfg: &Config, orig: &Fdt<'_>, orig_platform: Opti
     fdt::validate(out).unwrap_or_else(|e| panic!("the host tree does not validate: {e}"));
     let tree = Fdt::new(out).expect("the host tree reads");
     let rm = top_node(&tree, "reserved-memory").expect("a /reserved-memory");
-    let wide = wide_cells(orig);
     let ac = rm
         .property("#address-cells")
         .and_then(|p| be32(p.value, 0))
@@ -272,10 +222,9 @@ fn check_host_tree(out: &[u8], cfg: &Config, orig: &Fdt<'_>, orig_platform: Opti
                 return false;
             };
             c.property("no-map").is_some()
-                && (wide
-                    || (reg.len() == 4 * (ac + sc)
-                        && cells(reg, 0, ac) == Some(r.base)
-                        && cells(reg, 4 * ac, sc) == Some(r.size)))
+                && reg.len() == 4 * (ac + sc)
+                && cells(reg, 0, ac) == Some(r.base)
+                && cells(reg, 4 * ac, sc) == Some(r.size)
         };
         assert!(
             rm.children().any(|c| c.name == name && reserves(&c)),
@@ -316,7 +265,7 @@ fn check_host_tree(out: &[u8], cfg: &Config, orig: &Fdt<'_>, orig_platform: Opti
         }
     }
     // The same platform for el2, when nothing was dropped.
-    let (Some(p), true, false) = (orig_platform, nothing_dropped(orig), wide) else {
+    let (Some(p), true) = (orig_platform, nothing_dropped(orig)) else {
         return;
     };
     let q = Platform::parse(&tree, cfg.mpidr & fdt::MPIDR_AFF_MASK)
@@ -364,13 +313,11 @@ pub fn run(data: &[u8]) {
     if let Some(p) = &platform {
         // el2 checks the tree lies in RAM with `raw_ram` before it edits
         // it, and builds its layout from the platform's RAM afterwards.
-        if read_alike(&tree) {
-            assert_eq!(
-                p.ram.as_slice(),
-                ram.as_slice(),
-                "raw_ram and the platform's RAM"
-            );
-        }
+        assert_eq!(
+            p.ram.as_slice(),
+            ram.as_slice(),
+            "raw_ram and the platform's RAM"
+        );
         normalized(p.ram.as_slice(), "RAM");
         normalized(p.mmio.as_slice(), "MMIO");
         assert!(!p.ram.as_slice().is_empty(), "a platform without RAM");

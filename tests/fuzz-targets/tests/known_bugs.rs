@@ -2,9 +2,10 @@
 //! smallest test that shows it, kept as regression tests now that el2 is
 //! fixed (2026-12-06: `bootimg::plan`'s checked search, `fdt::validate`'s
 //! cell counts, `raw_ram` reading repeated and unterminated properties as
-//! `Platform::parse` does, `fdt::top_node`). The targets still steer clear
-//! of each (see the target named in each test); dropping those detours
-//! gives their coverage back.
+//! `Platform::parse` does, `fdt::top_node`). The targets no longer steer
+//! clear of them: `boot_image` draws RAM anywhere in the 64-bit space and
+//! `device_tree` compares `raw_ram` with the platform, and checks the host
+//! tree's `/reserved-memory`, on every tree `validate` accepts.
 
 use el2::bootimg::{self, BootImage, pack};
 use el2::fdt::{self, ChosenEdits, Platform, Range};
@@ -17,8 +18,7 @@ use vm_fdt::FdtWriter;
 /// checks; in el2's release build the base wraps to 0 and the search
 /// walks 2^43 steps, a hang at boot). The answer should be an error (no
 /// room). Found by the `boot_image` fuzz target (round-trip mode, RAM base
-/// `u64::MAX`); the target now draws RAM below 2^52 (the widest arm64
-/// physical address, where this cannot happen).
+/// `u64::MAX`).
 #[test]
 fn plan_near_the_top_of_the_address_space() {
     let kernel = pack::arm64_image(&[0u8; 64], 4096);
@@ -88,10 +88,8 @@ fn assert_ram_read_alike(blob: &[u8]) {
 /// allows at most 4): `raw_ram` reads the whole value, skips the memory
 /// node and finds no RAM; `Platform::parse` reads cell counts through
 /// `flat_device_tree`'s `CellSize`, which keeps the low byte (2), and
-/// finds 128 MiB. Found by the `device_tree` fuzz target, which compares
-/// the two only on trees where they must agree (`read_alike`) and skips
-/// its cell-dependent checks of the host tree for such cell counts
-/// (`wide_cells`).
+/// finds 128 MiB. Found by the `device_tree` fuzz target; `validate` now
+/// refuses such a tree.
 #[test]
 fn cell_counts_read_alike() {
     let blob = tree_with_memory(0x102, &[("device_type", b"memory\0"), ("reg", &REG)]);
@@ -101,7 +99,7 @@ fn cell_counts_read_alike() {
 /// A memory node with two `device_type` properties, `"memory"` then
 /// `"cpu"`: `raw_ram` keeps the last and finds no RAM, `Platform::parse`
 /// (`FdtNode::property`) the first and finds 128 MiB. Found by the
-/// `device_tree` fuzz target (skipped by `read_alike`).
+/// `device_tree` fuzz target.
 #[test]
 fn duplicate_properties_read_alike() {
     let blob = tree_with_memory(
@@ -115,11 +113,48 @@ fn duplicate_properties_read_alike() {
     assert_ram_read_alike(&blob);
 }
 
+/// The root repeats `#address-cells`, `<0>` then `<1>`: `raw_ram` keeps
+/// the first (no address cells: no RAM), `flat_device_tree`'s cell sizes
+/// the last (one cell: 128 MiB at 0x4000_0000 and 256 MiB at
+/// 0x5000_0000). Found by the `device_tree` fuzz target once its detours
+/// around the bugs above were dropped (2026-12-06); `validate` now refuses
+/// a node that repeats a property el2 reads.
+#[test]
+fn repeated_cell_counts_read_alike() {
+    // Built by hand: the helper writes one `#address-cells`.
+    let mut w = FdtWriter::new().expect("a writer");
+    let root = w.begin_node("").expect("root");
+    w.property_u32("#address-cells", 0).expect("prop");
+    w.property_u32("#address-cells", 1).expect("prop");
+    let mem = w.begin_node("memory@40000000").expect("node");
+    w.property_string("device_type", "memory").expect("prop");
+    w.property(
+        "reg",
+        &[0x40, 0, 0, 0, 0x08, 0, 0, 0, 0x50, 0, 0, 0, 0x10, 0, 0, 0],
+    )
+    .expect("prop");
+    w.end_node(mem).expect("end");
+    let cpus = w.begin_node("cpus").expect("node");
+    w.property_u32("#address-cells", 1).expect("prop");
+    w.property_u32("#size-cells", 0).expect("prop");
+    let cpu = w.begin_node("cpu@0").expect("node");
+    w.property_string("device_type", "cpu").expect("prop");
+    w.property_u32("reg", 0).expect("prop");
+    w.end_node(cpu).expect("end");
+    w.end_node(cpus).expect("end");
+    let psci = w.begin_node("psci").expect("node");
+    w.property_string("method", "smc").expect("prop");
+    w.end_node(psci).expect("end");
+    w.end_node(root).expect("end");
+    let repeated = w.finish().expect("a tree");
+    assert_ram_read_alike(&repeated);
+}
+
 /// A memory node whose `device_type` is `"memory"` without its NUL
 /// terminator: `raw_ram` wants exactly `memory\0` and finds no RAM,
 /// `Platform::parse` (`as_str`, which trims trailing NULs and does not
 /// need one) finds 128 MiB. The same goes for `status`. Found by the
-/// `device_tree` fuzz target (skipped by `read_alike`).
+/// `device_tree` fuzz target.
 #[test]
 fn unterminated_strings_read_alike() {
     let blob = tree_with_memory(2, &[("device_type", b"memory"), ("reg", &REG)]);
