@@ -368,6 +368,12 @@ impl Bare {
 
     #[inline(never)]
     fn round_trip(&mut self) {
+        self.map_shared();
+        self.unmap_shared();
+    }
+
+    #[inline(always)]
+    fn map_shared(&mut self) {
         let s2 = self.s2.as_mut().expect("live table");
         let r = s2.map(
             &mut self.pool,
@@ -378,6 +384,11 @@ impl Bare {
             SB_ATTRS,
         );
         ok(r, "map");
+    }
+
+    #[inline(always)]
+    fn unmap_shared(&mut self) {
+        let s2 = self.s2.as_mut().expect("live table");
         let r = s2.unmap(
             &mut self.pool,
             &mut self.tlb,
@@ -396,6 +407,34 @@ impl Bare {
     }
 }
 
+/// The baseline with the ownership side's locking: map and unmap each
+/// under two uncontended spin locks taken in the same order (the host's,
+/// then the guest's, as every host-guest transition takes them), so that
+/// what `ownership` costs beyond it is the ownership logic alone.
+struct LockedBare {
+    host: spin::Mutex<()>,
+    guest: spin::Mutex<Bare>,
+}
+
+impl LockedBare {
+    fn new(n: Neighbours) -> LockedBare {
+        LockedBare {
+            host: spin::Mutex::new(()),
+            guest: spin::Mutex::new(Bare::new(n)),
+        }
+    }
+
+    #[inline(never)]
+    fn round_trip(&self) {
+        {
+            let _host = black_box(&self.host).lock();
+            black_box(&self.guest).lock().map_shared();
+        }
+        let _host = black_box(&self.host).lock();
+        black_box(&self.guest).lock().unmap_shared();
+    }
+}
+
 impl Drop for Bare {
     fn drop(&mut self) {
         if let Some(s2) = self.s2.take() {
@@ -411,6 +450,8 @@ fn bench_share(c: &mut Criterion) {
         g.bench_function("ownership", |b| b.iter(|| share_round_trip(&mut env, h)));
         let mut bare = Bare::new(n);
         g.bench_function("stage2", |b| b.iter(|| bare.round_trip()));
+        let locked = LockedBare::new(n);
+        g.bench_function("stage2_two_locks", |b| b.iter(|| locked.round_trip()));
         g.finish();
         env.check();
     }
@@ -1487,9 +1528,11 @@ fn count_rounds(rounds: u64, only: Option<&str>) {
         }
         let (mut env, h) = share_env(n);
         let mut bare = Bare::new(n);
+        let locked = LockedBare::new(n);
         for _ in 0..rounds {
             share_round_trip(&mut env, h);
             bare.round_trip();
+            locked.round_trip();
         }
         env.check();
         println!("{}: {rounds} round trips each side", n.name());

@@ -41,7 +41,11 @@
 //! entries are uniform again (identical invalid entries, or leaves with
 //! identical attributes mapping one contiguous, aligned physical range),
 //! it is replaced by one entry at the level above and its page is freed.
-//! So a table that starts canonical (no mergeable table anywhere) stays
+//! When a single-entry change makes tables uniform at several levels (a
+//! page completing a 2 MiB block that completes a 1 GiB one), the merge is
+//! judged all the way up first and only the topmost table is replaced:
+//! one break-before-make and one flush, however many levels merge. So a
+//! table that starts canonical (no mergeable table anywhere) stays
 //! canonical under every operation except explicit [`Op::Split`] and
 //! [`BlockPolicy::PagesOnly`] maps, which ask for smaller entries on
 //! purpose; [`Op::Merge`] merges such ranges back. The uniformity check
@@ -954,38 +958,51 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
 
     /// Continues a single-entry commit whose entry's table (`tables[k]`,
     /// the path from the root being `tables`) became uniform, `merged`
-    /// being the entry that replaces it: replaces each table that became
-    /// uniform in its parent, climbing while the parent becomes uniform in
-    /// turn (the same merges, in the same order, as the general walk makes
-    /// on its way back up).
+    /// being the entry that replaces it. The merge climbs while the parent
+    /// would be uniform with the merged entry in place (judged before
+    /// anything is written), and then the highest table that merges is
+    /// replaced once, with one break-before-make: the tables below it are
+    /// unreachable once it is invalid and flushed, so they are freed
+    /// without being written. (The general walk merges level by level.)
     fn climb(
         &mut self,
         tables: &[(PhysAddr, usize); MAX_DEPTH],
         start_level: Level,
-        mut k: usize,
-        mut merged: Descriptor,
+        k: usize,
+        merged: Descriptor,
     ) {
         let level_of = |k: usize| Level::new(start_level.get() + k as u8).unwrap_or(Level::L3);
-        loop {
-            let (parent_table, pidx) = tables[k - 1];
+        // `top`: the table replaced; `merged`: what replaces it.
+        let (mut top, mut merged) = (k, merged);
+        while top >= 2 {
+            let (parent_table, pidx) = tables[top - 1];
             let parent = self.ptr(parent_table);
             self.work.tables_visited += 1;
-            self.merge_table(Slot(parent, pidx), Descriptor::table(tables[k].0), merged);
-            k -= 1;
-            if k == 0 {
-                return;
-            }
-            match collapse(
-                parent,
-                level_of(k),
-                level_of(k - 1),
+            let with = |i: usize| if i == pidx { merged } else { read(parent, i) };
+            match collapse_by(
+                with,
+                level_of(top - 1),
+                level_of(top - 2),
                 pidx,
                 pidx,
                 &mut self.work.reads,
             ) {
-                Some(m) => merged = m,
-                None => return,
+                Some(m) => {
+                    merged = m;
+                    top -= 1;
+                }
+                None => break,
             }
+        }
+        let (parent_table, pidx) = tables[top - 1];
+        let parent = self.ptr(parent_table);
+        self.work.tables_visited += 1;
+        self.merge_table(Slot(parent, pidx), Descriptor::table(tables[top].0), merged);
+        // The chain below the replaced table: each holds no table but
+        // the next (the rest of a table found uniform is leaves).
+        for &(table, _) in &tables[top + 1..=k] {
+            self.detached.push(&*self.pool, table);
+            self.work.tables_freed += 1;
         }
     }
 
@@ -1170,6 +1187,7 @@ impl<P: TablePool + ?Sized, T: TlbMaintenance + ?Sized> Commit<'_, P, T> {
 /// single page), so a refill costs a few reads per call instead of a scan
 /// that grows with the part already refilled. Every entry is still read
 /// before a table is declared uniform.
+#[inline(always)]
 fn collapse(
     ptr: *mut u64,
     level: Level,
@@ -1178,7 +1196,21 @@ fn collapse(
     hi: usize,
     reads: &mut u64,
 ) -> Option<Descriptor> {
-    let r = read(ptr, lo);
+    collapse_by(|i| read(ptr, i), level, parent, lo, hi, reads)
+}
+
+/// [`collapse`] of the table whose entry `i` reads as `read(i)` (so that a
+/// table can be judged with one entry as it would be after a write).
+#[inline(always)]
+fn collapse_by(
+    read: impl Fn(usize) -> Descriptor,
+    level: Level,
+    parent: Level,
+    lo: usize,
+    hi: usize,
+    reads: &mut u64,
+) -> Option<Descriptor> {
+    let r = read(lo);
     let (raw0, step) = if !r.is_valid() {
         (r.raw(), 0)
     } else {
@@ -1208,7 +1240,7 @@ fn collapse(
             r
         }
     };
-    let uniform = |i: usize| read(ptr, i).raw() == raw0.wrapping_add(i as u64 * step);
+    let uniform = |i: usize| read(i).raw() == raw0.wrapping_add(i as u64 * step);
     // Outward from the covered entries, alternating sides, with the values
     // expected below and above kept as running sums; `n` counts the reads
     // (kept local so the loop stays in registers).
@@ -1220,7 +1252,7 @@ fn collapse(
             below -= 1;
             want_below = want_below.wrapping_sub(step);
             n += 1;
-            if read(ptr, below).raw() != want_below {
+            if read(below).raw() != want_below {
                 break None;
             }
         } else if above == ENTRIES_PER_TABLE {
@@ -1229,7 +1261,7 @@ fn collapse(
         }
         if above < ENTRIES_PER_TABLE {
             n += 1;
-            if read(ptr, above).raw() != want_above {
+            if read(above).raw() != want_above {
                 break None;
             }
             above += 1;
