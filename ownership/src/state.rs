@@ -786,6 +786,7 @@ pub(crate) struct GuestRun {
 
 /// The guest page state a stage-2 entry gives, `None` for a valid leaf
 /// without a page state (which a guest table never holds).
+#[inline]
 pub(crate) fn leaf_state(leaf: &stage2::Leaf) -> Option<GuestPageState> {
     if leaf.is_valid() {
         match leaf.descriptor.page_state() {

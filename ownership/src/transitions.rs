@@ -100,6 +100,7 @@ fn drop_share(e: PageEntry) -> PageEntry {
 }
 
 /// Checks the alignment and range of a host↔guest extent.
+#[inline]
 fn check_extent(g: &Guest, pfn: Option<Pfn>, gfn: Gfn, ext: Extent) -> Result<u64, Errno> {
     let n = ext.pages();
     let aligned = |v: u64| v.is_multiple_of(n);
@@ -111,6 +112,7 @@ fn check_extent(g: &Guest, pfn: Option<Pfn>, gfn: Gfn, ext: Extent) -> Result<u6
 }
 
 /// `EINVAL` unless `[gfn, gfn + n)` is inside the guest's IPA space.
+#[inline]
 fn check_gfn_range(g: &Guest, gfn: Gfn, n: u64) -> Result<(), Errno> {
     let end = gfn.0.checked_add(n).ok_or(Errno::Einval)?;
     if n == 0 || end > g.gfn_limit() || end - 1 > MAX_GFN {
@@ -974,6 +976,7 @@ fn check_guest_range(g: &Guest, gfn: Gfn, n: u64) -> Result<(), Errno> {
 /// (nothing mapped, or relinquished). A poisoned IPA is not empty.
 /// `entry` is the one guest entry covering the range, when the stage-2
 /// check of the mapping already read it; otherwise the range is walked.
+#[inline]
 fn check_guest_empty<M: PhysMem>(
     g: &Guest,
     mem: M,

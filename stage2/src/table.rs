@@ -392,6 +392,7 @@ impl Leaf {
     }
 
     /// The annotation, if it is an annotated invalid entry.
+    #[inline]
     pub const fn annotation(&self) -> Option<Annotation> {
         self.descriptor.annotation()
     }
