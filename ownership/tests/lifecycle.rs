@@ -41,24 +41,30 @@ fn host_stage2_starts_with_largest_blocks() {
     assert!(env.o.with_hyp(|m| m.mapped.len()) == CARVE_PAGES as usize);
 }
 
-#[test]
-fn two_mib_donation_is_one_block_and_comes_back_block_for_block() {
-    let mut env = Env::new();
-    let start = host_leaves(&env);
+/// A guest, and `BLOCK` donated to it as one 2 MiB block: one guest
+/// block and one host annotation entry, no page tables below. Returns the
+/// guest and the host's leaves before and after the guest was created.
+fn donate_block(env: &mut Env) -> (GuestHandle, Vec<Leaf>, Vec<Leaf>) {
+    let start = host_leaves(env);
     let h = env.guest(PGD, MC, 16);
-    let after_create = host_leaves(&env);
+    let after_create = host_leaves(env);
     env.o
         .host_donate_guest(&mut env.tlb, h, Pfn(BLOCK), Gfn(GFN), Extent::Block)
         .unwrap();
     env.check();
-    // One guest block, one host annotation entry: no page tables below.
-    let leaf = guest_leaf(&env, h, GFN + 7);
-    assert_eq!(leaf.level, Level::L2);
+    assert_eq!(guest_leaf(env, h, GFN + 7).level, Level::L2);
     let host = env
         .o
         .with_host(|m| m.stage2().lookup(m.pool(), Ipa(BLOCK << 12)).unwrap());
     assert_eq!(host.level, Level::L2);
     assert!(!host.is_valid());
+    (h, start, after_create)
+}
+
+#[test]
+fn two_mib_donation_is_one_block_and_comes_back_block_for_block() {
+    let mut env = Env::new();
+    let (h, start, after_create) = donate_block(&mut env);
     // The guest shares one page back: the guest block splits, the host maps
     // that one page.
     env.ram.fill_page(Pfn(BLOCK + 3), 0xab);
@@ -587,18 +593,7 @@ fn pages_only_host_never_maps_ram_with_blocks() {
     // 14 MiB of host RAM in pages; MMIO keeps its 16 x 2 MiB blocks.
     assert_eq!(stats.leaves, [0, 0, 16, 7 * 512]);
     assert_eq!(env.o.with_host(|h| h.policy()), BlockPolicy::PagesOnly);
-    let start = host_leaves(&env);
-    let h = env.guest(PGD, MC, 16);
-    let after_create = host_leaves(&env);
-    env.o
-        .host_donate_guest(&mut env.tlb, h, Pfn(BLOCK), Gfn(GFN), Extent::Block)
-        .unwrap();
-    env.check();
-    assert_eq!(guest_leaf(&env, h, GFN + 7).level, Level::L2);
-    let host = env
-        .o
-        .with_host(|m| m.stage2().lookup(m.pool(), Ipa(BLOCK << 12)).unwrap());
-    assert!(!host.is_valid());
+    let (h, start, after_create) = donate_block(&mut env);
     // Shared back and unshared: the host maps that page alone.
     env.o
         .guest_share_host(&mut env.tlb, h, Gfn(GFN + 3), 1)

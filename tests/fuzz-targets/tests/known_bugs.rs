@@ -36,10 +36,20 @@ fn plan_near_the_top_of_the_address_space() {
 /// `#address-cells` (`#size-cells` 1), a node `memory@40000000` with the
 /// properties `memory` in that order, one CPU and PSCI.
 fn tree_with_memory(root_cells: u32, memory: &[(&str, &[u8])]) -> Vec<u8> {
+    tree_with(
+        &[("#address-cells", root_cells), ("#size-cells", 1)],
+        memory,
+    )
+}
+
+/// [`tree_with_memory`] with the root's cell properties as given, in
+/// order (repeats included).
+fn tree_with(root_props: &[(&str, u32)], memory: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = FdtWriter::new().expect("a writer");
     let root = w.begin_node("").expect("root");
-    w.property_u32("#address-cells", root_cells).expect("prop");
-    w.property_u32("#size-cells", 1).expect("prop");
+    for (name, value) in root_props {
+        w.property_u32(name, *value).expect("prop");
+    }
     let mem = w.begin_node("memory@40000000").expect("node");
     for (name, value) in memory {
         w.property(name, value).expect("prop");
@@ -121,32 +131,16 @@ fn duplicate_properties_read_alike() {
 /// a node that repeats a property el2 reads.
 #[test]
 fn repeated_cell_counts_read_alike() {
-    // Built by hand: the helper writes one `#address-cells`.
-    let mut w = FdtWriter::new().expect("a writer");
-    let root = w.begin_node("").expect("root");
-    w.property_u32("#address-cells", 0).expect("prop");
-    w.property_u32("#address-cells", 1).expect("prop");
-    let mem = w.begin_node("memory@40000000").expect("node");
-    w.property_string("device_type", "memory").expect("prop");
-    w.property(
-        "reg",
-        &[0x40, 0, 0, 0, 0x08, 0, 0, 0, 0x50, 0, 0, 0, 0x10, 0, 0, 0],
-    )
-    .expect("prop");
-    w.end_node(mem).expect("end");
-    let cpus = w.begin_node("cpus").expect("node");
-    w.property_u32("#address-cells", 1).expect("prop");
-    w.property_u32("#size-cells", 0).expect("prop");
-    let cpu = w.begin_node("cpu@0").expect("node");
-    w.property_string("device_type", "cpu").expect("prop");
-    w.property_u32("reg", 0).expect("prop");
-    w.end_node(cpu).expect("end");
-    w.end_node(cpus).expect("end");
-    let psci = w.begin_node("psci").expect("node");
-    w.property_string("method", "smc").expect("prop");
-    w.end_node(psci).expect("end");
-    w.end_node(root).expect("end");
-    let repeated = w.finish().expect("a tree");
+    let repeated = tree_with(
+        &[("#address-cells", 0), ("#address-cells", 1)],
+        &[
+            ("device_type", b"memory\0"),
+            (
+                "reg",
+                &[0x40, 0, 0, 0, 0x08, 0, 0, 0, 0x50, 0, 0, 0, 0x10, 0, 0, 0],
+            ),
+        ],
+    );
     assert_ram_read_alike(&repeated);
 }
 
