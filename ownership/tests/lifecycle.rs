@@ -61,6 +61,17 @@ fn donate_block(env: &mut Env) -> (GuestHandle, Vec<Leaf>, Vec<Leaf>) {
     (h, start, after_create)
 }
 
+/// The guest dies and the host reclaims `BLOCK` as one block: the host's
+/// leaves are `after_create` again.
+fn reclaim_block(env: &mut Env, h: GuestHandle, after_create: &[Leaf]) {
+    env.o.start_teardown(h).unwrap();
+    env.o
+        .host_reclaim(&mut env.tlb, h, Gfn(GFN), Extent::Block)
+        .unwrap();
+    env.check();
+    assert_eq!(host_leaves(env), after_create);
+}
+
 #[test]
 fn two_mib_donation_is_one_block_and_comes_back_block_for_block() {
     let mut env = Env::new();
@@ -86,12 +97,7 @@ fn two_mib_donation_is_one_block_and_comes_back_block_for_block() {
         .with_host(|m| m.stage2().lookup(m.pool(), Ipa((BLOCK + 3) << 12)).unwrap());
     assert_eq!(host.level, Level::L2);
     // Teardown: reclaim the block, finish; the host is as it was.
-    env.o.start_teardown(h).unwrap();
-    env.o
-        .host_reclaim(&mut env.tlb, h, Gfn(GFN), Extent::Block)
-        .unwrap();
-    env.check();
-    assert_eq!(host_leaves(&env), after_create);
+    reclaim_block(&mut env, h, &after_create);
     assert!(
         env.page_is(BLOCK + 3, 0),
         "reclaimed private page not zeroed"
@@ -609,12 +615,7 @@ fn pages_only_host_never_maps_ram_with_blocks() {
         .unwrap();
     env.check();
     // Reclaimed: 512 pages again, not a block.
-    env.o.start_teardown(h).unwrap();
-    env.o
-        .host_reclaim(&mut env.tlb, h, Gfn(GFN), Extent::Block)
-        .unwrap();
-    env.check();
-    assert_eq!(host_leaves(&env), after_create);
+    reclaim_block(&mut env, h, &after_create);
     let leaf = env.o.with_host(|m| {
         m.stage2()
             .lookup(m.pool(), Ipa((BLOCK + 511) << 12))
