@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `el2.host_map=blocks` | the default: the host stage-2 maps RAM with the largest blocks (1 GiB, 2 MiB) and merges pages back into blocks |
 //! | `el2.host_map=pages` | the host stage-2 maps RAM with 4 KiB pages only, never merged |
+//! | `el2.log=<level>` | el2's console messages: `off`, `error`, `warn`, `info` (the default), `debug` or `trace` |
 //!
 //! `el2.host_map=pages` is for emulators, not hardware. QEMU's TCG keeps
 //! one combined TLB entry per stage-1 + stage-2 translation with the larger
@@ -19,6 +20,11 @@
 //! fast as without it (`cargo qemu bench-boot --host-map pages`). Its cost:
 //! a level-3 table per 2 MiB of RAM (2 MiB of el2's heap per GiB, taken
 //! at boot), and on hardware the TLB reach of 4 KiB entries.
+//!
+//! `el2.log` takes effect as soon as el2 has read its device tree
+//! ([`log_level`] needs no heap); under TCG every console line costs
+//! about a millisecond of emulated UART writes, so `el2.log=warn` shortens
+//! el2's boot by the twenty-odd lines it prints at `info`.
 //!
 //! A word el2 does not know (or a value it does not take) is dropped too
 //! and reported by [`parse`], which el2 logs as a warning: a typo must not
@@ -31,19 +37,64 @@ use stage2::BlockPolicy;
 /// The prefix of el2's words.
 pub const PREFIX: &str = "el2.";
 
+/// How much el2 prints (`el2.log`), as the `log` crate's levels.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
+pub enum LogLevel {
+    /// Nothing (fatal errors, and why a boot failed, still reach the
+    /// console).
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Also what el2 does (the default).
+    #[default]
+    Info,
+    /// Also details for debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn from_word(value: &str) -> Option<LogLevel> {
+        Some(match value {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => return None,
+        })
+    }
+}
+
 /// el2's boot options.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct BootOptions {
     /// How the host stage-2 maps RAM (`el2.host_map`).
     pub host_map: BlockPolicy,
+    /// How much el2 prints (`el2.log`).
+    pub log: LogLevel,
 }
 
 impl Default for BootOptions {
     fn default() -> Self {
         BootOptions {
             host_map: BlockPolicy::Largest,
+            log: LogLevel::Info,
         }
     }
+}
+
+/// The level `el2.log` words in `line` ask for (the last one that names a
+/// level), without allocating: for use before el2 has a heap.
+pub fn log_level(line: &str) -> Option<LogLevel> {
+    line.split_ascii_whitespace()
+        .rev()
+        .filter_map(|w| w.strip_prefix("el2.log="))
+        .find_map(LogLevel::from_word)
 }
 
 /// A command line with el2's words taken out.
@@ -81,7 +132,13 @@ pub fn parse(line: &str) -> Parsed<'_> {
                 p.options.host_map = BlockPolicy::PagesOnly;
                 true
             }
-            _ => false,
+            _ => match option.strip_prefix("log=").and_then(LogLevel::from_word) {
+                Some(level) => {
+                    p.options.log = level;
+                    true
+                }
+                None => false,
+            },
         };
         if known {
             p.applied.push(word);
@@ -117,6 +174,20 @@ mod tests {
         let p = parse("el2.host_map=pages el2.host_map=blocks");
         assert_eq!(p.options.host_map, BlockPolicy::Largest, "last wins");
         assert_eq!(p.host_line.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn log_level_is_read_with_and_without_a_heap() {
+        let line = "quiet el2.log=warn el2.log=loud el2.log=debug x";
+        assert_eq!(log_level(line), Some(LogLevel::Debug), "the last level");
+        let p = parse(line);
+        assert_eq!(p.options.log, LogLevel::Debug);
+        assert_eq!(p.applied, ["el2.log=warn", "el2.log=debug"]);
+        assert_eq!(p.ignored, ["el2.log=loud"]);
+        assert_eq!(p.host_line.as_deref(), Some("quiet x"));
+        assert_eq!(log_level("el2.log=off"), Some(LogLevel::Off));
+        assert_eq!(log_level("el2.log= el2.logx=warn"), None);
+        assert_eq!(parse("").options.log, LogLevel::Info);
     }
 
     #[test]

@@ -160,6 +160,10 @@ pub(super) extern "C" fn rust_main(dtb: u64, t0: u64, el: u64) -> ! {
         sysreg::counter_hz()
     );
     let Err(e) = boot(dtb, t0, image);
+    // Why the boot failed is printed even under `el2.log=off`.
+    if log::max_level() < log::LevelFilter::Error {
+        log::set_max_level(log::LevelFilter::Error);
+    }
     log::error!("boot failed: {e}");
     exit::exit(status::BOOT_FAILED)
 }
@@ -213,6 +217,11 @@ fn boot(dtb: u64, t0: u64, image: Range) -> Result<Infallible, BootError> {
     fdt::validate(blob)?;
     let blob: &[u8] = blob;
     let tree = Fdt::new(blob).map_err(|_| DtError::NoMagic(dtb))?;
+    // `el2.log` before anything else is printed (no heap yet: the other
+    // options are read in step 6).
+    if let Some(level) = options::log_level(fdt::bootargs(&tree).unwrap_or("")) {
+        console::set_level(level);
+    }
     let own_mpidr = MPIDR_EL1.get() & MPIDR_AFF_MASK;
     let platform = Platform::parse(&tree, own_mpidr)?;
     report_platform(&platform, dtb, total);

@@ -9,6 +9,7 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use el2::options::LogLevel;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use super::pl011::{Pl011, QEMU_VIRT_PL011_BASE};
@@ -76,6 +77,18 @@ pub fn init() {
     // Fails only if a logger is already set, which is then ours.
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(LevelFilter::Info);
+}
+
+/// Sets how much el2 prints (the `el2.log` boot option).
+pub fn set_level(level: LogLevel) {
+    log::set_max_level(match level {
+        LogLevel::Off => LevelFilter::Off,
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Trace => LevelFilter::Trace,
+    });
 }
 
 /// Prints a line even if the console lock cannot be had (fatal paths).

@@ -535,6 +535,32 @@ pub const TESTS: &[QemuTest] = &[
         input: &[],
     },
     QemuTest {
+        // `el2.log=warn`: el2 prints no info line (not even its own boot
+        // option), the test host's suite runs as usual.
+        name: "el2_log_warn_is_quiet",
+        machine: Machine::default,
+        kernel: Kernel::Elf,
+        host: TestHost::Builtin,
+        append: Some("el2.log=warn"),
+        dtb: None,
+        timeout: TIMEOUT,
+        exit_code: 0,
+        output: &["testhost: started at EL1"],
+        absent: &[
+            "el2[0]: entering the host at EL1",
+            "el2[0]: boot option",
+            "el2[1]: CPU 1 up at EL2",
+            "el2.log",
+        ],
+        summary: Some(Expected {
+            failed: 0,
+            min_passed: FULL_SUITE,
+            skipped: 0,
+        }),
+        guest: None,
+        input: &[],
+    },
+    QemuTest {
         // One CPU: everything but the secondary-CPU checks; with the
         // host's RAM mapped by 4 KiB pages (el2's `el2.host_map=pages`),
         // which the whole suite must not notice.
