@@ -287,12 +287,17 @@ pub(crate) fn check_one<P: TablePool + ?Sized>(
     s2.check(pool, op).map_err(|_| Errno::Einval)
 }
 
-/// A plan that changes nothing.
-pub(crate) const fn plan_none<'a>() -> Plan<'a, NoOps> {
-    Plan::Ops {
-        ops: core::iter::empty(),
-        needed: 0,
-    }
+/// [`check_one`] into `out`, a slot in the caller's frame
+/// ([`Stage2::check_into`]): for the single-page transitions, where moving
+/// the result costs as much as a lock.
+#[inline(always)]
+pub(crate) fn check_one_into<'a, P: TablePool + ?Sized>(
+    s2: &Stage2,
+    pool: &P,
+    op: Op,
+    out: &'a mut Option<Checked>,
+) -> Result<&'a Checked, Errno> {
+    s2.check_into(pool, op, out).map_err(|_| Errno::Einval)
 }
 
 /// The host identity-map op for `n` pages from `pfn`, with the host's

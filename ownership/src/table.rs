@@ -191,7 +191,7 @@ impl OwnershipTable {
 
     /// The region holding all of `[pfn, pfn + n)` and the index of `pfn`
     /// in it.
-    #[inline]
+    #[inline(always)]
     fn slot(&self, pfn: Pfn, n: u64) -> Option<(usize, usize)> {
         self.regions
             .iter()
@@ -229,10 +229,13 @@ impl OwnershipTable {
 
     /// The entries of `[pfn, pfn + n)` for changing, if it is RAM inside
     /// one region.
-    #[inline]
+    #[inline(always)]
     pub fn range_mut(&mut self, pfn: Pfn, n: u64) -> Option<&mut [PageEntry]> {
-        let (r, i) = self.slot(pfn, n)?;
-        self.regions[r].1.get_mut(i..i + n as usize)
+        // One pass: the region found is the slice indexed (no second
+        // lookup of it by position).
+        let (r, v) = self.regions.iter_mut().find(|(r, _)| r.contains(pfn, n))?;
+        let i = (pfn.0 - r.base.0) as usize;
+        v.get_mut(i..i + n as usize)
     }
 
     /// Every page with its entry, in address order.

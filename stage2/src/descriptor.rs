@@ -287,7 +287,7 @@ impl LeafAttrs {
     }
 
     /// The attribute bits of a leaf with these attributes (AF set).
-    #[inline]
+    #[inline(always)]
     pub(crate) const fn bits(self) -> u64 {
         (self.mem.bits() << MEMATTR_SHIFT)
             | self.perms.bits()
